@@ -1,0 +1,48 @@
+"""User-facing errors: one line naming the field, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UserError(Exception):
+    """A mistake in the user's input (config, override, ablation file, checkpoint, data path).
+
+    The CLI prints `error: <message>` on one line and exits 2, without a traceback.
+
+    Args:
+        field: dotted name of the offending setting (e.g. `model.mask_ratio`).
+        value: the value that was given.
+        allowed: what would have been accepted (e.g. "a number in [0, 1)").
+    """
+
+    def __init__(self, field: str, value: Any = None, allowed: str = "", *, text: str | None = None):
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        if text is None:
+            text = f"{field}={value!r} is invalid: allowed {allowed}" if allowed else f"{field}={value!r} is invalid"
+        super().__init__(text)
+
+    @classmethod
+    def message(cls, field: str, text: str) -> "UserError":
+        """An error whose whole message is `text` (still tagged with the field it concerns)."""
+        return cls(field, text=text)
+
+
+def check_choice(field: str, value: Any, choices) -> Any:
+    """Return `value` if it is one of `choices`, else raise UserError listing them."""
+    if value not in choices:
+        raise UserError(field, value, "one of " + ", ".join(repr(c) for c in choices))
+    return value
+
+
+def check_range(field: str, value: Any, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = True) -> float:
+    """Return `value` if it is a number inside the interval, else raise UserError naming the interval."""
+    interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        raise UserError(field, value, f"a number in {interval}")
+    return value

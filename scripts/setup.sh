@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install what the harness needs on a Debian 12 machine, idempotently:
+#   scripts/setup.sh main   system data set (Fashion-MNIST) + .venv with the project
+#   scripts/setup.sh test   the above + SLURM, munge, MariaDB, Chromium for the integration tests
+# System packages are installed when running as root (or with sudo); the Python side lives in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-main}
+
+apt_pkgs=(dataset-fashion-mnist)
+if [ "$what" = test ]; then
+  apt_pkgs+=(munge slurm-client slurmctld slurmd slurmdbd mariadb-server chromium chromium-driver)
+fi
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ -n "$sudo" ] && ! command -v sudo >/dev/null; then
+    echo "setup: please install these Debian packages as root: ${missing[*]}" >&2; exit 1
+  fi
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# torch: the x86_64 wheels these machines serve locally; aarch64 gets a CPU build. Override with TORCH_SPEC.
+case "$(uname -m)" in
+  aarch64) default_torch="torch==2.9.1 torchvision==0.24.1" ;;
+  *)       default_torch="torch==2.14.1 torchvision==0.29.1" ;;
+esac
+torch_spec=${TORCH_SPEC:-$default_torch}
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)-$what"
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing Python packages into .venv (first time: a few minutes)"
+  extras=""; [ "$what" = test ] && extras="[test]"
+  # shellcheck disable=SC2086
+  .venv/bin/pip install -q --disable-pip-version-check $torch_spec
+  .venv/bin/pip install -q --disable-pip-version-check -e ".$extras"
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
