@@ -506,8 +506,8 @@ def _check_non_negative(name: str, value: float) -> None:
 def _validate_schedule(stage: str, section: Any) -> None:
     _check_positive(f"{stage}.epochs", section.epochs)
     _check_non_negative(f"{stage}.warmup_epochs", section.warmup_epochs)
-    if section.warmup_epochs > section.epochs:
-        raise UserError(f"{stage}.warmup_epochs", section.warmup_epochs, f"at most {stage}.epochs={section.epochs}")
+    if section.warmup_epochs >= section.epochs:
+        raise UserError(f"{stage}.warmup_epochs", section.warmup_epochs, f"less than {stage}.epochs={section.epochs}")
     _check_positive(f"{stage}.batch_size", section.batch_size)
     if section.micro_batch_size is not None:
         _check_positive(f"{stage}.micro_batch_size", section.micro_batch_size)
