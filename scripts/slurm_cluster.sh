@@ -1,0 +1,302 @@
+#!/usr/bin/env bash
+# A real single-node SLURM cluster on this Debian 12 machine, for the integration tests and for
+# running the workflow with `snakemake --profile slurm` on one box. No systemd: every daemon is
+# started by hand, keeps a pid file under the state dir and is stopped by pid, in reverse order.
+#
+#   scripts/slurm_cluster.sh start  [--state-dir DIR]   # munged, mariadbd, slurmdbd, slurmctld, slurmd
+#   scripts/slurm_cluster.sh status [--state-dir DIR]   # exit 0 when the node is up and sacct works
+#   scripts/slurm_cluster.sh stop   [--state-dir DIR]
+#
+# State dir (default .services/slurm in the repo): etc/ (slurm.conf, slurmdbd.conf), run/ (pids,
+# sockets), log/, spool/, mysql/ (a private MariaDB on 127.0.0.1:$MAE_SLURM_DB_PORT, default 33306).
+# Needs root: the daemons run as SlurmUser=root, and the jobstep plugin strips SLURM_CONF inside jobs,
+# so /etc/slurm/slurm.conf must be a symlink to the generated file (docs: shared/notes/local-slurm.md).
+# Daemons bind loopback (CommunicationParameters=NoCtldInAddrAny,NoInAddrAny; MariaDB 127.0.0.1).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cmd=${1:-}; shift || true
+state=$repo/.services/slurm
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --state-dir) state=$2; shift 2 ;;
+    --state-dir=*) state=${1#*=}; shift ;;
+    *) echo "slurm_cluster: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+case "$cmd" in start|stop|status) ;; *)
+  echo "usage: scripts/slurm_cluster.sh start|stop|status [--state-dir DIR]" >&2; exit 2 ;;
+esac
+mkdir -p "$state"; state=$(cd "$state" && pwd)
+
+db_port=${MAE_SLURM_DB_PORT:-33306}
+cluster=${MAE_SLURM_CLUSTER:-maelocal}
+etc=$state/etc; run=$state/run; logd=$state/log; spool=$state/spool; dbdir=$state/mysql
+conf=$etc/slurm.conf; dbdconf=$etc/slurmdbd.conf
+export SLURM_CONF=$conf
+t0=$(date +%s%N)
+
+say() { local ms=$(( ($(date +%s%N) - t0) / 1000000 )); printf 'slurm_cluster: [%3d.%01ds] %s\n' $((ms / 1000)) $((ms % 1000 / 100)) "$*"; }
+die() { echo "slurm_cluster: error: $*" >&2; exit 1; }
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.5 s until it succeeds.
+wait_for() {
+  local secs=$1 what=$2; shift 2
+  local end=$(( $(date +%s) + secs ))
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$end" ] || { echo "slurm_cluster: timed out after ${secs}s waiting for $what" >&2; return 1; }
+    sleep 0.5
+  done
+}
+
+node_idle() { sinfo -h -N -n localhost -o '%T' 2>/dev/null | grep -qx 'idle'; }
+sacct_works() { sacct -n -X -S now-1hours -o JobID >/dev/null 2>&1; }
+munge_works() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+db() { mariadb --no-defaults --socket="$run/mysqld.sock" -u root "$@"; }
+
+show_log_tail() { [ -f "$1" ] && { echo "--- last lines of $1:" >&2; tail -n 20 "$1" >&2; }; return 0; }
+
+# ---------------------------------------------------------------------------------------------------
+status() {
+  local ok=0 d
+  for d in mariadbd slurmdbd slurmctld slurmd; do
+    if pid_alive "$run/$d.pid"; then echo "$d: running (pid $(cat "$run/$d.pid"))"; else echo "$d: stopped"; ok=1; fi
+  done
+  # sinfo/sacct retry for many seconds against a dead daemon: only ask them when the daemons run.
+  [ $ok -eq 0 ] || { echo "cluster: down (state dir $state)"; return 1; }
+  if munge_works; then echo "munge: ok"; else echo "munge: not working"; return 1; fi
+  local st; st=$(timeout 20 sinfo -h -N -n localhost -o '%T' 2>/dev/null || true)
+  case "$st" in idle|mixed|allocated|completing) echo "node localhost: $st" ;; *) echo "node localhost: not up (${st:-no answer})"; ok=1 ;; esac
+  if timeout 20 sacct -n -X -S now-1hours -o JobID >/dev/null 2>&1; then echo "sacct: ok"; else echo "sacct: not working"; ok=1; fi
+  return $ok
+}
+
+# ---------------------------------------------------------------------------------------------------
+install_packages() {
+  local pkgs=(munge slurm-client slurmctld slurmd slurmdbd mariadb-server) missing=() p
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || die "missing Debian packages (${missing[*]}); run as root or install them"
+  say "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+write_configs() {
+  mkdir -p "$etc" "$run" "$logd" "$spool/ctld" "$spool/d"
+  # Node size from the hardware; RealMemory a little below the total so slurmd does not drain the node.
+  local hw cpus mem gres="" grestypes=""
+  hw=$(slurmd -C | head -1)
+  cpus=$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$hw")
+  mem=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$hw")
+  mem=$(( mem * 98 / 100 ))
+  # GPUs (if any): plain device files, no NVML autodetect in Debian's build.
+  local ngpu=0
+  if compgen -G "/dev/nvidia[0-9]*" >/dev/null; then
+    ngpu=$(find /dev -maxdepth 1 -regex '/dev/nvidia[0-9]+' | wc -l)
+  fi
+  if [ "$ngpu" -gt 0 ]; then
+    grestypes="GresTypes=gpu"; gres="Gres=gpu:$ngpu"
+    echo "Name=gpu File=/dev/nvidia[0-$((ngpu - 1))]" >"$etc/gres.conf"
+  else
+    rm -f "$etc/gres.conf"
+  fi
+  cat >"$conf.tmp" <<EOF
+# Generated by scripts/slurm_cluster.sh; do not edit (rewritten on every start).
+ClusterName=$cluster
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort=6817
+SlurmdPort=6818
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
+ProctrackType=proctrack/pgid
+TaskPlugin=task/none
+MpiDefault=none
+SwitchType=switch/none
+MailProg=/bin/true
+ReturnToService=2
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=500
+MinJobAge=600
+SlurmdTimeout=300
+StateSaveLocation=$spool/ctld
+SlurmdSpoolDir=$spool/d
+SlurmctldPidFile=$run/slurmctld.pid
+SlurmdPidFile=$run/slurmd.pid
+SlurmctldLogFile=$logd/slurmctld.log
+SlurmdLogFile=$logd/slurmd.log
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort=6819
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=30
+$grestypes
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem $gres State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+  mv "$conf.tmp" "$conf"
+
+  local pass_file=$etc/db.pass
+  [ -s "$pass_file" ] || (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$pass_file")
+  (umask 077; cat >"$dbdconf.tmp" <<EOF
+# Generated by scripts/slurm_cluster.sh
+AuthType=auth/munge
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=6819
+CommunicationParameters=NoInAddrAny
+SlurmUser=root
+PidFile=$run/slurmdbd.pid
+LogFile=$logd/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$db_port
+StorageUser=slurm
+StoragePass=$(cat "$pass_file")
+StorageLoc=slurm_acct_db
+EOF
+  )
+  mv "$dbdconf.tmp" "$dbdconf"; chmod 600 "$dbdconf"
+
+  # Pitfall 1: srun inside a job only finds /etc/slurm/slurm.conf. slurmdbd looks for its conf next to
+  # slurm.conf. A pre-existing regular file is kept as *.mae-orig and put back by `stop`.
+  mkdir -p /etc/slurm
+  local f
+  for f in slurm.conf slurmdbd.conf gres.conf; do
+    if [ -e "/etc/slurm/$f" ] && [ ! -L "/etc/slurm/$f" ]; then
+      mv "/etc/slurm/$f" "/etc/slurm/$f.mae-orig"; say "kept the existing /etc/slurm/$f as $f.mae-orig"
+    fi
+    if [ -e "$etc/$f" ]; then ln -sfn "$etc/$f" "/etc/slurm/$f"; else rm -f "/etc/slurm/$f"; fi
+  done
+}
+
+start_munge() {
+  if munge_works; then say "munge: already working"; return 0; fi
+  [ -s /etc/munge/munge.key ] || { say "munge: creating /etc/munge/munge.key"; mungekey --create --keyfile=/etc/munge/munge.key; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
+  install -d -o munge -g munge -m 755 /run/munge
+  install -d -o munge -g munge -m 700 /var/lib/munge /var/log/munge 2>/dev/null || true
+  say "munge: starting munged"
+  runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+  wait_for 15 "munged" munge_works || die "munged does not answer (see /var/log/munge/munged.log)"
+  cp /run/munge/munged.pid "$run/munged.pid"   # started by us: `stop` stops it
+}
+
+start_mariadb() {
+  if pid_alive "$run/mariadbd.pid"; then say "mariadb: already running"; return 0; fi
+  if [ ! -d "$dbdir/mysql" ]; then
+    say "mariadb: initialising a private datadir $dbdir"
+    rm -rf "$dbdir"; mkdir -p "$dbdir"
+    mariadb-install-db --no-defaults --user=root --datadir="$dbdir" --skip-test-db \
+      --auth-root-authentication-method=socket >"$logd/mariadb-install.log" 2>&1 \
+      || { show_log_tail "$logd/mariadb-install.log"; die "mariadb-install-db failed"; }
+  fi
+  if port_open "$db_port"; then
+    die "port $db_port is taken by another process (set MAE_SLURM_DB_PORT)"
+  fi
+  say "mariadb: starting on 127.0.0.1:$db_port"
+  setsid /usr/sbin/mariadbd --no-defaults --user=root --datadir="$dbdir" \
+    --socket="$run/mysqld.sock" --pid-file="$run/mariadbd.pid" --bind-address=127.0.0.1 \
+    --port="$db_port" --skip-name-resolve --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900 \
+    --log-error="$logd/mariadb.log" </dev/null >/dev/null 2>&1 &
+  wait_for 60 "mariadbd" db -e 'select 1' || { show_log_tail "$logd/mariadb.log"; die "mariadbd did not start"; }
+  local pass; pass=$(cat "$etc/db.pass")
+  db -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+         CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$pass';
+         ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$pass';
+         GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" \
+    || die "could not create the accounting database"
+}
+
+start_slurmdbd() {
+  if pid_alive "$run/slurmdbd.pid"; then say "slurmdbd: already running"; return 0; fi
+  say "slurmdbd: starting"
+  /usr/sbin/slurmdbd || { show_log_tail "$logd/slurmdbd.log"; die "slurmdbd failed to start"; }
+  wait_for 30 "slurmdbd on port 6819" port_open 6819 \
+    || { show_log_tail "$logd/slurmdbd.log"; die "slurmdbd is not listening"; }
+}
+
+start_slurmctld() {
+  if pid_alive "$run/slurmctld.pid"; then say "slurmctld: already running"; return 0; fi
+  say "slurmctld: starting"
+  /usr/sbin/slurmctld || { show_log_tail "$logd/slurmctld.log"; die "slurmctld failed to start"; }
+  wait_for 30 "slurmctld" scontrol ping || { show_log_tail "$logd/slurmctld.log"; die "slurmctld does not answer"; }
+}
+
+start_slurmd() {
+  if pid_alive "$run/slurmd.pid"; then say "slurmd: already running"; return 0; fi
+  say "slurmd: starting"
+  /usr/sbin/slurmd || { show_log_tail "$logd/slurmd.log"; die "slurmd failed to start"; }
+  # slurmd writes its pid file slightly after forking.
+  wait_for 15 "slurmd pid file" test -s "$run/slurmd.pid" || { show_log_tail "$logd/slurmd.log"; die "slurmd did not start"; }
+}
+
+start() {
+  [ "$(id -u)" -eq 0 ] || die "needs root (daemons run as SlurmUser=root; /etc/slurm/slurm.conf is a symlink)"
+  install_packages
+  if status >/dev/null 2>&1; then say "cluster already up (state dir $state)"; return 0; fi
+  say "starting a single-node cluster (state dir $state)"
+  # Another cluster (another state dir) would hold the SLURM ports: say so instead of failing later.
+  local port
+  for port in 6817 6818 6819; do
+    if port_open "$port" && ! pid_alive "$run/slurmctld.pid" && ! pid_alive "$run/slurmd.pid" && ! pid_alive "$run/slurmdbd.pid"; then
+      die "port $port is in use by another process (another cluster? stop it first)"
+    fi
+  done
+  write_configs
+  start_munge
+  start_mariadb
+  start_slurmdbd
+  start_slurmctld
+  start_slurmd
+  # A node left DOWN/DRAIN by an earlier unclean stop comes back with ReturnToService=2; nudge it anyway.
+  wait_for 60 "node localhost to be idle" bash -c '
+    st=$(sinfo -h -N -n localhost -o %T 2>/dev/null)
+    case "$st" in idle) exit 0 ;; down*|drain*) scontrol update nodename=localhost state=resume ;; esac
+    exit 1' || { status >&2 || true; show_log_tail "$logd/slurmd.log"; show_log_tail "$logd/slurmctld.log"; die "node did not become idle"; }
+  wait_for 60 "sacct (slurmctld registering with slurmdbd)" sacct_works \
+    || { show_log_tail "$logd/slurmdbd.log"; die "sacct does not work"; }
+  say "cluster up: node localhost idle ($(sinfo -h -N -n localhost -o '%c CPUs, %m MB')), sacct ok"
+}
+
+# ---------------------------------------------------------------------------------------------------
+stop_pid() {  # stop_pid NAME: TERM, wait up to 20 s, then KILL.
+  local name=$1 f=$run/$1.pid pid i
+  if ! pid_alive "$f"; then rm -f "$f"; return 0; fi
+  pid=$(cat "$f")
+  say "$name: stopping (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$pid" 2>/dev/null; then say "$name: still alive, sending KILL"; kill -KILL "$pid" 2>/dev/null || true; sleep 0.5; fi
+  rm -f "$f"
+}
+
+stop() {
+  local any=0 d f
+  for d in slurmd slurmctld slurmdbd mariadbd munged; do [ -f "$run/$d.pid" ] && any=1; done
+  [ $any -eq 1 ] || { say "nothing to stop (state dir $state)"; }
+  stop_pid slurmd
+  stop_pid slurmctld
+  stop_pid slurmdbd
+  stop_pid mariadbd
+  stop_pid munged
+  # Remove our symlinks in /etc/slurm and put back what was there before.
+  for f in slurm.conf slurmdbd.conf gres.conf; do
+    if [ -L "/etc/slurm/$f" ] && [ "$(readlink "/etc/slurm/$f")" = "$etc/$f" ]; then
+      rm -f "/etc/slurm/$f"
+      [ -e "/etc/slurm/$f.mae-orig" ] && mv "/etc/slurm/$f.mae-orig" "/etc/slurm/$f"
+    fi
+  done
+  say "stopped"
+}
+
+"$cmd"
