@@ -1,0 +1,451 @@
+"""MLflow mirror of a run folder that never blocks or kills training (nanochat's DummyWandb idea).
+
+The run folder (`config.yaml`, `metrics.jsonl`, `metrics.json`) is the record; MLflow is a copy.
+`Tracker` sends everything from one background thread through a queue: `log_metrics` only enqueues.
+The first MLflow error prints one warning and turns tracking off for the rest of the run; `finish`
+waits at most `drain_timeout_s`. `Tracker(enabled=False)` (or a non-main rank) is a no-op.
+`replay(run_dir)` pushes a finished, crashed or offline run folder into MLflow afterwards, into the
+same MLflow run when it exists on that server, and logs only the (metric, step) points it lacks.
+
+    tracker = Tracker(enabled=cfg.tracking.enabled and is_main)
+    tracker.start(out_dir, params=flatten(cfg.resolved().to_dict()), tags=run_tags(...),
+                  experiment=cfg.tracking.experiment, run_name=cfg.tracking.run_name, uri=cfg.tracking.uri)
+    tracker.log_metrics({"loss": 0.71, "lr": 1e-4}, step=20)
+    tracker.log_artifact(out_dir / "metrics.json")
+    tracker.finish("FINISHED")
+
+The MLflow HTTP client is set to fail fast (`MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`,
+`MLFLOW_HTTP_REQUEST_TIMEOUT=5`, unless already set in the environment). URI: the `uri` argument,
+else `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`. Params and tags pass through `redact`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from .errors import UserError  # noqa: E402
+
+__all__ = ["Tracker", "replay", "redact", "run_tags", "default_uri", "RUN_ID_FILE", "REDACTED"]
+
+_log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id"
+REDACTED = "<redacted>"
+_MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+_BATCH = 100  # params / tags per log_batch call; metrics go 1000 at a time
+
+_SECRET_KEY = re.compile(
+    r"(^|[._-])(token|secret|password|passwd|api_key|apikey|access_key|private_key|credentials?)$", re.I)
+_SECRET_ENV = re.compile(r"(token|secret|password|passwd|api_?key|access_?key|private_?key|credential)", re.I)
+_SECRET_VALUE = re.compile(r"^(ghp_|gho_|ghs_|github_pat_|hf_|sk-|xox[abprs]-|AKIA)[A-Za-z0-9_\-]{12,}$")
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]+):[^/@\s]+@")
+
+
+def default_uri(uri: str | None = None) -> str:
+    """`uri`, else env `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db` (absolute)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _param_str(value: Any) -> str:
+    """The string MLflow stores for a param (the same for live logging and replay)."""
+    if isinstance(value, str):
+        s = value
+    elif isinstance(value, (list, tuple, dict)) or value is None or isinstance(value, bool):
+        s = json.dumps(value, sort_keys=True, default=str)
+    else:
+        s = str(value)
+    return s[:_MAX_PARAM_LEN]
+
+
+def redact(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace values that may be secrets with `REDACTED`.
+
+    A value is redacted when its key's last part is a secret name (`token`, `*_token`, `*_secret`,
+    `*_password`, `*_api_key`, `*.credentials`, ...; not `tokenizer` or `mask_tokens`), when it
+    equals (or contains) the value of an environment variable whose name looks like a secret
+    (`HF_TOKEN`, `AWS_SECRET_ACCESS_KEY`, `MLFLOW_TRACKING_PASSWORD`, ...), or when it looks like a
+    known token format (`ghp_...`, `hf_...`, `sk-...`). Passwords inside URLs are cut out.
+    """
+    env_secrets = [v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 6]
+    out = {}
+    for key, value in params.items():
+        s = value if isinstance(value, str) else _param_str(value)
+        if (_SECRET_KEY.search(str(key)) or _SECRET_VALUE.match(s.strip())
+                or any(secret in s for secret in env_secrets)):
+            out[key] = REDACTED
+        elif isinstance(value, str) and _URL_PASSWORD.search(value):
+            out[key] = _URL_PASSWORD.sub(r"\1:" + REDACTED + "@", value)
+        else:
+            out[key] = value
+    return out
+
+
+def run_tags(run_id: str, stage: str, git_revision: str | None = None, preset: str | None = None,
+             ablations: str | list[str] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The DESIGN.md tags: `mae.run_id, mae.stage, mae.ablations, mae.preset, mae.git_revision,
+    mae.host, mae.slurm_job_id` (host and SLURM job id read here), plus `extra` (`tracking.tags`)."""
+    if isinstance(ablations, (list, tuple)):
+        ablations = ",".join(ablations)
+    tags = {
+        "mae.run_id": run_id, "mae.stage": stage, "mae.ablations": ablations, "mae.preset": preset,
+        "mae.git_revision": git_revision, "mae.host": socket.gethostname(),
+        "mae.slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+    tags.update(extra or {})
+    return {k: str(v) for k, v in tags.items() if v is not None}
+
+
+def _numeric(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+class _Session:
+    """The MLflow side: a client bound to one run. Every method may raise."""
+
+    def __init__(self, uri: str):
+        from mlflow.tracking import MlflowClient
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.run_id: str | None = None
+
+    def _experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            # keep artifacts next to the database, not in whatever folder the job was started from
+            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts" / name).resolve().as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:
+            exp = self.client.get_experiment_by_name(name)  # created by a concurrent job
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def open(self, run_dir: Path, experiment: str, run_name: str | None, tags: Mapping[str, str]) -> str:
+        """Resume the run named in `run_dir/mlflow_run_id` if this server has it, else create one."""
+        id_file = run_dir / RUN_ID_FILE
+        if id_file.is_file():
+            run_id = id_file.read_text().strip()
+            try:
+                run = self.client.get_run(run_id)
+            except Exception as e:  # not on this server: a new run
+                if "RESOURCE_DOES_NOT_EXIST" not in str(e) and "not found" not in str(e).lower():
+                    raise
+                run = None
+            if run is not None and run.info.lifecycle_stage == "active":
+                self.run_id = run_id
+                if run.info.status != "RUNNING":
+                    self.client.update_run(run_id, status="RUNNING")
+                return run_id
+        run = self.client.create_run(self._experiment_id(experiment), tags=dict(tags), run_name=run_name)
+        self.run_id = run.info.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = id_file.with_suffix(".tmp")
+        tmp.write_text(self.run_id + "\n")
+        tmp.replace(id_file)
+        return self.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> list[str]:
+        """Log params not yet on the run; returns the keys whose logged value differs (left as they are)."""
+        from mlflow.entities import Param
+        existing = self.client.get_run(self.run_id).data.params
+        new, conflicts = [], []
+        for k, v in params.items():
+            s = _param_str(v)
+            if k not in existing:
+                new.append(Param(k, s))
+            elif existing[k] != s:
+                conflicts.append(k)
+        for i in range(0, len(new), _BATCH):
+            self.client.log_batch(self.run_id, params=new[i:i + _BATCH], synchronous=True)
+        return conflicts
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, tags=items[i:i + _BATCH], synchronous=True)
+
+    def log_metrics(self, points: list[tuple[str, float, int, int]]) -> None:
+        """points: (key, value, timestamp_ms, step)."""
+        from mlflow.entities import Metric
+        metrics = [Metric(k, v, ts, step) for k, v, ts, step in points]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000], synchronous=True)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+_STOP = ("stop",)
+
+
+class Tracker:
+    """Mirror a run into MLflow from a background thread; every method returns immediately.
+
+    Args:
+        enabled: False gives a no-op tracker (tracking off, or not the main rank).
+        drain_timeout_s: how long `finish` waits for queued calls before giving up.
+        start_timeout_s: how long `start` waits for the MLflow run id before continuing without it
+            (the run is still created in the background; `run_id` is then filled in later).
+    """
+
+    def __init__(self, enabled: bool = True, drain_timeout_s: float = 10.0, start_timeout_s: float = 30.0):
+        self.enabled = enabled
+        self.drain_timeout_s = drain_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.run_id: str | None = None
+        self.uri: str | None = None
+        self.param_conflicts: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._failed = False
+
+    @property
+    def active(self) -> bool:
+        """True while calls are being sent (enabled, started, no error so far)."""
+        return self.enabled and self._thread is not None and not self._failed
+
+    def start(self, run_dir: str | os.PathLike, params: Mapping[str, Any], tags: Mapping[str, Any],
+              experiment: str = "mae", run_name: str | None = None, uri: str | None = None) -> str | None:
+        """Open (or resume) the MLflow run of `run_dir` and log params once; returns the run id or None.
+
+        Args:
+            run_dir: the run folder; holds `mlflow_run_id`.
+            params: flattened config (`model.mask_ratio`: 0.75, ...); redacted before logging.
+            tags: run tags (see `run_tags`); redacted before logging.
+            experiment: MLflow experiment name (created if missing).
+            run_name: MLflow run name for a new run.
+            uri: tracking URI (see `default_uri`).
+        """
+        if not self.enabled or self._thread is not None:
+            return self.run_id
+        self.uri = default_uri(uri)
+        self._thread = threading.Thread(target=self._worker, name="mae-mlflow", daemon=True)
+        self._thread.start()
+        self._queue.put(("start", Path(run_dir), redact(params), redact({k: str(v) for k, v in tags.items()}),
+                         experiment, run_name))
+        self._started.wait(self.start_timeout_s)
+        return self.run_id
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Queue the numeric entries of `metrics` at `step` (non-numeric ones are skipped)."""
+        if not self.active:
+            return
+        ts = int(time.time() * 1000)
+        points = [(k, v, ts, int(step)) for k, v in ((k, _numeric(v)) for k, v in metrics.items()) if v is not None]
+        if points:
+            self._queue.put(("metrics", points))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Queue tags (redacted)."""
+        if self.active:
+            self._queue.put(("tags", redact({k: str(v) for k, v in tags.items()})))
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Queue a small file (config.yaml, metrics.json, recon.png) for upload."""
+        if self.active:
+            self._queue.put(("artifact", Path(path), artifact_path))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Mark the run `status` (FINISHED, FAILED, KILLED) and wait at most `drain_timeout_s` for the queue."""
+        if self._thread is None:
+            return
+        if not self._failed:
+            self._queue.put(("finish", status))
+        self._queue.put(None)
+        self._thread.join(self.drain_timeout_s)
+        if self._thread.is_alive():
+            self._warn(f"MLflow did not take the queued calls within {self.drain_timeout_s:.0f} s; giving up "
+                       f"(the run folder has everything: `mae replay <run dir>` sends it later)")
+            self._failed = True
+        self._thread = None
+
+    # ---------------------------------------------------------------- background thread
+
+    def _warn(self, text: str) -> None:
+        _log.warning("tracking: %s", text)
+
+    def _worker(self) -> None:
+        session = None
+        pending = None
+        try:
+            while True:
+                item, pending = (pending, None) if pending is not None else (self._queue.get(), None)
+                if item is None:
+                    return
+                if self._failed:
+                    continue
+                kind = item[0]
+                if kind == "start":
+                    _, run_dir, params, tags, experiment, run_name = item
+                    session = _Session(self.uri)
+                    self.run_id = session.open(run_dir, experiment, run_name, tags)
+                    self._started.set()
+                    session.set_tags(tags)
+                    self.param_conflicts = session.log_params(params)
+                    if self.param_conflicts:
+                        self._warn(f"params already logged with other values, kept as they were: "
+                                   f"{', '.join(sorted(self.param_conflicts)[:10])}")
+                elif kind == "metrics":
+                    points = list(item[1])
+                    # coalesce the metric calls waiting behind this one into one request
+                    while True:
+                        try:
+                            nxt = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if nxt is not None and nxt[0] == "metrics":
+                            points += nxt[1]
+                        else:
+                            pending = nxt if nxt is not None else _STOP
+                            break
+                    session.log_metrics(points)
+                    if pending is _STOP:
+                        return
+                elif kind == "tags":
+                    session.set_tags(item[1])
+                elif kind == "artifact":
+                    session.log_artifact(item[1], item[2])
+                elif kind == "finish":
+                    session.finish(item[1])
+        except Exception as e:  # noqa: BLE001 - any MLflow failure only turns tracking off
+            self._failed = True
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self._warn(f"MLflow at {self.uri} failed ({type(e).__name__}: {msg[:200]}); tracking is off for the "
+                       f"rest of this run, the run folder stays complete")
+        finally:
+            self._started.set()
+
+
+# ---------------------------------------------------------------- replay
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    return records
+
+
+def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str | None = None) -> dict[str, Any]:
+    """Push a run folder into MLflow; running it again adds nothing.
+
+    Params come from `config.yaml` (flattened, `meta` excluded), tags from its `meta` and
+    `tracking.tags`, metric points from `metrics.jsonl` (every numeric key except `step`, at `step`),
+    final numbers from `metrics.json` (as `final.<key>` at the last step), and `config.yaml`,
+    `metrics.json`, `recon.png` as artifacts. The MLflow run is the one in `mlflow_run_id` if this
+    server has it, else a new one (whose id is written there).
+
+    Args:
+        run_dir: the run folder.
+        uri: tracking URI; default `tracking.uri` of the config, then `default_uri()`.
+        experiment: experiment for a new run; default `tracking.experiment` of the config, then `mae`.
+
+    Returns:
+        `{"run_id", "metrics_logged", "metrics_skipped", "params_logged", "param_conflicts"}`.
+    """
+    import yaml
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError.message("run_dir", f"run_dir={str(run_dir)!r} is invalid: not a folder")
+    config: dict[str, Any] = {}
+    if (run_dir / "config.yaml").is_file():
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    meta = config.pop("meta", None) or {}
+    tracking = config.get("tracking") or {}
+    summary = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    records = _read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    if not config and not records and not summary:
+        raise UserError.message("run_dir", f"run_dir={str(run_dir)!r} is invalid: no config.yaml, metrics.jsonl "
+                                           f"or metrics.json there")
+
+    params = {}
+    for section, values in config.items():
+        if isinstance(values, dict):
+            params.update({f"{section}.{k}": v for k, v in values.items()})
+        else:
+            params[section] = values
+    # host and SLURM job come from the run's record, never from the process that replays it
+    tags = {
+        "mae.run_id": meta.get("run_id") or summary.get("run_id") or run_dir.name,
+        "mae.stage": meta.get("stage") or summary.get("stage"),
+        "mae.git_revision": meta.get("git_revision") or summary.get("git_revision"),
+        "mae.host": summary.get("host"), "mae.slurm_job_id": summary.get("slurm_job_id"),
+        **(tracking.get("tags") or {}),
+    }
+    tags = {k: str(v) for k, v in tags.items() if v is not None}
+
+    points: dict[tuple[str, int], tuple[float, int]] = {}
+    now_ms = int(time.time() * 1000)
+    for rec in records:
+        if "step" not in rec:
+            continue
+        step = int(rec["step"])
+        ts = int(float(rec["time"]) * 1000) if _numeric(rec.get("time")) is not None else now_ms
+        for key, value in rec.items():
+            v = _numeric(value)
+            if key in ("step", "time") or v is None:
+                continue
+            points.setdefault((key, step), (v, ts))
+    last_step = int(summary.get("steps") or max([s for _, s in points] or [0]))
+    for key, value in summary.items():
+        v = _numeric(value)
+        if v is not None and not math.isnan(v):
+            points.setdefault((f"final.{key}", last_step), (v, now_ms))
+
+    uri = uri or tracking.get("uri") or default_uri()
+    try:
+        session = _Session(uri)
+        run_id = session.open(run_dir, experiment or tracking.get("experiment") or "mae",
+                              tracking.get("run_name"), redact(tags))
+        session.set_tags(redact(tags))
+        conflicts = session.log_params(redact(params))
+        keys = sorted({k for k, _ in points})
+        have = {(k, m.step) for k in keys for m in session.client.get_metric_history(run_id, k)}
+        missing = [(k, v, ts, s) for (k, s), (v, ts) in sorted(points.items()) if (k, s) not in have]
+        session.log_metrics(missing)
+        present = {a.path for a in session.client.list_artifacts(run_id)}
+        for name in ("config.yaml", "metrics.json", "recon.png"):
+            if (run_dir / name).is_file() and name not in present:
+                session.log_artifact(run_dir / name)
+        session.finish("FINISHED" if summary.get("status") == "completed" else "FAILED")
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - report the server problem in one line
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError.message("tracking.uri", f"tracking.uri={uri!r}: replay of {run_dir} failed: "
+                                                f"{type(e).__name__}: {msg[:300]}") from None
+    if conflicts:
+        _log.warning("tracking: params already logged with other values, kept as they were: %s",
+                     ", ".join(sorted(conflicts)[:10]))
+    return {"run_id": run_id, "metrics_logged": len(missing), "metrics_skipped": len(points) - len(missing),
+            "params_logged": len(params) - len(conflicts), "param_conflicts": conflicts}

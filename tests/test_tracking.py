@@ -1,0 +1,207 @@
+"""MLflow mirror: sqlite store contents, never blocking on a dead or hung server, idempotent replay, redaction."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import yaml
+
+from mae.errors import UserError
+from mae.tracking import REDACTED, RUN_ID_FILE, Tracker, redact, replay, run_tags
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory):
+    """One sqlite store for the module: creating its schema takes seconds, so it is done once."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _history(uri, run_id, key):
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def test_run_with_params_metrics_tags_artifacts(uri, tmp_path):
+    run_dir = tmp_path / "run"
+    params = {"model.mask_ratio": 0.75, "pretrain.betas": [0.9, 0.95], "model.tokenizer": None}
+    tags = run_tags("abc123", "pretrain", git_revision="deadbeef", preset="tiny", ablations=["table1a"])
+    tr = Tracker()
+    run_id = tr.start(run_dir, params, tags, experiment="test-exp", run_name="r1", uri=uri)
+    assert run_id and (run_dir / RUN_ID_FILE).read_text().strip() == run_id
+    for step in range(1, 6):
+        tr.log_metrics({"loss": 1.0 / step, "lr": 1e-3 * step, "note": "skipped"}, step=step)
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "completed", "top1": 80.0}))
+    tr.log_artifact(run_dir / "metrics.json")
+    tr.finish("FINISHED")
+
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "r1"
+    assert run.data.params["model.mask_ratio"] == "0.75"
+    assert run.data.params["pretrain.betas"] == "[0.9, 0.95]"
+    assert run.data.tags["mae.run_id"] == "abc123" and run.data.tags["mae.ablations"] == "table1a"
+    assert run.data.tags["mae.host"] == socket.gethostname()
+    assert _history(uri, run_id, "loss") == [(s, 1.0 / s) for s in range(1, 6)]
+    assert "note" not in run.data.metrics
+    assert [a.path for a in MlflowClient(uri).list_artifacts(run_id)] == ["metrics.json"]
+
+    # a resumed job continues the same run; identical params are fine, changed ones are kept as they were
+    again = Tracker()
+    assert again.start(run_dir, {**params, "model.mask_ratio": 0.5, "run.new_key": 1}, tags, uri=uri) == run_id
+    again.log_metrics({"loss": 0.1}, step=6)
+    again.finish("FINISHED")
+    assert again.param_conflicts == ["model.mask_ratio"]
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.data.params["model.mask_ratio"] == "0.75" and run.data.params["run.new_key"] == "1"
+    assert len(_history(uri, run_id, "loss")) == 6
+
+
+def test_disabled_tracker_is_a_no_op(tmp_path):
+    tr = Tracker(enabled=False)
+    assert tr.start(tmp_path, {"a": 1}, {}, uri="http://127.0.0.1:9") is None
+    tr.log_metrics({"loss": 1.0}, step=1)
+    tr.finish()
+    assert not (tmp_path / RUN_ID_FILE).exists() and not tr.active
+
+
+def test_dead_server_never_blocks(tmp_path, caplog):
+    tr = Tracker(drain_timeout_s=10)
+    t0 = time.perf_counter()
+    tr.start(tmp_path, {"a": 1}, {}, uri="http://127.0.0.1:9")
+    t_start = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for step in range(1000):
+        tr.log_metrics({"loss": 1.0}, step=step)
+    t_log = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tr.finish()
+    t_finish = time.perf_counter() - t0
+    print(f"dead server: start {t_start:.2f} s, 1000 log calls {t_log * 1e3:.1f} ms, finish {t_finish:.2f} s")
+    assert tr.run_id is None and not tr.active
+    assert not (tmp_path / RUN_ID_FILE).exists()
+    assert sum("tracking" in r.getMessage() for r in caplog.records) == 1  # exactly one warning line
+    assert t_finish < tr.drain_timeout_s + 5
+
+
+def test_hung_server_gives_up_after_drain_timeout(tmp_path, caplog):
+    """A server that accepts connections and never answers: start and finish return on their own timeouts."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    conns = []
+    stop = threading.Event()
+
+    def accept():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        tr = Tracker(drain_timeout_s=1.0, start_timeout_s=0.5)
+        t0 = time.perf_counter()
+        assert tr.start(tmp_path, {"a": 1}, {}, uri=f"http://127.0.0.1:{srv.getsockname()[1]}") is None
+        tr.log_metrics({"loss": 1.0}, step=1)
+        tr.finish()
+        elapsed = time.perf_counter() - t0
+        print(f"hung server: start + log + finish returned after {elapsed:.2f} s")
+        assert elapsed < 4.5  # well before MLflow's own 5 s request timeout would free the thread
+        assert any("giving up" in r.getMessage() for r in caplog.records)
+    finally:
+        stop.set()
+        for c in conns:
+            c.close()
+        srv.close()
+
+
+def test_redact_keys_and_env_secrets(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "s3cr3t-value-xyz")
+    out = redact({
+        "model.tokenizer": "mod:fn", "model.encoder_mask_tokens": True, "model.patch_size": 16,
+        "tracking.api_key": "abc", "tracking.token": "t", "x.db_password": "p", "run.note": "s3cr3t-value-xyz",
+        "data.root": "/data/ghp_abcdefghijklmnopqrstuv", "y": "ghp_abcdefghijklmnopqrstuv",
+        "tracking.uri": "https://user:hunter22@mlflow.example.org",
+    })
+    assert out["model.tokenizer"] == "mod:fn" and out["model.encoder_mask_tokens"] is True
+    assert out["model.patch_size"] == 16 and out["data.root"] == "/data/ghp_abcdefghijklmnopqrstuv"
+    for k in ("tracking.api_key", "tracking.token", "x.db_password", "run.note", "y"):
+        assert out[k] == REDACTED, k
+    assert out["tracking.uri"] == f"https://user:{REDACTED}@mlflow.example.org"
+
+
+def test_secrets_from_env_do_not_reach_mlflow(uri, tmp_path, monkeypatch):
+    secret = "mlflow-pass-8f3k2j"
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+    tr = Tracker()
+    run_id = tr.start(tmp_path, {"run.comment": f"pw={secret}", "model.depth": 2},
+                      {"mae.run_id": "x", "custom": secret}, uri=uri)
+    tr.finish()
+    run = MlflowClient(uri).get_run(run_id)
+    stored = list(run.data.params.values()) + list(run.data.tags.values())
+    assert not any(secret in v for v in stored)
+    assert run.data.params["model.depth"] == "2" and run.data.params["run.comment"] == REDACTED
+
+
+def _run_folder(path, steps):
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {"model": {"mask_ratio": 0.75, "depth": 2}, "pretrain": {"betas": [0.9, 0.95]},
+           "tracking": {"experiment": "replayed", "tags": {"mae.preset": "tiny"}},
+           "meta": {"git_revision": "cafe", "stage": "pretrain", "run_id": "rid42", "command": "mae pretrain"}}
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with open(path / "metrics.jsonl", "w") as f:
+        for s in steps:
+            f.write(json.dumps({"step": s, "epoch": s // 10, "loss": 1.0 / s, "lr": 1e-4}) + "\n")
+        f.write('{"step": 99, "loss": ')  # a line cut by a crash is ignored
+
+
+def test_replay_is_idempotent(uri, tmp_path):
+    run_dir = tmp_path / "offline"
+    _run_folder(run_dir, range(1, 11))
+    first = replay(run_dir, uri=uri)
+    run_id = first["run_id"]
+    assert (run_dir / RUN_ID_FILE).read_text().strip() == run_id
+    assert first["metrics_logged"] == 10 * 3  # loss, lr, epoch
+    second = replay(run_dir, uri=uri)
+    assert second["run_id"] == run_id and second["metrics_logged"] == 0
+    assert _history(uri, run_id, "loss") == [(s, 1.0 / s) for s in range(1, 11)]
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.data.params["pretrain.betas"] == "[0.9, 0.95]" and "meta.command" not in run.data.params
+    assert run.data.tags["mae.run_id"] == "rid42" and run.data.tags["mae.preset"] == "tiny"
+    assert MlflowClient(uri).get_experiment(run.info.experiment_id).name == "replayed"
+    assert run.info.status == "FAILED"  # no metrics.json: not a completed run
+
+    # the job went on: only the new points go in, and the summary lands as final.*
+    _run_folder(run_dir, range(1, 16))
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "completed", "top1": 71.5, "steps": 15}))
+    third = replay(run_dir, uri=uri)
+    assert third["metrics_logged"] == 5 * 3 + 2  # + final.top1, final.steps
+    assert len(_history(uri, run_id, "loss")) == 15
+    assert _history(uri, run_id, "final.top1") == [(15, 71.5)]
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_replay_completes_a_live_run(uri, tmp_path):
+    run_dir = tmp_path / "live"
+    _run_folder(run_dir, range(1, 7))
+    tr = Tracker()
+    run_id = tr.start(run_dir, {"model.mask_ratio": 0.75}, {"mae.run_id": "rid42"}, uri=uri)
+    for s in range(1, 4):  # MLflow went away after step 3
+        tr.log_metrics({"loss": 1.0 / s, "lr": 1e-4, "epoch": 0}, step=s)
+    tr.finish("KILLED")
+    out = replay(run_dir, uri=uri)
+    assert out["run_id"] == run_id and out["metrics_logged"] == 3 * 3
+    assert [s for s, _ in _history(uri, run_id, "loss")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_replay_errors(tmp_path):
+    with pytest.raises(UserError, match="run_dir"):
+        replay(tmp_path / "missing")
+    _run_folder(tmp_path / "r", [1])
+    with pytest.raises(UserError, match="tracking.uri"):
+        replay(tmp_path / "r", uri="http://127.0.0.1:9")
