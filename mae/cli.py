@@ -60,7 +60,13 @@ def _parse_ratios(text: str) -> list[float]:
 
 def run(argv: list[str]) -> int:
     """Run one command; returns the exit code (UserError and training stops are raised to `main`)."""
-    args = _parser().parse_args(argv)
+    args, extra = _parser().parse_known_args(argv)
+    if args.command in ("pretrain", "finetune", "linprobe"):
+        # Overrides may also come after `--out DIR`; argparse hands those back as unknown arguments.
+        args.overrides = [*args.overrides, *extra]
+        extra = [e for e in extra if e.startswith("-")]
+    if extra:
+        raise UserError.message("arguments", f"mae {args.command}: unrecognized arguments: {' '.join(extra)}")
     if args.command in ("pretrain", "finetune", "linprobe"):
         from mae import train
         from mae.config import load_config

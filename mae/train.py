@@ -243,7 +243,7 @@ class _Program:
             raise
         finally:
             preemption.uninstall()
-        self._finish_tracker(tracker, "FINISHED", metrics)
+        self._finish_tracker(tracker, "FINISHED", {**metrics, "run_dir": str(self.out_dir)})
         return metrics
 
     @staticmethod
@@ -639,14 +639,11 @@ class _Program:
         if not (self.is_main and cfg.tracking.enabled):
             return None
         try:
-            from mae.tracking import Tracker
-            tags = {"mae.run_id": self.run_id, "mae.stage": self.stage, "mae.git_revision": git_revision(),
-                    "mae.host": socket.gethostname(), "mae.slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
-                    **{k: str(v) for k, v in cfg.tracking.tags.items()}}
-            tracker = Tracker(uri=cfg.tracking.uri, experiment=cfg.tracking.experiment,
-                              run_name=cfg.tracking.run_name or f"{self.stage}-{self.run_id}",
-                              run_dir=self.out_dir)
-            tracker.start(params=flatten(cfg.to_dict()), tags=tags)
+            from mae.tracking import Tracker, run_tags
+            tags = run_tags(self.run_id, self.stage, git_revision(), extra=cfg.tracking.tags)
+            tracker = Tracker(enabled=True)
+            tracker.start(self.out_dir, params=flatten(cfg.to_dict()), tags=tags, experiment=cfg.tracking.experiment,
+                          run_name=cfg.tracking.run_name or f"{self.stage}-{self.run_id}", uri=cfg.tracking.uri)
             return tracker
         except Exception as exc:  # tracking must never stop training
             log.warning("tracking disabled: %s", exc)
@@ -659,6 +656,7 @@ class _Program:
         if metrics is not None:
             numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             _never_fatal(tracker.log_metrics, {f"final/{k}": v for k, v in numbers.items()}, step=metrics["steps"])
+            _never_fatal(tracker.log_artifact, Path(metrics["run_dir"]) / METRICS_JSON)
         _never_fatal(tracker.finish, status=status)
 
 

@@ -1,0 +1,110 @@
+"""Config: defaults < YAML < key=value, unknown keys with suggestions, type and range errors, identity."""
+
+import pytest
+import yaml
+
+from mae.config import Config, dump_config, flatten, identity, load_config
+from mae.errors import UserError
+
+
+def test_defaults_are_the_paper_setting():
+    cfg = Config()
+    assert cfg.model.arch == "mae_vit_large_patch16_dec512d8b" and cfg.model.mask_ratio == 0.75
+    assert cfg.pretrain.batch_size == 4096 and cfg.pretrain.betas == [0.9, 0.95] and cfg.pretrain.blr == 1.5e-4
+    assert cfg.finetune.layer_decay == 0.75 and cfg.linprobe.batch_size == 16384
+
+
+def test_precedence_defaults_yaml_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": {"mask_ratio": 0.5, "decoder_depth": 2}, "pretrain": {"blr": "1e-4"}}))
+    cfg = load_config(path, ["model.mask_ratio=0.9", "pretrain.betas=[0.9,0.99]", "finetune.checkpoint=null",
+                             "run.compile=true", "tracking.tags.mae.preset=tiny"])
+    assert cfg.model.mask_ratio == 0.9            # override beats YAML
+    assert cfg.model.decoder_depth == 2           # YAML beats default
+    assert cfg.model.target == "pixel"            # default kept
+    assert cfg.pretrain.blr == 1e-4               # PyYAML's string "1e-4" read as a number
+    assert cfg.pretrain.betas == [0.9, 0.99] and cfg.finetune.checkpoint is None and cfg.run.compile is True
+    assert cfg.tracking.tags == {"mae.preset": "tiny"}
+    assert isinstance(load_config(None, ["pretrain.blr=1"]).pretrain.blr, float)
+
+
+@pytest.mark.parametrize("override, suggestion", [
+    ("model.mask_ratoi=0.5", "model.mask_ratio"),
+    ("modle.mask_ratio=0.5", "model.mask_ratio"),
+    ("pretrain.warmup_epoch=3", "pretrain.warmup_epochs"),
+])
+def test_unknown_override_suggests_closest(override, suggestion):
+    with pytest.raises(UserError) as err:
+        load_config(None, [override])
+    assert override.split("=")[0] in str(err.value) and repr(suggestion) in str(err.value)
+
+
+def test_unknown_yaml_key_at_any_level(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  decoder_dept: 1\n")
+    with pytest.raises(UserError, match="model.decoder_dept.*'model.decoder_depth'"):
+        load_config(path)
+    path.write_text("pretrian:\n  epochs: 1\n")
+    with pytest.raises(UserError, match="'pretrain'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.mask_ratio=1.0", ["model.mask_ratio", "[0.0, 1.0)"]),
+    ("model.mask_sampling=checker", ["model.mask_sampling", "'block'"]),
+    ("model.target=rgb", ["model.target", "'norm_pixel'"]),
+    ("data.name=mnist", ["data.name", "'fashion_mnist'"]),
+    ("run.precision=fp8", ["run.precision", "'bf16'"]),
+    ("pretrain.epochs=0", ["pretrain.epochs", "positive"]),
+    ("finetune.batch_size=-4", ["finetune.batch_size", "positive"]),
+    ("pretrain.epochs=1.5", ["pretrain.epochs", "integer"]),
+    ("model.encoder_mask_tokens=maybe", ["model.encoder_mask_tokens", "true or false"]),
+    ("pretrain.warmup_epochs=900", ["pretrain.warmup_epochs", "less than"]),
+    ("pretrain.betas=[0.9]", ["pretrain.betas", "two numbers"]),
+])
+def test_bad_values_name_field_value_and_allowed(override, words):
+    with pytest.raises(UserError) as err:
+        load_config(None, [override])
+    assert all(w in str(err.value) for w in words), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_resolved_fills_arch_fields_and_checks_patch_divisibility():
+    cfg = load_config(None, ["model.arch=mae_vit_micro_patch7_dec64d1b", "model.depth=2"]).resolved()
+    assert (cfg.model.img_size, cfg.model.patch_size, cfg.model.in_chans, cfg.model.depth) == (28, 7, 1, 2)
+    assert cfg.model.embed_dim == 128 and cfg.model.mlp_ratio == 4.0
+    with pytest.raises(UserError, match="model.img_size=30.*multiple of model.patch_size=7"):
+        load_config(None, ["model.arch=mae_vit_micro_patch7_dec64d1b", "model.img_size=30"]).resolved()
+    with pytest.raises(UserError, match="mae_vit_base_patch16_dec512d8b"):
+        load_config(None, ["model.arch=mae_vit_bsae_patch16_dec512d8b"]).resolved()
+
+
+def test_identity_covers_results_not_bookkeeping():
+    base = load_config(None, [])
+    run_id = identity(base, "pretrain")
+    assert len(run_id) == 12 and int(run_id, 16) >= 0
+    assert identity(base.resolved(), "pretrain") == run_id                  # null vs filled arch fields
+    for same in ["data.num_workers=1", "data.download=true", "run.log_every_steps=1", "finetune.epochs=30",
+                 "tracking.uri=http://x", "run.device=cpu"]:
+        assert identity(base.with_overrides([same]), "pretrain") == run_id, same
+    for different in ["model.mask_ratio=0.5", "data.train_subset=10", "pretrain.epochs=3", "run.seed=1"]:
+        assert identity(base.with_overrides([different]), "pretrain") != run_id, different
+    assert identity(base.with_overrides(["finetune.epochs=30"]), "finetune") != identity(base, "finetune")
+
+
+def test_written_config_with_meta_reproduces(tmp_path):
+    cfg = load_config(None, ["model.mask_ratio=0.6", "tracking.tags.mae.ablations=table1a"]).resolved()
+    dump_config(cfg, tmp_path / "config.yaml", meta={"git_revision": "abc", "stage": "pretrain"})
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg and identity(again, "pretrain") == identity(cfg, "pretrain")
+    assert flatten(cfg.to_dict())["model.mask_ratio"] == 0.6
+
+
+def test_bad_files_and_override_syntax(tmp_path):
+    with pytest.raises(UserError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(UserError, match="bad.yaml"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(UserError, match="section.key=value"):
+        load_config(None, ["model.mask_ratio"])
