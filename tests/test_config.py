@@ -87,7 +87,7 @@ def test_identity_covers_results_not_bookkeeping():
     for same in ["data.num_workers=1", "data.download=true", "run.log_every_steps=1", "finetune.epochs=30",
                  "tracking.uri=http://x", "run.device=cpu"]:
         assert identity(base.with_overrides([same]), "pretrain") == run_id, same
-    for different in ["model.mask_ratio=0.5", "data.train_subset=10", "pretrain.epochs=3", "run.seed=1"]:
+    for different in ["model.mask_ratio=0.5", "data.train_subset=10", "pretrain.epochs=300", "run.seed=1"]:
         assert identity(base.with_overrides([different]), "pretrain") != run_id, different
     assert identity(base.with_overrides(["finetune.epochs=30"]), "finetune") != identity(base, "finetune")
 
