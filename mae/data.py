@@ -96,18 +96,20 @@ def _generator(*values: int) -> torch.Generator:
 
 
 @contextmanager
-def _global_rng_scope(seed: int):
-    """Seed torch / numpy / python global RNGs for code that only uses them, then restore them."""
-    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    torch.manual_seed(seed)
-    np.random.seed(seed & 0xFFFFFFFF)
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(torch_state)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
+def _global_rng_scope(seed: int, device: torch.device | None = None):
+    """Seed torch (CPU and `device`) / numpy / python global RNGs for code that only uses them,
+    then restore them."""
+    cuda = [device.index or 0] if device is not None and device.type == "cuda" else []
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        np.random.seed(seed & 0xFFFFFFFF)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -481,14 +483,14 @@ class TensorTransform:
         x = _adapt_channels(self._resample(x, boxes, flips.to(x.device)), self.in_chans)
         if self.randaug is not None:
             x8 = x.mul(255).round_().to(torch.uint8)
-            with _global_rng_scope(int(torch.randint(0, 2 ** 62, (1,), generator=g))):
+            with _global_rng_scope(int(torch.randint(0, 2 ** 62, (1,), generator=g)), x.device):
                 x8 = torch.stack([self.randaug(img) for img in x8])
             x = x8.float().div_(255)
         if self.color_jitter > 0:
             x = self._jitter(x, g)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         if self.random_erasing is not None:
-            with _global_rng_scope(int(torch.randint(0, 2 ** 62, (1,), generator=g))):
+            with _global_rng_scope(int(torch.randint(0, 2 ** 62, (1,), generator=g)), x.device):
                 self.random_erasing.device = x.device
                 x = self.random_erasing(x)
         return x

@@ -361,7 +361,7 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
 
     Params come from `config.yaml` (flattened, `meta` excluded), tags from its `meta` and
     `tracking.tags`, metric points from `metrics.jsonl` (every numeric key except `step`, at `step`),
-    final numbers from `metrics.json` (as `final.<key>` at the last step), and `config.yaml`,
+    final numbers from `metrics.json` (as `final/<key>` at the last step, as `mae.train` logs them), and `config.yaml`,
     `metrics.json`, `recon.png` as artifacts. The MLflow run is the one in `mlflow_run_id` if this
     server has it, else a new one (whose id is written there).
 
@@ -420,7 +420,7 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
     for key, value in summary.items():
         v = _numeric(value)
         if v is not None and not math.isnan(v):
-            points.setdefault((f"final.{key}", last_step), (v, now_ms))
+            points.setdefault((f"final/{key}", last_step), (v, now_ms))
 
     uri = uri or tracking.get("uri") or default_uri()
     try:

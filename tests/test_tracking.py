@@ -176,13 +176,13 @@ def test_replay_is_idempotent(uri, tmp_path):
     assert MlflowClient(uri).get_experiment(run.info.experiment_id).name == "replayed"
     assert run.info.status == "FAILED"  # no metrics.json: not a completed run
 
-    # the job went on: only the new points go in, and the summary lands as final.*
+    # the job went on: only the new points go in, and the summary lands as final/*
     _run_folder(run_dir, range(1, 16))
     (run_dir / "metrics.json").write_text(json.dumps({"status": "completed", "top1": 71.5, "steps": 15}))
     third = replay(run_dir, uri=uri)
-    assert third["metrics_logged"] == 5 * 3 + 2  # + final.top1, final.steps
+    assert third["metrics_logged"] == 5 * 3 + 2  # + final/top1, final/steps
     assert len(_history(uri, run_id, "loss")) == 15
-    assert _history(uri, run_id, "final.top1") == [(15, 71.5)]
+    assert _history(uri, run_id, "final/top1") == [(15, 71.5)]
     assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
 
 
