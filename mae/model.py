@@ -228,6 +228,7 @@ class MaskedAutoencoderViT(nn.Module):
         self._check_imgs(imgs)
         mask_ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         x = self.patch_embed(imgs)
+        noise = noise.to(x.device) if noise is not None else None
         ids_shuffle, len_keep = sample_ids_shuffle(
             self.mask_sampling, x.shape[0], self.grid_size, mask_ratio, noise, x.device)
         if self.encoder_mask_tokens:
