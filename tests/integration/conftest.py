@@ -1,0 +1,96 @@
+"""Session fixtures for the integration tests: a real SLURM cluster and real MLflow servers, started
+and stopped through scripts/slurm_cluster.sh and scripts/mlflow_server.sh (helpers in
+integration_support.py).
+
+A service that genuinely cannot start here (not root, no SLURM) skips its tests with the reason;
+with CI=true the same situation FAILS the tests: CI must run them all.
+Set MAE_TEST_KEEP_SERVICES=1 to leave the services running after the session (for debugging).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from integration_support import (REPO_ROOT, TEST_OUTPUT, TIMINGS, MlflowServer, PretrainRun, SlurmCluster,
+                                 mae_pretrain, record_timing, run_logged, service_env, tail, unavailable)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if TIMINGS:
+        terminalreporter.section("integration timings (s)")
+        for name, secs in TIMINGS.items():
+            terminalreporter.write_line(f"{name:45s} {secs:8.1f}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# SLURM
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> SlurmCluster:
+    script = REPO_ROOT / "scripts" / "slurm_cluster.sh"
+    state = REPO_ROOT / ".services" / "slurm"
+    env = service_env(SLURM_CONF=str(state / "etc" / "slurm.conf"))
+    up = subprocess.run([script, "status", "--state-dir", state], capture_output=True, text=True, env=env)
+    if up.returncode == 0:
+        yield SlurmCluster(state, started_here=False, env=env)   # somebody's running cluster: keep it
+        return
+    if os.geteuid() != 0:
+        unavailable("the single-node SLURM cluster needs root (daemons run as SlurmUser=root and "
+                    "/etc/slurm/slurm.conf must point at the generated config)")
+    log = TEST_OUTPUT / "slurm_cluster_start.log"
+    t0 = time.monotonic()
+    proc = run_logged([str(script), "start", "--state-dir", str(state)], log, timeout=600, env=env)
+    record_timing("slurm cluster start", time.monotonic() - t0)
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/slurm_cluster.sh start failed (exit {proc.returncode}):\n{tail(log)}",
+                    pytrace=False)
+    try:
+        yield SlurmCluster(state, started_here=True, env=env)
+    finally:
+        if not os.environ.get("MAE_TEST_KEEP_SERVICES"):
+            subprocess.run([script, "stop", "--state-dir", state], env=env, timeout=120)
+
+
+# ---------------------------------------------------------------------------------------------------
+# MLflow
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> MlflowServer:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow") / "server")
+    server.start(timing="mlflow server start (fresh sqlite)")
+    try:
+        yield server
+    finally:
+        if not os.environ.get("MAE_TEST_KEEP_SERVICES"):
+            server.stop()
+
+
+# ---------------------------------------------------------------------------------------------------
+# `mae` runs
+@pytest.fixture(scope="session")
+def pretrain_runs(mlflow_server, tmp_path_factory) -> list[PretrainRun]:
+    """Two smoke pretraining runs (mask ratios 0.5 and 0.75) tracked by the session's MLflow server."""
+    base = tmp_path_factory.mktemp("pretrain_runs")
+    runs = []
+    t0 = time.monotonic()
+    for ratio in ("0.5", "0.75"):
+        name = f"it-mask{ratio}"
+        overrides = ["tracking.enabled=true", f"tracking.uri={mlflow_server.uri}",
+                     "tracking.experiment=it-server", f"tracking.run_name={name}",
+                     f"model.mask_ratio={ratio}"]
+        run = PretrainRun(base / name, name, overrides)
+        proc = mae_pretrain(run.out, overrides, mlflow_server.uri)
+        assert proc.returncode == 0, f"mae pretrain failed (exit {proc.returncode}):\n" \
+                                     f"{tail(base / f'{name}.stdout.log')}"
+        runs.append(run)
+    record_timing("2 smoke pretrain runs to the server", time.monotonic() - t0)
+    return runs

@@ -1,0 +1,81 @@
+"""The MLflow UI in headless Chromium (Debian's /usr/bin/chromium driven by Playwright, no browser
+download): the experiment's run list and the run comparison view show the runs and their metrics.
+Screenshots land in test-output/ (gitignored)."""
+from __future__ import annotations
+
+import json
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from integration_support import TEST_OUTPUT, unavailable
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+TIMEOUT_MS = 120_000  # the UI bundle is large and the machine is shared
+
+
+@pytest.fixture(scope="module")
+def browser_page():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("the playwright Python package is not installed (scripts/setup.sh test installs it)")
+    if not CHROMIUM.exists():
+        unavailable(f"{CHROMIUM} missing (Debian package chromium; scripts/setup.sh test installs it)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": 1400})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def _body_text(page) -> str:
+    return page.inner_text("body")
+
+
+def test_ui_experiment_runs_and_compare_view(mlflow_server, pretrain_runs, browser_page):
+    page = browser_page
+    client = mlflow_server.client()
+    exp = client.get_experiment_by_name("it-server")
+    run_ids = [r.metrics["mlflow_run_id"] for r in pretrain_runs]
+    names = [r.name for r in pretrain_runs]
+    TEST_OUTPUT.mkdir(exist_ok=True)
+
+    # 1. the experiment's training-run list
+    page.goto(f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs")
+    for name in names:
+        page.get_by_text(name, exact=True).first.wait_for()
+    text = _body_text(page)
+    page.screenshot(path=str(TEST_OUTPUT / "mlflow_ui_experiment.png"))
+    assert "it-server" in text
+    for name in names:
+        assert name in text, f"run {name} not listed on the experiment page"
+    assert f"{len(names)} matching runs" in text
+
+    # 2. the comparison view of both runs
+    runs_q = urllib.parse.quote(json.dumps(run_ids))
+    exps_q = urllib.parse.quote(json.dumps([exp.experiment_id]))
+    page.goto(f"{mlflow_server.uri}/#/compare-runs?runs={runs_q}&experiments={exps_q}")
+    page.get_by_text(f"Comparing {len(run_ids)} Runs").first.wait_for()
+    for name in names:
+        page.get_by_text(name, exact=True).first.wait_for()
+    page.get_by_text("final/final_loss").first.wait_for()
+    text = _body_text(page)
+    page.screenshot(path=str(TEST_OUTPUT / "mlflow_ui_compare.png"), full_page=True)
+    for rid, name in zip(run_ids, names):
+        assert rid in text and name in text
+    # the Metrics table of the compare view lists every metric key of the runs
+    metrics_part = text[text.index("\nMetrics\n"):]
+    for key in ("loss", "lr", "images_per_s", "final/final_loss"):
+        assert f"\n{key}\n" in metrics_part, f"metric {key} not shown in the compare view"
+    # and the Parameters table the differing param
+    params_part = text[text.index("\nParameters\n"):text.index("\nMetrics\n")]
+    assert "model.mask_ratio" in params_part
