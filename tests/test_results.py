@@ -1,0 +1,440 @@
+"""Aggregation of run folders into runs.csv, paper-vs-ours tables and figures (workflow/scripts/).
+
+The fixture tests/fixtures/runs/ holds hand-written run folders (config.yaml, metrics.json,
+metrics.jsonl, train.log) for a tiny preset, a manifest.json whose run_dir paths are relative to it, and
+seven ablation files. It has a partial grid (Table 1a row 4, Fig. 5 row 90, Fig. 7 row 1600 are not
+in the manifest), duplicate seeds (the default row has seeds 0, 1, 2 and its runs are shared by
+several ablations) and one failed pretraining run (pre-d12-s0: config.yaml, train.log, a partial
+metrics.jsonl, no metrics.json) whose fine-tune and linear-probe folders were never made.
+Every expected number below is computed by hand from those files and paper/*.csv.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import matplotlib
+import pytest
+import yaml
+
+matplotlib.use("Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "runs"
+PAPER_DIR = REPO / "paper"
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+
+from collect_runs import collect_runs, read_manifest, read_runs_table, write_runs_table  # noqa: E402
+from make_figures import FIGURE_NAMES, make_figures  # noqa: E402
+from make_tables import (make_tables, match_paper_row, render_csv, render_latex, render_markdown,  # noqa: E402
+                         summarize_ablation, load_paper_table)
+
+PRESET = "tiny"
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return read_manifest(FIXTURE / "manifest.json")
+
+
+@pytest.fixture(scope="module")
+def ablations():
+    return {path.stem: yaml.safe_load(path.read_text()) for path in sorted((FIXTURE / "ablations").glob("*.yaml"))}
+
+
+@pytest.fixture(scope="module")
+def runs(manifest):
+    return collect_runs(manifest, base_dir=FIXTURE)
+
+
+def summary_of(name, manifest, runs, ablations):
+    return summarize_ablation(name, ablations[name], manifest, runs, PAPER_DIR, PRESET)
+
+
+def table_lines(markdown: str) -> list[str]:
+    """The body rows of a rendered Markdown table."""
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    return lines[1:]
+
+
+# ------------------------------------------------------------------------------------------ runs.csv
+
+def test_collect_runs_lists_every_run_once_per_metric(runs):
+    assert runs["run_id"].nunique() == 28  # 8 pretrain + 12 finetune + 8 linprobe named by the manifest
+    per_run = runs.drop_duplicates("run_id").set_index("run_id")
+    assert (per_run["status"] == "completed").sum() == 25
+    assert set(per_run.index[per_run["status"] == "missing"]) == {"pre-d12-s0", "ft-d12-s0", "lin-d12-s0"}
+    # one row per (run, metric): the fixture's metrics.json files hold 8 numeric measurements each
+    assert sorted(runs[runs["run_id"] == "pre-d8-s0"]["metric"]) == [
+        "epochs", "final_loss", "images_per_s", "num_params", "steps", "train_flops_per_image", "train_time_s",
+        "trainable_params"]
+    assert sorted(runs[runs["run_id"] == "ft-d8-s1"]["metric"]) == [
+        "epochs", "final_loss", "num_params", "steps", "top1", "top5", "train_time_s", "trainable_params"]
+    value = runs[(runs["run_id"] == "ft-d8-s1") & (runs["metric"] == "top1")]["value"]
+    assert value.tolist() == [90.3]
+
+
+def test_collect_runs_flattens_config_and_keeps_provenance(runs):
+    row = runs[(runs["run_id"] == "pre-m-s0") & (runs["metric"] == "train_time_s")].iloc[0]
+    assert row["model.encoder_mask_tokens"] == True  # noqa: E712 (numpy bool)
+    assert row["model.decoder_depth"] == 8
+    assert row["pretrain.epochs"] == 8
+    assert row["pretrain.betas"] == "[0.9, 0.95]"
+    assert row["seed"] == 0
+    assert row["git_revision"] == "0123456789abcdef0123456789abcdef01234567"
+    assert row["slurm_job_id"] == "4242"
+    assert row["ablations"] == "table1c_mask_token:w/ [M];table2_wallclock:w/ [M], dec 8"
+    assert not any(column.startswith("meta.") for column in runs.columns)
+
+
+def test_collect_runs_lists_failed_and_unstarted_runs_as_missing(runs):
+    failed = runs[runs["run_id"] == "pre-d12-s0"]
+    assert len(failed) == 1 and failed["metric"].isna().all() and failed["value"].isna().all()
+    reason = failed["status_reason"].iloc[0]
+    assert reason.startswith("no metrics.json (failed or unfinished)")
+    assert "error: loss is nan at step 20" in reason
+    assert failed["model.decoder_depth"].iloc[0] == 12  # config.yaml is read even without metrics.json
+    unstarted = runs[runs["run_id"] == "ft-d12-s0"].iloc[0]
+    assert unstarted["status"] == "missing" and unstarted["status_reason"] == "no run folder (not started)"
+
+
+def test_runs_csv_round_trip_gives_the_same_tables(tmp_path, manifest, runs, ablations):
+    output = tmp_path / "results" / PRESET / "runs.csv"
+    write_runs_table(FIXTURE / "manifest.json", output, base_dir=FIXTURE)
+    from_csv = read_runs_table(output)
+    assert len(from_csv) == len(runs)
+    header = output.read_text().splitlines()[0].split(",")
+    assert header[:6] == ["run_id", "stage", "status", "status_reason", "metric", "value"]
+    assert "model.mask_ratio" in header and "model.decoder_depth" in header
+    assert ",8,cpu," in output.read_text()  # integer settings stay integers (no 8.0)
+    for name in ablations:
+        assert render_markdown(summary_of(name, manifest, from_csv, ablations)) == \
+            render_markdown(summary_of(name, manifest, runs, ablations))
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+def test_table1a_values_seeds_and_missing_rows(manifest, runs, ablations):
+    summary = summary_of("table1a_decoder_depth", manifest, runs, ablations)
+    rows = summary.rows.set_index("row")
+    # default row: ft 90.10, 90.30, 90.50 -> mean 90.30, sample std 0.20; lin 84.0, 85.0, 86.5 -> 85.1667, 1.2583
+    assert rows.at["8", "ours_ft_mean"] == pytest.approx(90.30)
+    assert rows.at["8", "ours_ft_std"] == pytest.approx(0.20)
+    assert rows.at["8", "ours_ft_n"] == 3
+    assert rows.at["8", "ours_lin_mean"] == pytest.approx(255.5 / 3)
+    assert rows.at["8", "ours_lin_std"] == pytest.approx(math.sqrt((1.1667**2 + 0.1667**2 + 1.3333**2) / 2), abs=1e-3)
+    assert rows.at["8", "diff_lin"] == pytest.approx(255.5 / 3 - 73.5)
+    assert rows.at["1", "diff_ft"] == pytest.approx(89.0 - 84.8)
+    assert math.isnan(rows.at["12", "ours_ft_mean"]) and rows.at["12", "ours_ft_n"] == 0
+    assert table_lines(render_markdown(summary)) == [
+        "| 1 | 84.8 | 89.00 (n=1) | +4.20 | 65.5 | 80.00 (n=1) | +14.50 |",
+        "| 4 | 84.9 | — | — | 71.9 | — | — |",
+        "| **8** (default) | 84.9 | 90.30 ± 0.20 (n=3) | +5.40 | 73.5 | 85.17 ± 1.26 (n=3) | +11.67 |",
+        "| 12 | 84.4 | — | — | 73.3 | — | — |",
+    ]
+
+
+def test_missing_cells_are_explained_under_the_table(manifest, runs, ablations):
+    summary = summary_of("table1a_decoder_depth", manifest, runs, ablations)
+    assert summary.notes == [
+        "4: not in the manifest (not scheduled in this workflow run)",
+        "12: pretrain run pre-d12-s0 (seed 0): missing, no metrics.json (failed or unfinished); "
+        "train.log ends: 'error: loss is nan at step 20 (non-finite loss, exit 3)'; "
+        "finetune run ft-d12-s0 (seed 0): missing, no run folder (not started); "
+        "linprobe run lin-d12-s0 (seed 0): missing, no run folder (not started)",
+    ]
+    markdown = render_markdown(summary)
+    assert "\n— missing:\n- 4: not in the manifest" in markdown
+
+
+def test_table1c_shows_training_flops_ratio_next_to_papers(manifest, runs, ablations):
+    summary = summary_of("table1c_mask_token", manifest, runs, ablations)
+    assert summary.has_flops and not summary.has_wallclock
+    lines = table_lines(render_markdown(summary))
+    assert lines == [
+        "| w/ [M] | 84.2 | 88.00 (n=1) | +3.80 | 59.6 | 70.00 (n=1) | +10.40 | 3.3× | 2.5 M | 2.50× |",
+        "| **w/o [M]** (default) | 84.9 | 90.10 (n=1) | +5.20 | 73.5 | 84.00 (n=1) | +10.50 | 1× | 1 M | 1.00× |",
+    ]
+    header = render_markdown(summary).splitlines()[2]
+    assert header.endswith("| paper FLOPs (rel.) | ours FLOPs/image | ours FLOPs (rel.) |")
+
+
+def test_table2_reports_wallclock_and_speedup_vs_mask_token_row(manifest, runs, ablations):
+    summary = summary_of("table2_wallclock", manifest, runs, ablations)
+    rows = summary.rows.set_index("row")
+    # pretrain train_time_s: w/ [M] 300; w/o [M] dec 8: 100, 110, 120 -> 110; w/o [M] dec 1: 60
+    assert rows.at["w/o [M], dec 8", "ours_train_time_s_mean"] == pytest.approx(110.0)
+    assert rows.at["w/o [M], dec 8", "ours_speedup"] == pytest.approx(300 / 110)
+    assert rows.at["w/o [M], dec 1", "ours_speedup"] == pytest.approx(5.0)
+    assert summary.time_unit == ("min", 60.0)
+    assert table_lines(render_markdown(summary)) == [
+        "| w/ [M], dec 8 | 84.2 | 88.00 (n=1) | +3.80 | 42.4 | 5.0 (n=1) | reference | reference |",
+        "| **w/o [M], dec 8** (default) | 84.9 | 90.30 ± 0.20 (n=3) | +5.40 | 15.4 | 1.8 ± 0.2 (n=3) | 2.8× | 2.73× |",
+        "| w/o [M], dec 1 | 84.8 | 89.00 (n=1) | +4.20 | 11.6 | 1.0 (n=1) | 3.7× | 5.00× |",
+    ]
+    assert "paper lin" not in render_markdown(summary)  # Table 2 evaluates fine-tuning only
+
+
+def test_table3_fig5_fig7_fig9_values(manifest, runs, ablations):
+    expected = {
+        "table3_imagenet": ["| scratch | 82.6 | 85.00 (n=1) | +2.40 |",
+                            "| **MAE** (default) | 85.9 | 90.10 (n=1) | +4.20 |"],
+        "fig5_mask_ratio": ["| 50 | 84.9 | 89.50 (n=1) | +4.60 | 69.9 | 82.00 (n=1) | +12.10 |",
+                            "| **75** (default) | 84.9 | 90.10 (n=1) | +5.20 | 73.5 | 84.00 (n=1) | +10.50 |",
+                            "| 90 | 83.0 | — | — | 66.1 | — | — |"],
+        "fig7_schedule": ["| 400 | 84.3 | 88.50 (n=1) | +4.20 | 69.7 | 78.00 (n=1) | +8.30 |",
+                          "| **800** (default) | 84.9 | 90.10 (n=1) | +5.20 | 73.5 | 84.00 (n=1) | +10.50 |",
+                          "| 1600 | 85.1 | — | — | 75.1 | — | — |"],
+        "fig9_partial_ft": ["| 0 | 73.5 | 84.50 (n=1) | +11.00 |",
+                            "| 1 | 81.0 | 87.00 (n=1) | +6.00 |",
+                            "| 24 | 84.9 | 90.00 (n=1) | +5.10 |"],
+    }
+    for name, lines in expected.items():
+        assert table_lines(render_markdown(summary_of(name, manifest, runs, ablations))) == lines, name
+
+
+def test_caption_states_preset_scale_paper_setting_and_citation(manifest, runs, ablations):
+    summary = summary_of("fig7_schedule", manifest, runs, ablations)
+    assert summary.heading == "Fig. 7: Pre-training epochs (tiny preset)"
+    assert ("Ours: tiny preset: Fashion-MNIST 28×28, ViT-micro/7, 4–8 pretraining epochs, "
+            "1 fine-tuning epoch, 2 linear-probing epochs.") in summary.caption
+    assert "Paper: ImageNet-1K 224×224, ViT-L/16" in summary.caption
+    assert 'He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022' in summary.caption
+    assert "paper/fig7_schedule.csv" in summary.caption
+
+
+def test_latex_table_escapes_and_cites(manifest, runs, ablations):
+    latex = render_latex(summary_of("table2_wallclock", manifest, runs, ablations))
+    assert r"\cite{he2022masked}" in latex and r"\label{tab:table2_wallclock-tiny}" in latex
+    assert r"\textbf{w/o {[}M{]}, dec 8} (default) & 84.9 & 90.30 $\pm$ 0.20 (n=3) & +5.40 & 15.4" in latex
+    assert r"2.8$\times$ & 2.73$\times$ \\" in latex
+    assert r"\begin{tabular}{lrrrrrrr}" in latex and latex.rstrip().endswith(r"\end{table}")
+    assert "train\\_time\\_s" in latex and "—" not in latex.split(r"\begin{tabular}")[1]
+
+
+def test_csv_table_has_numbers_not_formatted_text(manifest, runs, ablations):
+    import io
+
+    import pandas as pd
+
+    frame = pd.read_csv(io.StringIO(render_csv(summary_of("table1a_decoder_depth", manifest, runs, ablations))),
+                        dtype={"row": str})
+    row = frame.set_index("row").loc["8"]
+    assert (row["ablation"], row["paper_ref"], row["preset"]) == ("table1a_decoder_depth", "Table 1a", "tiny")
+    assert row["ours_ft_mean"] == pytest.approx(90.3) and row["ours_ft_std"] == pytest.approx(0.2)
+    assert row["ours_lin_n"] == 3 and bool(row["default"])
+    assert frame.set_index("row").at["4", "missing"] == "not in the manifest (not scheduled in this workflow run)"
+
+
+def test_paper_where_matching_is_literal_first_then_glob():
+    table1 = load_paper_table(PAPER_DIR, "table1_ablations.csv")
+    row, problem = match_paper_row(table1, {"subtable": "1c", "value": "encoder w/ [M]"}, "table1_ablations.csv")
+    assert problem == "" and row["ft_top1"] == "84.2"
+    row, problem = match_paper_row(table1, {"subtable": "1f", "value": "block"}, "table1_ablations.csv")
+    assert row is None and "matches 2 rows" in problem
+    row, _ = match_paper_row(table1, {"subtable": "1f", "value": "block", "extra": "mask_ratio=50%*"},
+                             "table1_ablations.csv")
+    assert row["lin_top1"] == "72.3"
+    row, problem = match_paper_row(table1, {"subtable": "9z"}, "table1_ablations.csv")
+    assert row is None and "matches no row" in problem
+
+
+def test_unmatched_paper_row_shows_dash_and_note(manifest, runs, ablations):
+    broken = {**ablations["fig5_mask_ratio"]}
+    broken["rows"] = [{**broken["rows"][0], "paper_where": {"mask_ratio_pct": "55"}}]
+    summary = summarize_ablation("fig5_mask_ratio", broken, manifest, runs, PAPER_DIR, PRESET)
+    assert table_lines(render_markdown(summary)) == ["| 50 | — | 89.50 (n=1) | — | — | 82.00 (n=1) | — |"]
+    assert summary.notes == ["50: paper_where {'mask_ratio_pct': '55'} matches no row of paper/fig5_mask_ratio.csv"]
+
+
+def test_make_tables_writes_every_format(tmp_path, manifest, runs, ablations):
+    outputs = [tmp_path / "tables" / f"{name}.{suffix}" for name in ablations for suffix in ("md", "tex", "csv")]
+    make_tables(manifest, runs, ablations, PAPER_DIR, PRESET, outputs)
+    for path in outputs:
+        assert path.stat().st_size > 200, path
+    with pytest.raises(ValueError, match="no ablation named 'table9'"):
+        make_tables(manifest, runs, ablations, PAPER_DIR, PRESET, [tmp_path / "table9.md"])
+
+
+def test_empty_manifest_gives_dashes_not_a_crash(ablations):
+    empty_runs = collect_runs([], base_dir=FIXTURE)
+    summary = summarize_ablation("table2_wallclock", ablations["table2_wallclock"], [], empty_runs, PAPER_DIR,
+                                 PRESET)
+    assert table_lines(render_markdown(summary))[0] == "| w/ [M], dec 8 | 84.2 | — | — | 42.4 | — | reference | — |"
+    assert "no run configs found" in summary.caption
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory, manifest, runs, ablations):
+    out = tmp_path_factory.mktemp("figures")
+    outputs = [out / f"{name}.{suffix}" for name in FIGURE_NAMES for suffix in ("png", "pdf")]
+    built = make_figures(manifest, runs, ablations, PAPER_DIR, PRESET, outputs, base_dir=FIXTURE)
+    return built, outputs
+
+
+def test_every_figure_file_is_written(figures):
+    built, outputs = figures
+    assert set(built) == set(FIGURE_NAMES)
+    for path in outputs:
+        head = path.read_bytes()[:8]
+        assert path.stat().st_size > 5000, path
+        assert head.startswith(b"\x89PNG") if path.suffix == ".png" else head.startswith(b"%PDF"), path
+
+
+def lines_by_label(ax):
+    """Data lines by legend label (error-bar caps are unlabelled '_...' lines)."""
+    return {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def data_lines(ax):
+    return list(lines_by_label(ax).values())
+
+
+def test_fig5_plots_ours_and_paper_against_mask_ratio(figures):
+    figure = figures[0]["fig5_mask_ratio"]
+    assert len(figure.axes) == 4  # fine-tuning and linear probing, each with the paper on a twin axis
+    ft_ax, lin_ax, ft_paper_ax, lin_paper_ax = figure.axes  # panels first, then their twin axes
+    assert [ft_ax.get_title(), lin_ax.get_title()] == ["fine-tuning", "linear probing"]
+    (ours,) = data_lines(ft_ax)
+    (paper,) = data_lines(ft_paper_ax)
+    assert ours.get_label() == "ours (tiny preset, Fashion-MNIST 28×28)"
+    assert paper.get_label() == "paper (Fig. 5, ImageNet-1K)"
+    assert list(ours.get_xdata()) == [50.0, 75.0, 90.0]
+    assert list(ours.get_ydata()[:2]) == [89.5, 90.1] and math.isnan(ours.get_ydata()[2])
+    assert list(paper.get_ydata()) == [84.9, 84.9, 83.0]
+    assert list(data_lines(lin_paper_ax)[0].get_ydata()) == [69.9, 73.5, 66.1]
+    assert ours.get_linestyle() == "-" and paper.get_linestyle() == "--"
+    assert paper.get_markerfacecolor() == "none"
+    assert ft_ax.get_xlabel() == "masking ratio (%)  (bold: paper default)"
+    assert ft_ax.get_ylabel() == "ours: top-1 accuracy (%)"
+    assert ft_paper_ax.get_ylabel() == "paper: top-1 accuracy (%)"
+    assert [t.get_text() for t in ft_ax.get_xticklabels()] == ["50", "75", "90\n(ours: —)"]
+    assert figure._suptitle.get_text() == "Fig. 5: masking ratio, ours vs paper"
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == [ours.get_label(), paper.get_label()]
+
+
+def test_fig7_spaces_epochs_evenly_and_names_our_epochs(figures):
+    figure = figures[0]["fig7_schedule"]
+    ft_ax, paper_ax = figure.axes[0], figure.axes[2]
+    (ours,) = data_lines(ft_ax)
+    assert list(ours.get_xdata()) == [0, 1, 2]
+    assert list(ours.get_ydata()[:2]) == [88.5, 90.1]
+    assert list(data_lines(paper_ax)[0].get_ydata()) == [84.3, 84.9, 85.1]
+    assert [t.get_text() for t in ft_ax.get_xticklabels()] == ["400\n(ours 4)", "800\n(ours 8)", "1600\n(ours 16: —)"]
+    assert ft_ax.get_xticklabels()[1].get_fontweight() == "bold"
+
+
+def test_fig9_has_one_fine_tuning_panel(figures):
+    figure = figures[0]["fig9_partial_ft"]
+    assert len(figure.axes) == 2
+    (ours,), (paper,) = data_lines(figure.axes[0]), data_lines(figure.axes[1])
+    assert list(ours.get_ydata()) == [84.5, 87.0, 90.0]
+    assert list(paper.get_ydata()) == [73.5, 81.0, 84.9]
+    assert figure.axes[0].get_xticklabels()[2].get_text() == "24\n(ours 4)"
+
+
+def test_table2_figure_bars_ours_and_papers_speedup(figures):
+    figure = figures[0]["table2_wallclock"]
+    ours_ax, paper_ax, speed_ax = figure.axes
+    assert [p.get_height() for p in ours_ax.patches] == pytest.approx([5.0, 110 / 60, 1.0])
+    assert ours_ax.get_ylabel() == "pretraining wall-clock (min)"
+    assert [p.get_height() for p in paper_ax.patches] == pytest.approx([42.4, 15.4, 11.6])
+    assert paper_ax.get_ylabel() == "pre-training wall-clock (h)"
+    heights = [p.get_height() for p in speed_ax.patches]
+    assert heights == pytest.approx([1.0, 300 / 110, 5.0, 1.0, 2.8, 3.7])  # ours bars, then paper bars
+    assert [t.get_text() for t in speed_ax.get_legend().get_texts()] == ["ours", "paper"]
+    assert [t.get_text() for t in speed_ax.get_xticklabels()] == ["w/ [M]\ndec 8", "w/o [M]\ndec 8", "w/o [M]\ndec 1"]
+
+
+def test_reconstruction_figure_shows_default_runs_recon_png(figures):
+    figure = figures[0]["reconstruction"]
+    (ax,) = figure.axes
+    (image,) = ax.get_images()
+    source = matplotlib.image.imread(FIXTURE / "pretrain" / "pre-d8-s0" / "recon.png")
+    assert image.get_array().shape == source.shape
+    assert ax.get_title().startswith("MAE reconstructions, tiny preset, paper-default run pre-d8-s0 (seed 0)")
+    assert "mask ratio 75%" in ax.get_title()
+
+
+def test_loss_curves_one_panel_per_ablation_one_line_per_row(figures, ablations):
+    figure = figures[0]["loss_curves"]
+    titled = {ax.get_title(): ax for ax in figure.axes if ax.get_title()}
+    assert len(titled) == len(ablations)
+    depth = lines_by_label(titled["Table 1a: Decoder depth"])
+    assert list(depth) == ["1", "8 (default) (mean of 3 seeds)", "12 (unfinished)"]
+    default = depth["8 (default) (mean of 3 seeds)"]
+    assert list(default.get_xdata()) == [0, 10, 20, 30]
+    assert list(default.get_ydata()) == pytest.approx([1.0, 0.6, 0.45, 0.40])
+    assert list(depth["12 (unfinished)"].get_ydata()) == [1.0, 0.8] and depth["12 (unfinished)"].get_linestyle() == "--"
+    # Fig. 9's rows share one pretraining run: drawn once
+    assert list(lines_by_label(titled["Fig. 9: Blocks fine-tuned"])) == ["0, 1, 24"]
+    assert titled["Table 1a: Decoder depth"].get_xlabel() == "step"
+    assert titled["Table 1a: Decoder depth"].get_ylabel() == "pretraining loss"
+
+
+def test_missing_ablation_or_recon_gives_an_explaining_figure(tmp_path, manifest, runs, ablations):
+    only_table1a = {"table1a_decoder_depth": ablations["table1a_decoder_depth"]}
+    no_recon = [e for e in manifest if e["ablation"] == "table1a_decoder_depth" and e["row"] != "8"]
+    built = make_figures(no_recon, runs, only_table1a, PAPER_DIR, PRESET,
+                         [tmp_path / "fig5_mask_ratio.png", tmp_path / "reconstruction.png"], base_dir=FIXTURE)
+    assert built["fig5_mask_ratio"].axes[0].get_title() == "Fig. 5"
+    assert "no ablation with paper_ref 'Fig. 5'" in built["fig5_mask_ratio"].axes[0].texts[0].get_text()
+    assert "no recon.png" in built["reconstruction"].axes[0].texts[0].get_text()
+    assert (tmp_path / "fig5_mask_ratio.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------------ Snakemake glue
+
+def test_scripts_run_under_snakemake_script_directive(tmp_path, ablations):
+    """The three scripts as the workflow calls them: snakemake.input/output/params/log."""
+    workdir = tmp_path / "wf"
+    shutil.copytree(FIXTURE, workdir / "runs" / PRESET)
+    manifest = read_manifest(FIXTURE / "manifest.json")
+    for entry in manifest:
+        entry["run_dir"] = f"runs/{PRESET}/{entry['run_dir']}"
+    (workdir / "runs" / PRESET / "manifest.json").write_text(__import__("json").dumps(manifest))
+    scripts = REPO / "workflow" / "scripts"
+    (workdir / "Snakefile").write_text(textwrap.dedent(f"""
+        import yaml, glob, os
+        ABLATIONS = {{os.path.basename(p)[:-5]: yaml.safe_load(open(p))
+                      for p in sorted(glob.glob("runs/{{preset}}/ablations/*.yaml".format(preset="{PRESET}")))}}
+        FIGURES = ["fig5_mask_ratio", "loss_curves"]  # two suffice here; all figures are checked above
+        rule all:
+            input:
+                expand("results/{PRESET}/tables/{{name}}.{{ext}}", name=ABLATIONS, ext=["md", "tex", "csv"]),
+                expand("results/{PRESET}/figures/{{name}}.{{ext}}", name=FIGURES, ext=["png", "pdf"]),
+        rule collect_runs:
+            input: manifest="runs/{{preset}}/manifest.json"
+            output: runs="results/{{preset}}/runs.csv"
+            log: "logs/{{preset}}/collect_runs.log"
+            script: "{scripts}/collect_runs.py"
+        rule make_tables:
+            input: manifest="runs/{{preset}}/manifest.json", runs="results/{{preset}}/runs.csv"
+            output: expand("results/{{{{preset}}}}/tables/{{name}}.{{ext}}", name=ABLATIONS, ext=["md", "tex", "csv"])
+            params: ablations=ABLATIONS, preset=lambda wildcards: wildcards.preset, paper_dir="{PAPER_DIR}"
+            log: "logs/{{preset}}/make_tables.log"
+            script: "{scripts}/make_tables.py"
+        rule make_figures:
+            input: manifest="runs/{{preset}}/manifest.json", runs="results/{{preset}}/runs.csv"
+            output: expand("results/{{{{preset}}}}/figures/{{name}}.{{ext}}", name=FIGURES, ext=["png", "pdf"])
+            params: ablations=ABLATIONS, preset=lambda wildcards: wildcards.preset, paper_dir="{PAPER_DIR}"
+            log: "logs/{{preset}}/make_figures.log"
+            script: "{scripts}/make_figures.py"
+    """))
+    snakemake = Path(sys.executable).with_name("snakemake")
+    result = subprocess.run([str(snakemake), "--cores", "1", "--quiet", "--directory", str(workdir),
+                             "--snakefile", str(workdir / "Snakefile")],
+                            capture_output=True, text=True, timeout=300, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = workdir / "results" / PRESET
+    assert (results / "tables" / "table1a_decoder_depth.md").read_text().count("| **8** (default) |") == 1
+    assert (results / "runs.csv").stat().st_size > 1000
+    assert (results / "figures" / "loss_curves.png").stat().st_size > 5000
+    assert "missing 12: pretrain run pre-d12-s0" in (workdir / "logs" / PRESET / "make_tables.log").read_text()

@@ -1,0 +1,364 @@
+"""Figures, ours against the paper: Fig. 5, 7, 9 curves, Table 2 wall-clock bars, a reconstruction grid,
+pretraining loss curves. Every builder returns the matplotlib Figure (tests inspect it); make_figures()
+saves each requested file.
+
+Style (results_style.py): one seaborn theme and palette; ours = solid line, filled markers, left axis;
+paper = dashed line, hollow markers, right (twin) axis, because the scales differ (our small preset vs
+ImageNet-1K ViT-L). Bars: ours filled, paper hatched.
+
+Snakemake rule (see docs/DESIGN.md, "Results"):
+    rule make_figures:
+        input:  manifest="runs/{preset}/manifest.json", runs="results/{preset}/runs.csv"
+        output: results/{preset}/figures/{name}.{png,pdf} for name in FIGURE_NAMES
+                (fig5_mask_ratio, fig7_schedule, fig9_partial_ft, table2_wallclock, reconstruction,
+                loss_curves); the stem picks the figure, each suffix is one saved copy
+        params: ablations={name: parsed ablation YAML}, preset="{preset}", paper_dir="paper"
+        log:    "logs/{preset}/make_figures.log"
+        script: "../scripts/make_figures.py"
+The run folders (recon.png, metrics.jsonl) are read through the manifest's run_dir paths, relative to
+the working directory.
+"""
+
+import json
+import logging
+import math
+import re
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from collect_runs import read_manifest, read_runs_table, setup_logging  # noqa: E402
+from make_tables import AblationSummary, summarize_ablation  # noqa: E402
+from results_style import (EVALUATION_NAMES, EVALUATION_SHORT, OURS_BAR, OURS_COLOR, OURS_LINE,  # noqa: E402
+                           PALETTE, PAPER_BAR, PAPER_COLOR, PAPER_LINE, apply_theme, dataset_display,
+                           save_figure)
+
+log = logging.getLogger("make_figures")
+
+# Figure name (file stem) -> the paper item it mirrors (matched against the ablations' paper_ref).
+ABLATION_FIGURES = {"fig5_mask_ratio": "Fig. 5", "fig7_schedule": "Fig. 7", "fig9_partial_ft": "Fig. 9",
+                    "table2_wallclock": "Table 2"}
+FIGURE_NAMES = [*ABLATION_FIGURES, "reconstruction", "loss_curves"]
+
+
+def paper_ref_key(paper_ref: str) -> str:
+    """'Fig. 5' -> 'fig5', 'Table 1a' -> 'table1a' (spacing and dots do not matter)."""
+    return re.sub(r"[^a-z0-9]", "", str(paper_ref).lower())
+
+
+def find_ablation(ablations: dict[str, dict], paper_ref: str) -> str | None:
+    key = paper_ref_key(paper_ref)
+    for name, ablation in ablations.items():
+        if paper_ref_key(ablation.get("paper_ref", "")) == key:
+            return name
+    return None
+
+
+def message_figure(title: str, message: str) -> plt.Figure:
+    """A figure that says why there is nothing to plot (so the declared output still exists)."""
+    apply_theme()
+    figure, ax = plt.subplots(figsize=(7, 2.5), layout="constrained")
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    return figure
+
+
+def preset_overrides(ablation: dict, preset: str) -> list[str]:
+    """Per row, what the preset ran instead of the paper's value ('' when the row runs as labelled)."""
+    texts = []
+    for row in ablation["rows"]:
+        override = (row.get("set_by_preset") or {}).get(preset) or {}
+        changed = [value for key, value in override.items() if (row.get("set") or {}).get(key) != value]
+        texts.append(", ".join(f"{value:g}" if isinstance(value, float) else str(value) for value in changed))
+    return texts
+
+
+def scale_label(summary: AblationSummary) -> str:
+    """Short legend text for ours: the caption's 'Ours: <scale>.' part, dataset first."""
+    match = re.search(r"preset: ([^,.]+)", summary.caption)
+    return f"{summary.preset} preset, {match.group(1)}" if match else f"{summary.preset} preset"
+
+
+def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, categorical: bool) -> plt.Figure:
+    """One panel per evaluation: ours (left axis) and the paper (right axis) against the ablated setting.
+
+    Args:
+        categorical: rows evenly spaced in their listed order (Fig. 7, 9, as the paper draws them);
+            otherwise x is the row label as a number (Fig. 5's masking ratio).
+    """
+    apply_theme()
+    rows = summary.rows
+    labels = rows["row"].astype(str).tolist()
+    try:
+        x = list(range(len(labels))) if categorical else [float(label) for label in labels]
+    except ValueError:
+        x = list(range(len(labels)))
+    overrides = preset_overrides(ablation, summary.preset)
+    no_result = [all(pd.isna(r[f"ours_{EVALUATION_SHORT[e]}_mean"]) for e in summary.evaluations)
+                 for _, r in rows.iterrows()]
+    tick_labels = [label + (f"\n(ours {ours}" if ours else "\n(ours") + (": —)" if missing else ")")
+                   if ours or missing else label for label, ours, missing in zip(labels, overrides, no_result)]
+
+    figure, axes = plt.subplots(1, len(summary.evaluations), figsize=(5.2 * len(summary.evaluations), 4.4),
+                                squeeze=False, layout="constrained")
+    handles = []
+    for ax, evaluation in zip(axes[0], summary.evaluations):
+        short = EVALUATION_SHORT[evaluation]
+        mean, std = rows[f"ours_{short}_mean"].to_numpy(float), rows[f"ours_{short}_std"].to_numpy(float)
+        ours_line, = ax.plot(x, mean, label=f"ours ({scale_label(summary)})", **OURS_LINE)
+        with_spread = np.isfinite(std)  # error bars (sample std) only where several seeds give one
+        ax.errorbar(np.asarray(x, float)[with_spread], mean[with_spread], yerr=std[with_spread], fmt="none",
+                    ecolor=OURS_COLOR, capsize=3, elinewidth=1)
+        ax.set_ylabel("ours: top-1 accuracy (%)", color=OURS_COLOR)
+        ax.tick_params(axis="y", colors=OURS_COLOR)
+        paper_ax = ax.twinx()
+        paper_ax.grid(False)
+        paper_line, = paper_ax.plot(x, rows[f"paper_{short}"].to_numpy(float),
+                                    label=f"paper ({summary.paper_ref}, ImageNet-1K)", **PAPER_LINE)
+        paper_ax.set_ylabel("paper: top-1 accuracy (%)", color=PAPER_COLOR)
+        paper_ax.tick_params(axis="y", colors=PAPER_COLOR)
+        ax.set_xticks(x, tick_labels)
+        for tick, is_default in zip(ax.get_xticklabels(), rows["default"]):
+            if is_default:
+                tick.set_fontweight("bold")
+        ax.set_xlabel(x_label + ("  (bold: paper default)" if rows["default"].any() else ""))
+        ax.set_title(EVALUATION_NAMES[evaluation])
+        handles = [ours_line, paper_line]
+    figure.suptitle(f"{summary.paper_ref}: {summary.title.lower()}, ours vs paper")
+    figure.legend(handles=handles, loc="outside lower center", ncols=2)
+    return figure
+
+
+def figure_mask_ratio(summary: AblationSummary, ablation: dict) -> plt.Figure:
+    """Fig. 5: masking ratio (%) against fine-tuning and linear-probing accuracy."""
+    return accuracy_curves(summary, ablation, "masking ratio (%)", categorical=False)
+
+
+def figure_schedule(summary: AblationSummary, ablation: dict) -> plt.Figure:
+    """Fig. 7: pretraining epochs against accuracy (rows evenly spaced, as the paper's log axis)."""
+    return accuracy_curves(summary, ablation, "pre-training epochs (paper)", categorical=True)
+
+
+def figure_partial_ft(summary: AblationSummary, ablation: dict) -> plt.Figure:
+    """Fig. 9: number of fine-tuned Transformer blocks against accuracy."""
+    return accuracy_curves(summary, ablation, "fine-tuned blocks (paper, ViT-L has 24)", categorical=True)
+
+
+def parse_speedup(printed: str) -> float:
+    match = re.match(r"\s*([0-9.]+)\s*[x×]", str(printed))
+    return float(match.group(1)) if match else math.nan
+
+
+def figure_wallclock(summary: AblationSummary) -> plt.Figure:
+    """Table 2: our pretraining wall-clock, the paper's hours, and both speedups vs the w/ [M] row."""
+    apply_theme()
+    rows = summary.rows
+    names = [label.replace(", ", "\n") for label in rows["row"].astype(str)]
+    positions = np.arange(len(names))
+    unit_name, unit_seconds = summary.time_unit
+    figure, (ours_ax, paper_ax, speed_ax) = plt.subplots(1, 3, figsize=(14, 4.6), layout="constrained")
+
+    ours_time = rows["ours_train_time_s_mean"].to_numpy(float) / unit_seconds
+    ours_std = rows["ours_train_time_s_std"].to_numpy(float) / unit_seconds
+    bars = ours_ax.bar(positions, ours_time, label="ours", **OURS_BAR)
+    with_spread = np.isfinite(ours_std)  # error bars only where several seeds give a spread
+    ours_ax.errorbar(positions[with_spread], ours_time[with_spread], yerr=ours_std[with_spread], fmt="none",
+                     ecolor="black", capsize=4, elinewidth=1)
+    ours_ax.bar_label(bars, labels=[f"{v:.1f}" if v == v else "—" for v in ours_time], padding=3)
+    ours_ax.set_ylabel(f"pretraining wall-clock ({unit_name})")
+    ours_ax.set_title(f"ours ({summary.preset} preset)")
+
+    paper_hours = rows["paper_wallclock_hours"].to_numpy(float)
+    bars = paper_ax.bar(positions, paper_hours, label="paper", **PAPER_BAR)
+    paper_ax.bar_label(bars, labels=[f"{v:.1f}" if v == v else "—" for v in paper_hours], padding=3)
+    paper_ax.set_ylabel("pre-training wall-clock (h)")
+    paper_ax.set_title("paper (128 TPU-v3 cores)")
+
+    paper_speedup = np.array([1.0 if ref else parse_speedup(printed)  # the reference row is 1× by definition
+                              for ref, printed in zip(rows["paper_is_reference"], rows["paper_speedup"])])
+    ours_speedup = rows["ours_speedup"].to_numpy(float)
+    width = 0.38
+    ours_bars = speed_ax.bar(positions - width / 2, ours_speedup, width, label="ours", **OURS_BAR)
+    paper_bars = speed_ax.bar(positions + width / 2, paper_speedup, width, label="paper", **PAPER_BAR)
+    speed_ax.bar_label(ours_bars, labels=[f"{v:.2f}×" if v == v else "—" for v in ours_speedup], padding=3)
+    speed_ax.bar_label(paper_bars, labels=[f"{v:g}×" if v == v else "—" for v in paper_speedup], padding=3)
+    speed_ax.set_ylabel("speedup vs w/ [M] (×)")
+    speed_ax.set_title("speedup")
+    speed_ax.legend(loc="upper left")
+
+    for ax in (ours_ax, paper_ax, speed_ax):
+        ax.set_xticks(positions, names)
+        ax.margins(y=0.18)
+    figure.suptitle(f"{summary.paper_ref}: pre-training wall-clock and speedup, ours vs paper")
+    return figure
+
+
+def read_loss_curve(run_dir: Path) -> pd.DataFrame:
+    """(step, loss) from metrics.jsonl; a torn last line (killed run) or loss-free lines are skipped."""
+    path = run_dir / "metrics.jsonl"
+    points = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "step" in record and isinstance(record.get("loss"), (int, float)):
+                points.append((record["step"], float(record["loss"])))
+    return pd.DataFrame(points, columns=["step", "loss"])
+
+
+def resolve(run_dir: str, base_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+def figure_loss_curves(manifest: list[dict], ablations: dict[str, dict], runs: pd.DataFrame,
+                       base_dir: str | Path = ".") -> plt.Figure:
+    """One panel per ablation, one line per row: pretraining loss against step, averaged over seeds
+    (at the steps every seed logged). Rows sharing the same pretraining runs are drawn once."""
+    apply_theme()
+    status = runs.drop_duplicates("run_id").set_index("run_id")["status"] if len(runs) else pd.Series(dtype=str)
+    panels = []
+    for name, ablation in ablations.items():
+        lines = {}
+        for row in ablation["rows"]:
+            label = str(row["label"])
+            run_ids = sorted({str(e["run_id"]) for e in manifest if e.get("ablation") == name
+                              and str(e.get("row")) == label and e.get("stage") == "pretrain"})
+            if not run_ids:
+                continue
+            key = tuple(run_ids)
+            if key in lines:
+                lines[key]["labels"].append(label)
+                continue
+            dirs = {e["run_id"]: e["run_dir"] for e in manifest if str(e["run_id"]) in run_ids}
+            curves = [read_loss_curve(resolve(dirs[i], base_dir)).assign(run_id=i) for i in run_ids]
+            curves = pd.concat([c for c in curves if len(c)], ignore_index=True) if any(len(c) for c in curves) \
+                else pd.DataFrame(columns=["step", "loss", "run_id"])
+            unfinished = any(status.get(i, "missing") != "completed" for i in run_ids)
+            lines[key] = {"labels": [label], "default": bool(row.get("default", False)),
+                          "curve": curves, "n_runs": len(run_ids), "unfinished": unfinished}
+        if lines:
+            panels.append((ablation, list(lines.values())))
+    if not panels:
+        return message_figure("Pretraining loss", "no pretraining runs in the manifest")
+
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    figure, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows), squeeze=False,
+                                layout="constrained")
+    for ax, (ablation, lines) in zip(axes.flat, panels):
+        for color, line in zip(PALETTE * 4, lines):
+            curve = line["curve"]
+            if len(curve):
+                counts = curve.groupby("step")["loss"].count()
+                complete_steps = counts[counts == curve["run_id"].nunique()].index
+                mean = curve[curve["step"].isin(complete_steps)].groupby("step")["loss"].mean()
+            else:
+                mean = pd.Series(dtype=float)
+            label = ", ".join(line["labels"]) + (" (default)" if line["default"] else "")
+            if line["n_runs"] > 1:
+                label += f" (mean of {line['n_runs']} seeds)"
+            if line["unfinished"]:
+                label += " (unfinished)"
+            ax.plot(mean.index.to_numpy(float), mean.to_numpy(float), color=color,
+                    linestyle="--" if line["unfinished"] else "-", linewidth=2 if line["default"] else 1.5,
+                    label=label)
+        ax.set_title(f"{ablation.get('paper_ref', '')}: {ablation.get('title', '')}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("pretraining loss")
+        ax.legend(title=None, fontsize="small")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    figure.suptitle("Pretraining loss per ablation row (ours; dashed: run without metrics.json)")
+    return figure
+
+
+def figure_reconstruction(manifest: list[dict], ablations: dict[str, dict], runs: pd.DataFrame, preset: str,
+                          base_dir: str | Path = ".") -> plt.Figure:
+    """The recon.png of the paper-default pretraining run (lowest seed, first ablation that has one)."""
+    apply_theme()
+    order = {name: i for i, name in enumerate(ablations)}
+    candidates = sorted((e for e in manifest if e.get("stage") == "pretrain" and e.get("default")
+                         and e.get("ablation") in order),
+                        key=lambda e: (order[e["ablation"]], e.get("seed", 0)))
+    per_run = runs.drop_duplicates("run_id").set_index("run_id") if len(runs) else pd.DataFrame()
+    for entry in candidates:
+        image_path = resolve(entry["run_dir"], base_dir) / "recon.png"
+        if not image_path.is_file():
+            continue
+        image = mpimg.imread(image_path)
+        height, width = image.shape[:2]
+        figure, ax = plt.subplots(figsize=(min(14, max(6, width / 80)), min(14, max(3, height / 80 + 0.8))),
+                                  layout="constrained")
+        ax.imshow(image, interpolation="nearest")
+        ax.set_axis_off()
+        run_id = str(entry["run_id"])
+        details = []
+        if run_id in per_run.index:
+            config = per_run.loc[run_id]
+            if "data.name" in config and isinstance(config["data.name"], str):
+                details.append(dataset_display(config["data.name"]))
+            ratio = config.get("model.mask_ratio")
+            if ratio is not None and not pd.isna(ratio):
+                details.append(f"mask ratio {float(ratio) * 100:g}%")
+        ax.set_title(f"MAE reconstructions, {preset} preset, paper-default run {run_id} (seed {entry.get('seed')})"
+                     + (f"\n{', '.join(details)}" if details else ""))
+        log.info("reconstruction grid from %s", image_path)
+        return figure
+    return message_figure("MAE reconstructions",
+                          "no recon.png in any paper-default pretraining run of the manifest")
+
+
+def make_figures(manifest: list[dict], runs: pd.DataFrame, ablations: dict[str, dict], paper_dir: str | Path,
+                 preset: str, outputs: list[str | Path], base_dir: str | Path = ".") -> dict[str, plt.Figure]:
+    """Build each figure named by the outputs' stems once and save it to every requested suffix."""
+    paths_by_name: dict[str, list[Path]] = {}
+    for output in map(Path, outputs):
+        if output.stem not in FIGURE_NAMES:
+            raise ValueError(f"{output}: unknown figure {output.stem!r} (have: {FIGURE_NAMES})")
+        if output.suffix not in (".png", ".pdf", ".svg"):
+            raise ValueError(f"{output}: unknown figure format {output.suffix!r} (use .png, .pdf or .svg)")
+        paths_by_name.setdefault(output.stem, []).append(output)
+
+    figures = {}
+    for name, paths in paths_by_name.items():
+        if name in ABLATION_FIGURES:
+            ablation_name = find_ablation(ablations, ABLATION_FIGURES[name])
+            if ablation_name is None:
+                figure = message_figure(ABLATION_FIGURES[name],
+                                        f"no ablation with paper_ref {ABLATION_FIGURES[name]!r} in this workflow run")
+            else:
+                ablation = ablations[ablation_name]
+                summary = summarize_ablation(ablation_name, ablation, manifest, runs, paper_dir, preset)
+                figure = {"fig5_mask_ratio": figure_mask_ratio, "fig7_schedule": figure_schedule,
+                          "fig9_partial_ft": figure_partial_ft}[name](summary, ablation) \
+                    if name != "table2_wallclock" else figure_wallclock(summary)
+        elif name == "reconstruction":
+            figure = figure_reconstruction(manifest, ablations, runs, preset, base_dir)
+        else:
+            figure = figure_loss_curves(manifest, ablations, runs, base_dir)
+        save_figure(figure, paths)
+        log.info("wrote %s", ", ".join(map(str, paths)))
+        figures[name] = figure
+    return figures
+
+
+if "snakemake" in globals():
+    setup_logging(snakemake.log[0] if snakemake.log else None)  # noqa: F821
+    for built in make_figures(read_manifest(snakemake.input.manifest),  # noqa: F821
+                              read_runs_table(snakemake.input.runs), dict(snakemake.params.ablations),  # noqa: F821
+                              snakemake.params.paper_dir, snakemake.params.preset,  # noqa: F821
+                              list(snakemake.output)).values():  # noqa: F821
+        plt.close(built)
+elif __name__ == "__main__":
+    sys.exit("make_figures.py runs under Snakemake (rule make_figures); import make_figures() to call it directly")
