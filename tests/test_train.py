@@ -1,0 +1,97 @@
+"""The three programs end to end on synthetic data: pretrain -> finetune -> linprobe, the run-folder
+contract, MLflow (sqlite, and an unreachable server), and the non-finite-loss stop."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from mae import train
+from mae.config import load_config
+from mae.engine import EXIT_NON_FINITE, TrainingStopped
+
+TINY = [
+    "model.arch=mae_vit_micro_patch7_dec64d1b", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
+    "model.decoder_embed_dim=32", "model.decoder_num_heads=2", "model.target=norm_pixel",
+    "data.name=synthetic", "data.train_subset=512", "data.val_subset=64", "data.num_workers=0",
+    "pretrain.epochs=2", "pretrain.warmup_epochs=0.5", "pretrain.batch_size=32", "pretrain.blr=1.5e-3",
+    "finetune.epochs=3", "finetune.warmup_epochs=1", "finetune.batch_size=32", "finetune.blr=1e-2",
+    "finetune.layer_decay=1.0", "finetune.mixup=0", "finetune.cutmix=0", "finetune.randaug=null", "finetune.reprob=0",
+    "finetune.drop_path=0", "linprobe.epochs=2", "linprobe.warmup_epochs=0.5", "linprobe.batch_size=32",
+    "run.log_every_steps=4", "run.checkpoint_every_steps=0", "run.threads=1", "tracking.enabled=false",
+]
+CHANCE = 10.0  # synthetic data: 10 classes
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    out = tmp_path_factory.mktemp("chain")
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    track = ["tracking.enabled=true", f"tracking.uri={uri}", "tracking.experiment=test",
+             "tracking.tags.mae.preset=unit", "tracking.tags.mae.ablations=table1a"]
+    model = out / "pretrain" / "model.pth"
+    results = {
+        "pretrain": train.pretrain(load_config(None, [*TINY, *track]), out / "pretrain"),
+        "finetune": train.finetune(load_config(None, [*TINY, f"finetune.checkpoint={model}"]), out / "finetune"),
+        "linprobe": train.linprobe(load_config(None, [*TINY, f"linprobe.checkpoint={model}"]), out / "linprobe"),
+    }
+    return out, uri, results
+
+
+def test_pretraining_loss_falls_and_finetuning_beats_chance(chain):
+    out, _, results = chain
+    losses = [r["loss"] for r in train.read_jsonl(out / "pretrain" / "metrics.jsonl")]
+    assert len(losses) == 8 and losses[-1] < 0.9 * losses[0], losses
+    assert results["finetune"]["top1"] > 2 * CHANCE, results["finetune"]
+    assert 0 <= results["linprobe"]["top1"] <= 100 and results["linprobe"]["top5"] >= results["linprobe"]["top1"]
+
+
+def test_run_folder_contract(chain):
+    out, _, results = chain
+    for stage, files in {"pretrain": ["model.pth", "recon.png"], "finetune": ["model.pth"], "linprobe": []}.items():
+        folder = out / stage
+        for name in ["config.yaml", "train.log", "metrics.jsonl", "checkpoint.pth", "metrics.json", *files]:
+            assert (folder / name).exists(), (stage, name)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics == results[stage] and metrics["status"] == "completed" and metrics["stage"] == stage
+        assert metrics["world_size"] == 1 and metrics["git_revision"] and metrics["train_time_s"] > 0
+        # the written config reproduces the run: same identity
+        assert train.identity(load_config(folder / "config.yaml"), stage) == metrics["run_id"]
+    assert results["pretrain"]["train_flops_per_image"] > 0 and "top1" not in results["pretrain"]
+    assert {"top1", "top5"} <= results["finetune"].keys()
+    assert results["linprobe"]["trainable_params"] < results["linprobe"]["num_params"]  # frozen encoder
+    assert not (out / "linprobe" / "model.pth").exists()
+
+
+def test_mlflow_has_params_tags_and_metric_history(chain):
+    import mlflow
+    out, uri, results = chain
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(results["pretrain"]["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.mask_ratio"] == "0.75" and run.data.params["pretrain.batch_size"] == "32"
+    assert run.data.tags["mae.preset"] == "unit" and run.data.tags["mae.ablations"] == "table1a"
+    assert run.data.tags["mae.run_id"] == results["pretrain"]["run_id"]
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == [r["step"] for r in train.read_jsonl(out / "pretrain" / "metrics.jsonl")]
+
+
+def test_unreachable_tracking_server_does_not_stop_training(tmp_path):
+    started = time.perf_counter()
+    cfg = load_config(None, [*TINY, "pretrain.epochs=1", "data.train_subset=64", "tracking.enabled=true",
+                             "tracking.uri=http://127.0.0.1:9"])
+    metrics = train.pretrain(cfg, tmp_path / "run")
+    assert time.perf_counter() - started < 90
+    assert metrics["status"] == "completed" and metrics["mlflow_run_id"] is None
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 2
+
+
+def test_non_finite_loss_stops_with_exit_3_naming_step_and_checkpoint(tmp_path):
+    cfg = load_config(None, [*TINY, "pretrain.lr=1e12", "pretrain.warmup_epochs=0", "run.log_every_steps=1",
+                             "run.checkpoint_every_steps=1"])
+    with pytest.raises(TrainingStopped) as stop:
+        train.pretrain(cfg, tmp_path / "run")
+    assert stop.value.exit_code == EXIT_NON_FINITE
+    assert "not finite at step" in str(stop.value) and "checkpoint.pth" in str(stop.value)
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "model.pth").exists()
