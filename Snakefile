@@ -1,0 +1,38 @@
+# MAE ablation grid (He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022).
+#   snakemake                                   # tiny preset, local executor (profiles/default)
+#   snakemake --config preset=smoke ablations=quick
+#   snakemake --profile slurm --config preset=paper data_root=/datasets/imagenet
+# One YAML per paper item in ablations/ becomes one `mae` config per cell (runs/{preset}/configs/);
+# cells with the same resolved config share one run; results land in results/{preset}/.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "workflow/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+wildcard_constraints:
+    stage="pretrain|finetune|linprobe",
+    run_id="[0-9a-f]{12}",
+
+
+localrules:
+    all,
+    render_config,
+    write_manifest,
+    prepare_mlflow,
+
+
+rule all:
+    input:
+        get_tables(),
+        get_figures(),
+    default_target: True
