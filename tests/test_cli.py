@@ -1,0 +1,57 @@
+"""`mae` CLI: user errors exit 2 with one `error:` line and no traceback, and leave nothing finished."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mae import cli
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model.arch=mae_vit_micro_patch7_dec64d1b", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
+        "model.decoder_embed_dim=32", "model.decoder_num_heads=2", "data.name=synthetic", "data.train_subset=32",
+        "data.val_subset=8", "pretrain.epochs=1", "pretrain.warmup_epochs=0", "pretrain.batch_size=16",
+        "run.threads=1", "tracking.enabled=false"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["pretrain", "--config", "missing.yaml", "--out", "{out}"], ["--config", "missing.yaml"]),
+    (["pretrain", "--out", "{out}", "model.mask_ratoi=0.5"], ["model.mask_ratoi", "'model.mask_ratio'"]),
+    (["pretrain", "--out", "{out}", "model.mask_ratio=1.5"], ["model.mask_ratio=1.5", "[0.0, 1.0)"]),
+    (["pretrain", "--out", "{out}", *TINY, "pretrain.batch_size=48", "pretrain.micro_batch_size=32"],
+     ["pretrain.batch_size=48", "micro_batch_size"]),
+    (["finetune", "--out", "{out}", *TINY, "finetune.batch_size=16", "finetune.checkpoint={out}/nope.pth"],
+     ["nope.pth"]),
+    (["pretrain", "--out", "{out}", "--bogus"], ["unrecognized", "--bogus"]),
+    (["pretrian", "--out", "{out}"], ["invalid choice"]),
+])
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys, args, words):
+    out = tmp_path / "run"
+    code = cli.main([a.replace("{out}", str(out)) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert all(w in lines[0] for w in words), lines[0]
+    assert not (out / "metrics.json").exists() and not (out / "model.pth").exists()
+
+
+def test_subprocess_exit_code_and_clean_stderr(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mae.cli", "pretrain", "--out", str(tmp_path / "r"),
+                           "data.name=mnist"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: data.name='mnist' is invalid")
+
+
+def test_pretrain_then_visualize(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["pretrain", "--out", str(run), *TINY]) == 0
+    assert (run / "metrics.json").exists() and (run / "recon.png").stat().st_size > 0
+    png = tmp_path / "grid.png"
+    assert cli.main(["visualize", "--checkpoint", str(run / "model.pth"), "--out", str(png),
+                     "--mask-ratios", "0.5,0.75", "--num-images", "2"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["visualize", "--checkpoint", str(run / "model.pth"), "--out", str(png),
+                     "--mask-ratios", "1.2"]) == 2
+    assert "--mask-ratios" in capsys.readouterr().err
