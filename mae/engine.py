@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import signal
 import sys
 import time
@@ -329,8 +328,3 @@ def evaluate(model: nn.Module, batches, device: torch.device, autocast_dtype: to
     return {"loss": loss_sum / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count,
             "count": int(count)}
 
-
-def check_finite(value: float, what: str) -> None:
-    """Raise TrainingStopped(3) if `value` is NaN or infinite."""
-    if not math.isfinite(value):
-        raise TrainingStopped(EXIT_NON_FINITE, f"{what} is not finite ({value})")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import subprocess
@@ -181,8 +180,7 @@ class _Program:
         cfg = self.cfg
         device = _resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = distributed.init_distributed(device)
-        self.device = device if cfg.run.device != "auto" or device.type != "cuda" else torch.device(
-            "cuda", self.dist.local_rank)
+        self.device = device
         self.is_main = self.dist.is_main
         if cfg.run.threads is not None:
             torch.set_num_threads(cfg.run.threads)

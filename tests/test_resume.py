@@ -2,7 +2,6 @@
 with bitwise-identical weights and the same metrics.jsonl as an uninterrupted run."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -3,7 +3,6 @@ contract, MLflow (sqlite, and an unreachable server), and the non-finite-loss st
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
