@@ -30,7 +30,7 @@ PAPER_DIR = REPO / "paper"
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
 from collect_runs import collect_runs, read_manifest, read_runs_table, write_runs_table  # noqa: E402
-from make_figures import FIGURE_NAMES, make_figures  # noqa: E402
+from make_figures import FIGURE_NAMES, figure_wallclock, make_figures  # noqa: E402
 from make_tables import (make_tables, match_paper_row, render_csv, render_latex, render_markdown,  # noqa: E402
                          summarize_ablation, load_paper_table)
 
@@ -180,6 +180,38 @@ def test_table2_reports_wallclock_and_speedup_vs_mask_token_row(manifest, runs, 
     assert "paper lin" not in render_markdown(summary)  # Table 2 evaluates fine-tuning only
 
 
+def test_table2_speedup_is_per_encoder_and_per_epoch(manifest, runs):
+    """As the repo's Table 2 file: ViT-L and ViT-H rows, each against its own w/ [M] row; the ViT-H w/ [M]
+    reference trained fewer epochs (the paper's 10-epoch estimate), so speedups use time per epoch."""
+    rows = [("ViT-L w/ [M]", "ViT-L", "true", "8", "pre-m-s0"), ("ViT-L w/o [M]", "ViT-L", "false", "8", "pre-d8-s0"),
+            ("ViT-H w/ [M]", "ViT-H", "true", "8", "pre-e4-s0"), ("ViT-H w/o [M]", "ViT-H", "false", "8", "pre-d1-s0")]
+    ablation = {"title": "Wall-clock", "paper_ref": "Table 2", "paper_file": "table2_wallclock.csv",
+                "evaluations": ["finetune"],
+                "rows": [{"label": label, "paper_where": {"encoder": encoder, "encoder_has_mask_tokens": mask,
+                                                          "decoder_depth": depth}} for label, encoder, mask, depth, _ in rows]}
+    entries = [{"ablation": "wallclock", "row": label, "seed": 0, "stage": "pretrain", "run_id": run_id,
+                "run_dir": f"pretrain/{run_id}"} for label, *_, run_id in rows]
+    summary = summarize_ablation("wallclock", ablation, entries, runs, PAPER_DIR, PRESET)
+    speedup = summary.rows.set_index("row")["ours_speedup"]
+    assert speedup["ViT-L w/o [M]"] == pytest.approx(300 / 100)  # both 8 epochs: 300 s vs 100 s
+    assert speedup["ViT-H w/o [M]"] == pytest.approx((50 / 4) / (60 / 8))  # 12.5 s/epoch vs 7.5 s/epoch
+    lines = table_lines(render_markdown(summary))
+    assert lines[3] == "| ViT-H w/o [M] | 85.8 | — | — | 34.5 | 1.0 (n=1) | 3.5× | 1.67× |"
+    assert lines[2] == "| ViT-H w/ [M] | — | — | — | 119.6 | 0.8 (n=1) | reference | reference |"
+    assert "time per pretraining epoch" in summary.caption
+    figure = figure_wallclock(summary)
+    assert [p.get_width() for p in figure.axes[2].patches[:4]] == pytest.approx([1.0, 3.0, 1.0, 12.5 / 7.5])
+
+
+def test_rows_of_other_presets_are_explained(manifest, runs, ablations):
+    ablation = {**ablations["fig9_partial_ft"]}
+    ablation["rows"] = ablation["rows"] + [{"label": "12", "paper_where": {"method": "MAE baseline*",
+                                            "blocks_finetuned": "12"}, "presets": ["paper"]}]
+    summary = summarize_ablation("fig9_partial_ft", ablation, manifest, runs, PAPER_DIR, PRESET)
+    assert summary.notes == ["12: this row runs only under presets ['paper']"]
+    assert table_lines(render_markdown(summary))[-1] == "| 12 | 84.6 | — | — |"
+
+
 def test_table3_fig5_fig7_fig9_values(manifest, runs, ablations):
     expected = {
         "table3_imagenet": ["| scratch | 82.6 | 85.00 (n=1) | +2.40 |",
@@ -306,8 +338,9 @@ def test_fig5_plots_ours_and_paper_against_mask_ratio(figures):
     (paper,) = data_lines(ft_paper_ax)
     assert ours.get_label() == "ours (tiny preset, Fashion-MNIST 28×28)"
     assert paper.get_label() == "paper (Fig. 5, ImageNet-1K)"
-    assert list(ours.get_xdata()) == [50.0, 75.0, 90.0]
-    assert list(ours.get_ydata()[:2]) == [89.5, 90.1] and math.isnan(ours.get_ydata()[2])
+    assert list(ours.get_xdata()) == [50.0, 75.0]  # row 90 has no result: left out of our line
+    assert list(ours.get_ydata()) == [89.5, 90.1]
+    assert list(paper.get_xdata()) == [50.0, 75.0, 90.0]
     assert list(paper.get_ydata()) == [84.9, 84.9, 83.0]
     assert list(data_lines(lin_paper_ax)[0].get_ydata()) == [69.9, 73.5, 66.1]
     assert ours.get_linestyle() == "-" and paper.get_linestyle() == "--"
@@ -315,7 +348,7 @@ def test_fig5_plots_ours_and_paper_against_mask_ratio(figures):
     assert ft_ax.get_xlabel() == "masking ratio (%)  (bold: paper default)"
     assert ft_ax.get_ylabel() == "ours: top-1 accuracy (%)"
     assert ft_paper_ax.get_ylabel() == "paper: top-1 accuracy (%)"
-    assert [t.get_text() for t in ft_ax.get_xticklabels()] == ["50", "75", "90\n(ours: —)"]
+    assert [t.get_text() for t in ft_ax.get_xticklabels()] == ["50", "75", "90"]
     assert figure._suptitle.get_text() == "Fig. 5: masking ratio, ours vs paper"
     assert [t.get_text() for t in figure.legends[0].get_texts()] == [ours.get_label(), paper.get_label()]
 
@@ -324,10 +357,11 @@ def test_fig7_spaces_epochs_evenly_and_names_our_epochs(figures):
     figure = figures[0]["fig7_schedule"]
     ft_ax, paper_ax = figure.axes[0], figure.axes[2]
     (ours,) = data_lines(ft_ax)
-    assert list(ours.get_xdata()) == [0, 1, 2]
-    assert list(ours.get_ydata()[:2]) == [88.5, 90.1]
+    assert list(ours.get_xdata()) == [0, 1]
+    assert list(ours.get_ydata()) == [88.5, 90.1]
+    assert list(data_lines(paper_ax)[0].get_xdata()) == [0, 1, 2]
     assert list(data_lines(paper_ax)[0].get_ydata()) == [84.3, 84.9, 85.1]
-    assert [t.get_text() for t in ft_ax.get_xticklabels()] == ["400\n(ours 4)", "800\n(ours 8)", "1600\n(ours 16: —)"]
+    assert [t.get_text() for t in ft_ax.get_xticklabels()] == ["400\n(ours 4)", "800\n(ours 8)", "1600\n(ours 16)"]
     assert ft_ax.get_xticklabels()[1].get_fontweight() == "bold"
 
 
@@ -343,14 +377,15 @@ def test_fig9_has_one_fine_tuning_panel(figures):
 def test_table2_figure_bars_ours_and_papers_speedup(figures):
     figure = figures[0]["table2_wallclock"]
     ours_ax, paper_ax, speed_ax = figure.axes
-    assert [p.get_height() for p in ours_ax.patches] == pytest.approx([5.0, 110 / 60, 1.0])
-    assert ours_ax.get_ylabel() == "pretraining wall-clock (min)"
-    assert [p.get_height() for p in paper_ax.patches] == pytest.approx([42.4, 15.4, 11.6])
-    assert paper_ax.get_ylabel() == "pre-training wall-clock (h)"
-    heights = [p.get_height() for p in speed_ax.patches]
-    assert heights == pytest.approx([1.0, 300 / 110, 5.0, 1.0, 2.8, 3.7])  # ours bars, then paper bars
-    assert [t.get_text() for t in speed_ax.get_legend().get_texts()] == ["ours", "paper"]
-    assert [t.get_text() for t in speed_ax.get_xticklabels()] == ["w/ [M]\ndec 8", "w/o [M]\ndec 8", "w/o [M]\ndec 1"]
+    assert [p.get_width() for p in ours_ax.patches] == pytest.approx([5.0, 110 / 60, 1.0])
+    assert ours_ax.get_xlabel() == "pretraining wall-clock (min)"
+    assert [p.get_width() for p in paper_ax.patches] == pytest.approx([42.4, 15.4, 11.6])
+    assert paper_ax.get_xlabel() == "pre-training wall-clock (h)"
+    widths = [p.get_width() for p in speed_ax.patches]
+    assert widths == pytest.approx([1.0, 300 / 110, 5.0, 1.0, 2.8, 3.7])  # ours bars, then paper bars
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["ours (tiny preset)", "paper"]
+    assert [t.get_text() for t in ours_ax.get_yticklabels()] == ["w/ [M], dec 8", "w/o [M], dec 8  (default)",
+                                                                 "w/o [M], dec 1"]
 
 
 def test_reconstruction_figure_shows_default_runs_recon_png(figures):

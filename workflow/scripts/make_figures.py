@@ -75,8 +75,9 @@ def preset_overrides(ablation: dict, preset: str) -> list[str]:
     """Per row, what the preset ran instead of the paper's value ('' when the row runs as labelled)."""
     texts = []
     for row in ablation["rows"]:
-        override = (row.get("set_by_preset") or {}).get(preset) or {}
-        changed = [value for key, value in override.items() if (row.get("set") or {}).get(key) != value]
+        labelled = row.get("set") or {}
+        ran = (row.get("set_by_preset") or {}).get(preset, labelled)  # the preset's settings replace `set`
+        changed = [ran[key] for key in labelled if key in ran and ran[key] != labelled[key]]
         texts.append(", ".join(f"{value:g}" if isinstance(value, float) else str(value) for value in changed))
     return texts
 
@@ -101,21 +102,21 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
         x = list(range(len(labels))) if categorical else [float(label) for label in labels]
     except ValueError:
         x = list(range(len(labels)))
+    x = np.asarray(x, float)
     overrides = preset_overrides(ablation, summary.preset)
-    no_result = [all(pd.isna(r[f"ours_{EVALUATION_SHORT[e]}_mean"]) for e in summary.evaluations)
-                 for _, r in rows.iterrows()]
-    tick_labels = [label + (f"\n(ours {ours}" if ours else "\n(ours") + (": —)" if missing else ")")
-                   if ours or missing else label for label, ours, missing in zip(labels, overrides, no_result)]
+    tick_labels = [f"{label}\n(ours {ours})" if ours else label for label, ours in zip(labels, overrides)]
 
-    figure, axes = plt.subplots(1, len(summary.evaluations), figsize=(5.2 * len(summary.evaluations), 4.4),
+    panel_width = max(5.2, 0.62 * len(labels)) if categorical else 5.8
+    figure, axes = plt.subplots(1, len(summary.evaluations), figsize=(panel_width * len(summary.evaluations), 4.4),
                                 squeeze=False, layout="constrained")
     handles = []
     for ax, evaluation in zip(axes[0], summary.evaluations):
         short = EVALUATION_SHORT[evaluation]
         mean, std = rows[f"ours_{short}_mean"].to_numpy(float), rows[f"ours_{short}_std"].to_numpy(float)
-        ours_line, = ax.plot(x, mean, label=f"ours ({scale_label(summary)})", **OURS_LINE)
+        measured = np.isfinite(mean)  # rows without a result are left out; the line joins measured rows
+        ours_line, = ax.plot(x[measured], mean[measured], label=f"ours ({scale_label(summary)})", **OURS_LINE)
         with_spread = np.isfinite(std)  # error bars (sample std) only where several seeds give one
-        ax.errorbar(np.asarray(x, float)[with_spread], mean[with_spread], yerr=std[with_spread], fmt="none",
+        ax.errorbar(x[with_spread], mean[with_spread], yerr=std[with_spread], fmt="none",
                     ecolor=OURS_COLOR, capsize=3, elinewidth=1)
         ax.set_ylabel("ours: top-1 accuracy (%)", color=OURS_COLOR)
         ax.tick_params(axis="y", colors=OURS_COLOR)
@@ -125,6 +126,8 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
                                     label=f"paper ({summary.paper_ref}, ImageNet-1K)", **PAPER_LINE)
         paper_ax.set_ylabel("paper: top-1 accuracy (%)", color=PAPER_COLOR)
         paper_ax.tick_params(axis="y", colors=PAPER_COLOR)
+        ax.set_zorder(paper_ax.get_zorder() + 1)  # ours drawn over the paper where points coincide
+        ax.patch.set_visible(False)
         ax.set_xticks(x, tick_labels)
         for tick, is_default in zip(ax.get_xticklabels(), rows["default"]):
             if is_default:
@@ -158,45 +161,56 @@ def parse_speedup(printed: str) -> float:
 
 
 def figure_wallclock(summary: AblationSummary) -> plt.Figure:
-    """Table 2: our pretraining wall-clock, the paper's hours, and both speedups vs the w/ [M] row."""
+    """Table 2: our pretraining wall-clock, the paper's hours, and both speedups vs the w/ [M] row.
+
+    Horizontal bars, one row of the table per bar (long row labels stay readable on the shared y axis).
+    """
     apply_theme()
     rows = summary.rows
-    names = [label.replace(", ", "\n") for label in rows["row"].astype(str)]
+    names = [label + ("  (default)" if default else "") for label, default in zip(rows["row"].astype(str), rows["default"])]
     positions = np.arange(len(names))
     unit_name, unit_seconds = summary.time_unit
-    figure, (ours_ax, paper_ax, speed_ax) = plt.subplots(1, 3, figsize=(14, 4.6), layout="constrained")
+    figure, (ours_ax, paper_ax, speed_ax) = plt.subplots(1, 3, sharey=True, layout="constrained",
+                                                         figsize=(15, 1.8 + 0.55 * len(names)))
+
+    def labels(values, text):
+        return [text(v) if v == v else "—" for v in values]
 
     ours_time = rows["ours_train_time_s_mean"].to_numpy(float) / unit_seconds
     ours_std = rows["ours_train_time_s_std"].to_numpy(float) / unit_seconds
-    bars = ours_ax.bar(positions, ours_time, label="ours", **OURS_BAR)
+    bars = ours_ax.barh(positions, np.nan_to_num(ours_time), label="ours", **OURS_BAR)
     with_spread = np.isfinite(ours_std)  # error bars only where several seeds give a spread
-    ours_ax.errorbar(positions[with_spread], ours_time[with_spread], yerr=ours_std[with_spread], fmt="none",
+    ours_ax.errorbar(ours_time[with_spread], positions[with_spread], xerr=ours_std[with_spread], fmt="none",
                      ecolor="black", capsize=4, elinewidth=1)
-    ours_ax.bar_label(bars, labels=[f"{v:.1f}" if v == v else "—" for v in ours_time], padding=3)
-    ours_ax.set_ylabel(f"pretraining wall-clock ({unit_name})")
+    ours_ax.bar_label(bars, labels=labels(ours_time, lambda v: f"{v:.1f}"), padding=3)
+    ours_ax.set_xlabel(f"pretraining wall-clock ({unit_name})")
     ours_ax.set_title(f"ours ({summary.preset} preset)")
 
     paper_hours = rows["paper_wallclock_hours"].to_numpy(float)
-    bars = paper_ax.bar(positions, paper_hours, label="paper", **PAPER_BAR)
-    paper_ax.bar_label(bars, labels=[f"{v:.1f}" if v == v else "—" for v in paper_hours], padding=3)
-    paper_ax.set_ylabel("pre-training wall-clock (h)")
+    bars = paper_ax.barh(positions, np.nan_to_num(paper_hours), label="paper", **PAPER_BAR)
+    paper_ax.bar_label(bars, labels=labels(paper_hours, lambda v: f"{v:.1f}"), padding=3)
+    paper_ax.set_xlabel("pre-training wall-clock (h)")
     paper_ax.set_title("paper (128 TPU-v3 cores)")
 
     paper_speedup = np.array([1.0 if ref else parse_speedup(printed)  # the reference row is 1× by definition
                               for ref, printed in zip(rows["paper_is_reference"], rows["paper_speedup"])])
     ours_speedup = rows["ours_speedup"].to_numpy(float)
-    width = 0.38
-    ours_bars = speed_ax.bar(positions - width / 2, ours_speedup, width, label="ours", **OURS_BAR)
-    paper_bars = speed_ax.bar(positions + width / 2, paper_speedup, width, label="paper", **PAPER_BAR)
-    speed_ax.bar_label(ours_bars, labels=[f"{v:.2f}×" if v == v else "—" for v in ours_speedup], padding=3)
-    speed_ax.bar_label(paper_bars, labels=[f"{v:g}×" if v == v else "—" for v in paper_speedup], padding=3)
-    speed_ax.set_ylabel("speedup vs w/ [M] (×)")
+    height = 0.38
+    ours_bars = speed_ax.barh(positions - height / 2, np.nan_to_num(ours_speedup), height, label="ours", **OURS_BAR)
+    paper_bars = speed_ax.barh(positions + height / 2, np.nan_to_num(paper_speedup), height, label="paper",
+                               **PAPER_BAR)
+    speed_ax.bar_label(ours_bars, labels=labels(ours_speedup, lambda v: f"{v:.2f}×"), padding=3)
+    speed_ax.bar_label(paper_bars, labels=labels(paper_speedup, lambda v: f"{v:g}×"), padding=3)
+    speed_ax.set_xlabel("speedup vs the encoder's w/ [M] row (×)")
     speed_ax.set_title("speedup")
-    speed_ax.legend(loc="upper left")
+    figure.legend(handles=[ours_bars, paper_bars], labels=[f"ours ({summary.preset} preset)", "paper"],
+                  loc="outside lower center", ncols=2)
 
+    ours_ax.set_yticks(positions, names)
+    ours_ax.invert_yaxis()  # first table row on top, as in the paper
     for ax in (ours_ax, paper_ax, speed_ax):
-        ax.set_xticks(positions, names)
-        ax.margins(y=0.18)
+        ax.margins(x=0.22)
+        ax.grid(axis="y", visible=False)
     figure.suptitle(f"{summary.paper_ref}: pre-training wall-clock and speedup, ours vs paper")
     return figure
 
