@@ -324,7 +324,7 @@ def figure_reconstruction(manifest: list[dict], ablations: dict[str, dict], runs
                 details.append(dataset_display(config["data.name"]))
             ratio = config.get("model.mask_ratio")
             if ratio is not None and not pd.isna(ratio):
-                details.append(f"mask ratio {float(ratio) * 100:g}%")
+                details.append(f"pretrained with mask ratio {float(ratio) * 100:g}%")
         ax.set_title(f"MAE reconstructions, {preset} preset, paper-default run {run_id} (seed {entry.get('seed')})"
                      + (f"\n{', '.join(details)}" if details else ""))
         log.info("reconstruction grid from %s", image_path)
