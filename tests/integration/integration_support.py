@@ -100,6 +100,10 @@ class MlflowServer:
     def start(self, timing: str | None = None) -> None:
         if not (VENV_BIN / "mlflow").exists() and shutil.which("mlflow") is None:
             unavailable("mlflow is not installed (scripts/setup.sh test installs it)")
+        registry = os.environ.get("MAE_TEST_SERVICES_FILE")  # scripts/test.sh's trap stops what is listed
+        if registry:
+            with open(registry, "a") as f:
+                f.write(f"{self.state_dir}\n")
         log = self.state_dir.parent / f"{self.state_dir.name}_start.log"
         t0 = time.monotonic()
         proc = run_logged([str(self.script), "start", "--port", str(self.port),

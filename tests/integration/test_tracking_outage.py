@@ -12,7 +12,7 @@ from integration_support import MlflowServer, mae_cmd, mae_pretrain, read_jsonl,
 
 pytestmark = pytest.mark.integration
 
-EPOCHS = 12  # 2 steps per epoch on the smoke data: long enough to outlive the kill
+EPOCHS = 30  # 2 steps per epoch on the smoke data: long enough to outlive the kill (the test checks)
 
 
 def test_server_killed_mid_run_then_replay(tmp_path):
