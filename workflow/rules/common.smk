@@ -4,9 +4,10 @@
 # configuration collapse into one run.
 
 import copy
-import fnmatch
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -26,8 +27,8 @@ FIGURES_ALWAYS = ("reconstruction", "loss_curves")
 
 def _schema_error(path, err):
     """One line from a failed snakemake.utils.validate: the file, the field, what is allowed."""
-    cause = next((a for a in err.args if hasattr(a, "absolute_path")), None)
-    if cause is None:
+    cause = err.__context__  # the jsonschema ValidationError that validate() turned into a WorkflowError
+    if not hasattr(cause, "absolute_path"):
         return f"{path}: {err}"
     field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in cause.absolute_path).lstrip(".")
     message = cause.message
@@ -213,11 +214,16 @@ def get_resource(stage, name):
     return config["resources"][PRESET][stage][name]
 
 
+def _executable(name):
+    """`name` from PATH, else from the environment that runs Snakemake (.venv/bin need not be on PATH)."""
+    return shutil.which(name) or str(Path(sys.executable).parent / name)
+
+
 def get_launcher(wildcards, resources):
     """`mae`, or `mae` under torchrun with one process per GPU the job holds."""
     if resources.gpu > 0:
-        return f"torchrun --standalone --nproc_per_node={resources.gpu} --no-python mae"
-    return "mae"
+        return f"{_executable('torchrun')} --standalone --nproc_per_node={resources.gpu} --no-python {_executable('mae')}"
+    return _executable("mae")
 
 
 def get_mlflow_uri():

@@ -7,7 +7,6 @@ Snakemake rule prepare_mlflow (workflow/rules/pretrain.smk): params uri, experim
 By hand: python workflow/scripts/prepare_mlflow.py sqlite:////abs/path/mlflow.db mae-tiny
 """
 
-from __future__ import annotations
 
 import logging
 import os
