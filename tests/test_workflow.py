@@ -71,7 +71,8 @@ def test_every_row_matches_one_paper_row():
             hits = paper
             for column, pattern in row["paper_where"].items():
                 assert column in paper.columns, f"{name}: {row['label']}: no column {column!r}"
-                hits = hits[hits[column].map(lambda v: fnmatch.fnmatchcase(v, pattern))]
+                # as the tables match: the exact text first (so "[M]" is literal), else a glob
+                hits = hits[hits[column].map(lambda v: v == pattern or fnmatch.fnmatchcase(v, pattern))]
             assert len(hits) == 1, f"{name}: row {row['label']!r} matches {len(hits)} rows of {ablation['paper_file']}"
 
 

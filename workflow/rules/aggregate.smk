@@ -7,7 +7,7 @@ rule collect_runs:
         manifest=f"{RUNS}/manifest.json",
         metrics=get_metrics(),
     output:
-        runs=f"results/{PRESET}/runs.csv",
+        runs=report(f"results/{PRESET}/runs.csv", caption="../report/runs.rst", category="Runs"),
     log:
         f"{RUNS}/logs/collect_runs.log",
     conda:
@@ -21,7 +21,7 @@ rule make_tables:
         manifest=f"{RUNS}/manifest.json",
         runs=f"results/{PRESET}/runs.csv",
     output:
-        get_tables(),
+        get_tables(for_report=True),
     params:
         ablations=ABLATIONS,
         preset=PRESET,
@@ -39,7 +39,7 @@ rule make_figures:
         manifest=f"{RUNS}/manifest.json",
         runs=f"results/{PRESET}/runs.csv",
     output:
-        get_figures(),
+        get_figures(for_report=True),
     params:
         ablations=ABLATIONS,
         preset=PRESET,

@@ -234,14 +234,23 @@ def get_experiments():
     return sorted({c["content"]["tracking"]["experiment"] for c in CELLS.values() if c["content"]["tracking"]["enabled"]})
 
 
-def get_tables():
-    return [f"results/{PRESET}/tables/{name}.{ext}" for name in ABLATIONS for ext in ("md", "tex", "csv")]
+def get_tables(for_report=False):
+    """results/{preset}/tables/{ablation}.{md,tex,csv}; for_report: flagged for `snakemake --report`."""
+    paths = [(name, f"results/{PRESET}/tables/{name}.{ext}") for name in ABLATIONS for ext in ("md", "tex", "csv")]
+    if not for_report:
+        return [path for _, path in paths]
+    return [report(path, caption=f"../report/table_{name}.rst", category="Tables",
+                   subcategory=ABLATIONS[name]["paper_ref"]) for name, path in paths]
 
 
-def get_figures():
+def get_figures(for_report=False):
+    """results/{preset}/figures/{name}.{png,pdf}: the selected paper figures, reconstructions, losses."""
     refs = {a["paper_ref"] for a in ABLATIONS.values()}
     names = [stem for stem, ref in FIGURES.items() if ref in refs] + list(FIGURES_ALWAYS)
-    return [f"results/{PRESET}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
+    paths = [(name, f"results/{PRESET}/figures/{name}.{ext}") for name in names for ext in ("png", "pdf")]
+    if not for_report:
+        return [path for _, path in paths]
+    return [report(path, caption=f"../report/figure_{name}.rst", category="Figures") for name, path in paths]
 
 
 def write_yaml(path, data):
