@@ -1,0 +1,101 @@
+"""Damaged checkpoints: a truncated, bit-flipped or missing checkpoint.pth is detected, reported in the
+log, and checkpoint.prev.pth is used; with no valid checkpoint left the run fails loudly (exit 2)
+instead of silently restarting from step 0."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from test_reliability_common import (LONG_SMOKE, assert_no_finished_outputs, assert_same_run, fault,  # noqa: F401
+                                     metrics, pretrain_cmd, reference_run, run, run_many)
+
+STOP = 12  # checkpoints at 10 (every 5) and at 12 (stop): checkpoint.pth = step 12, prev = step 10
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip(path):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _remove(path):
+    path.unlink()
+
+
+DAMAGE = {"truncated": _truncate, "bit-flipped": _flip, "empty": _empty, "missing": _remove}
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+    """A run folder stopped (exit 75) at step 12 with both checkpoints in place."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    result = run(pretrain_cmd(out, *LONG_SMOKE, f"run.stop_after_steps={STOP}"))
+    assert result.returncode == 75, result.explain()
+    return out
+
+
+@pytest.fixture(scope="module")
+def outcomes(stopped, tmp_path_factory):
+    """Every damage case rerun at once (each needs a torch start-up; they overlap well)."""
+    base = tmp_path_factory.mktemp("damaged")
+    cases = {}
+    for name, damage in DAMAGE.items():
+        out = base / name / "run"
+        shutil.copytree(stopped, out)
+        damage(out / "checkpoint.pth")
+        cases[name] = out
+    both = base / "both" / "run"
+    shutil.copytree(stopped, both)
+    _truncate(both / "checkpoint.pth")
+    _flip(both / "checkpoint.prev.pth")
+    cases["both"] = both
+    results = run_many([pretrain_cmd(out, *LONG_SMOKE) for out in cases.values()])
+    return {name: (out, res) for (name, out), res in zip(cases.items(), results)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_newest_checkpoint_falls_back_to_previous(damage, outcomes, tmp_path_factory, fault):
+    fault.describe("checkpoint", f"checkpoint.pth {damage} (step {STOP}); checkpoint.prev.pth (step 10) intact; rerun",
+                   "damage reported in the log, resume from checkpoint.prev.pth, result equal to undisturbed")
+    reference, _ = reference_run(tmp_path_factory, *LONG_SMOKE)
+    out, result = outcomes[damage]
+    assert result.returncode == 0, result.explain()
+    log = (out / "train.log").read_text()
+    note = next((line for line in log.splitlines() if "resuming from" in line), "")
+    assert "checkpoint.prev.pth" in note, log[-2000:]
+    assert "checkpoint.pth" in note.split("checkpoint.prev.pth", 1)[1], f"the reason is not logged: {note}"
+    assert metrics(out, drop=set())["resumed_from_step"] == 10
+    assert_same_run(reference, out)
+    note = note.split(" INFO ", 1)[-1].replace(f"{out}/", "")
+    fault.observe(f"log: '{note[:160]}'; resumed at step 10, "
+                  f"{STOP - 10} steps recomputed, result equal to undisturbed")
+
+
+@pytest.mark.slow
+def test_no_valid_checkpoint_fails_loudly_and_keeps_progress(outcomes, stopped, fault):
+    fault.describe("checkpoint", "checkpoint.pth truncated and checkpoint.prev.pth bit-flipped; rerun",
+                   "exit 2 with one line naming both files; no restart from step 0; files and records kept")
+    out, result = outcomes["both"]
+    assert result.returncode == 2, result.explain()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "checkpoint.pth" in lines[0] and "checkpoint.prev.pth" in lines[0]
+    assert "Traceback" not in result.stderr
+    # progress is not thrown away: the records and both (damaged) files stay for a human to look at
+    assert (out / "metrics.jsonl").read_text() == (stopped / "metrics.jsonl").read_text()
+    assert (out / "checkpoint.pth").exists() and (out / "checkpoint.prev.pth").exists()
+    assert "epoch 0 step 1/" not in result.stdout, "it started training again"
+    assert_no_finished_outputs(out)
+    fault.observe(f"exit 2: {lines[0].replace(f'{out}/', '').replace(str(out), 'DIR')[:260]}")
