@@ -187,10 +187,6 @@ def _build_grid():
 PRESET, RUNS, CELLS, MANIFEST, ABLATIONS = _build_grid()
 
 
-def get_run_ids(stage):
-    return sorted(run_id for s, run_id in CELLS if s == stage)
-
-
 def get_rendered_config(wildcards):
     """The full `mae` config of one run (params of render_config)."""
     return CELLS[wildcards.stage, wildcards.run_id]["content"]
@@ -251,11 +247,3 @@ def get_figures(for_report=False):
     if not for_report:
         return [path for _, path in paths]
     return [report(path, caption=f"../report/figure_{name}.rst", category="Figures") for name, path in paths]
-
-
-def write_yaml(path, data):
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
-
-
-def write_json(path, data):
-    Path(path).write_text(json.dumps(data, indent=1) + "\n")

@@ -5,22 +5,26 @@ rule render_config:
     output:
         f"{RUNS}/configs/{{stage}}/{{run_id}}.yaml",
     params:
-        config=get_rendered_config,
+        data=get_rendered_config,
     log:
         f"{RUNS}/logs/render_config/{{stage}}/{{run_id}}.log",
-    run:
-        write_yaml(output[0], params.config)
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/render_config.py"
 
 
 rule write_manifest:
     output:
         f"{RUNS}/manifest.json",
     params:
-        manifest=get_manifest(),
+        data=get_manifest(),
     log:
         f"{RUNS}/logs/write_manifest.log",
-    run:
-        write_json(output[0], params.manifest)
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/render_config.py"
 
 
 # Creates the embedded sqlite store and the experiments once, before jobs write to it in parallel
