@@ -33,7 +33,11 @@ def _remove(path):
     path.unlink()
 
 
-DAMAGE = {"truncated": _truncate, "bit-flipped": _flip, "empty": _empty, "missing": _remove}
+def _garbage(path):
+    path.write_text("this is not a checkpoint\n")
+
+
+DAMAGE = {"truncated": _truncate, "bit-flipped": _flip, "empty": _empty, "missing": _remove, "garbage-text": _garbage}
 
 
 @pytest.fixture(scope="module")
