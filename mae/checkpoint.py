@@ -137,8 +137,8 @@ def _safe_load(source: str | Path | io.BytesIO, name: str) -> Any:
                 "checkpoint", f"{name} needs arbitrary code to load and was refused (only weights_only=True loads are allowed)"
             ) from None
         raise CorruptCheckpoint(f"{name}: {_first_line(exc)}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
-        raise CorruptCheckpoint(f"{name}: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - arbitrary bytes make the unpickler raise anything (IndexError, ...)
+        raise CorruptCheckpoint(f"{name}: {type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -253,7 +253,8 @@ def load_model_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
             obj = load_checkpoint(path)
     except CorruptCheckpoint as exc:
-        raise UserError.message("checkpoint", f"cannot read {exc}") from None
+        raise UserError.message("checkpoint", f"checkpoint={str(path)!r} is invalid: cannot read it ({exc}); allowed: "
+                                "a model.pth written by `mae pretrain` / `mae finetune` or an official MAE .pth") from None
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "model_state"):
             if isinstance(obj.get(key), dict):
