@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+METRIC_COLUMNS = ["loss", "lr"]
 TIMEOUT_MS = 120_000  # the UI bundle is large and the machine is shared
 
 
@@ -29,7 +30,7 @@ def browser_page():
         unavailable(f"{CHROMIUM} missing (Debian package chromium; scripts/setup.sh test installs it)")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1600, "height": 1400})
+        page = browser.new_page(viewport={"width": 1800, "height": 1200})
         page.set_default_timeout(TIMEOUT_MS)
         try:
             yield page
@@ -49,16 +50,42 @@ def test_ui_experiment_runs_and_compare_view(mlflow_server, pretrain_runs, brows
     names = [r.name for r in pretrain_runs]
     TEST_OUTPUT.mkdir(exist_ok=True)
 
-    # 1. the experiment's training-run list
+    # 1. the experiment's training-run list, with the metric columns switched on (Columns menu)
     page.goto(f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs")
     for name in names:
         page.get_by_text(name, exact=True).first.wait_for()
+    close_assistant = page.get_by_role("button", name="Close")
+    if close_assistant.count():  # the assistant side panel only hides the table
+        close_assistant.first.click()
+    page.get_by_role("button", name="Columns").click()
+    for key in METRIC_COLUMNS:
+        page.get_by_text(key, exact=True).last.click()
+    page.keyboard.press("Escape")
+    page.get_by_role("columnheader", name=METRIC_COLUMNS[-1], exact=True).first.wait_for()
     text = _body_text(page)
+    headers = {h.strip() for h in page.get_by_role("columnheader").all_inner_texts()}
     page.screenshot(path=str(TEST_OUTPUT / "mlflow_ui_experiment.png"))
     assert "it-server" in text
     for name in names:
         assert name in text, f"run {name} not listed on the experiment page"
     assert f"{len(names)} matching runs" in text
+    assert {"Run Name", "Metrics", *METRIC_COLUMNS} <= headers, f"column headers: {sorted(headers)}"
+
+    # the chart view of the same list: one chart per metric, one line per run (charts below the fold
+    # render lazily, so each metric is found through the chart search box)
+    page.goto(f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART")
+    page.reload()  # a hash-only change keeps the table view mounted
+    search = page.get_by_placeholder("Search metric charts")
+    for key in reversed(METRIC_COLUMNS):  # ends filtered on "loss" for the screenshot
+        search.fill(key)
+        try:
+            for name in names:
+                page.get_by_text(f"{name} ({key})", exact=True).first.wait_for()
+        finally:
+            page.screenshot(path=str(TEST_OUTPUT / "mlflow_ui_charts.png"))
+        text = _body_text(page)
+        for name in names:
+            assert f"{name} ({key})" in text, f"no {key} line for {name} in the chart view"
 
     # 2. the comparison view of both runs
     runs_q = urllib.parse.quote(json.dumps(run_ids))
