@@ -132,7 +132,8 @@ def _safe_load(source: str | Path | io.BytesIO, name: str) -> Any:
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
+        # torch words it "Unsupported global: GLOBAL x" or (2.6+) "Trying to load unsupported GLOBAL x"
+        if any(k in str(exc).lower() for k in ("unsupported global", "unsupported class")):
             raise UserError.message(
                 "checkpoint", f"{name} needs arbitrary code to load and was refused (only weights_only=True loads are allowed)"
             ) from None
