@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -256,8 +257,8 @@ class Config:
         return getattr(self, stage)
 
     def resolved(self) -> "Config":
-        """A copy with every null architecture field filled from `mae.model.MAE_ARCHS[model.arch]`."""
-        from mae.model import MAE_ARCHS  # lazy: the config must load without building models
+        """A copy with every null architecture field filled from `mae.archs.MAE_ARCHS[model.arch]`."""
+        from mae.archs import MAE_ARCHS
 
         if self.model.arch not in MAE_ARCHS:
             close = difflib.get_close_matches(self.model.arch, list(MAE_ARCHS), n=1, cutoff=0.0)
@@ -390,9 +391,13 @@ def _unknown_key(key: str, source: str) -> UserError:
     return UserError.message(key, f"unknown key {key!r} in {source}{hint}")
 
 
+@functools.cache
+def _type_hints(klass: type) -> dict[str, Any]:
+    return typing.get_type_hints(klass)
+
+
 def _is_dict_field(section: str, name: str) -> bool:
-    klass = _section_classes()[section]
-    hints = typing.get_type_hints(klass)
+    hints = _type_hints(_section_classes()[section])
     return typing.get_origin(hints.get(name)) is dict
 
 
@@ -431,7 +436,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 def _build(data: dict[str, dict[str, Any]]) -> Config:
     sections = {}
     for section, klass in _section_classes().items():
-        hints = typing.get_type_hints(klass)
+        hints = _type_hints(klass)
         values = {name: _coerce(f"{section}.{name}", value, hints[name]) for name, value in data[section].items()}
         sections[section] = klass(**values)
         sections[section].validate()

@@ -20,7 +20,7 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
 from .errors import UserError, check_choice
-from .model import MAE_ARCHS
+from .archs import MAE_ARCHS
 
 ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
 MAE_ONLY_KEYS = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads", "mask_ratio", "mask_sampling",
