@@ -149,11 +149,12 @@ def assert_same_weights(a: Path, b: Path) -> int:
     return len(sd_a)
 
 
-def assert_same_run(reference: Path, other: Path) -> int:
-    """Bitwise-equal weights, same metrics.jsonl (but images_per_s), same metrics.json (but timing)."""
+def assert_same_run(reference: Path, other: Path, ignore: set[str] = frozenset()) -> int:
+    """Bitwise-equal weights, same metrics.jsonl (but images_per_s), same metrics.json (but timing and `ignore`)."""
     n = assert_same_weights(reference / "model.pth", other / "model.pth")
     assert records(other) == records(reference)
-    assert metrics(other) == metrics(reference)
+    drop = TIMING_KEYS | RESUME_KEYS | set(ignore)
+    assert metrics(other, drop) == metrics(reference, drop)
     return n
 
 
