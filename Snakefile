@@ -34,6 +34,10 @@ localrules:
     prepare_mlflow,
 
 
+onerror:
+    aggregate_partial_results()
+
+
 rule all:
     input:
         get_tables(),

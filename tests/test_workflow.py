@@ -248,3 +248,34 @@ def test_smoke_end_to_end_then_nothing_to_do_then_only_affected_jobs(tmp_path):
     counts = job_counts(changed.stdout + changed.stderr)
     print(f"after one changed value: {counts}")
     assert (counts["pretrain"], counts["finetune"], counts["linprobe"]) == (1, 1, 1), counts
+
+
+# Fails the pretraining of the "encoder w/ [M]" row for real (exit 1) and runs every other job with the
+# real `mae`, so the grid ends partial.
+FAILING_MAE = """#!/usr/bin/env bash
+config="$3"
+if [ "$1" = pretrain ] && grep -q "encoder_mask_tokens: true" "$config"; then
+  echo "injected failure" >&2; exit 1
+fi
+exec {real_mae} "$@"
+"""
+
+
+def test_partial_grid_still_aggregates(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mae").write_text(FAILING_MAE.format(real_mae=Path(SNAKEMAKE).parent / "mae"))
+    (bin_dir / "mae").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([SNAKEMAKE, "--config", "preset=smoke", "ablations=[table1c_mask_token]", "--retries", "0"],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode != 0
+    assert "tables and figures of the runs that finished" in result.stderr, result.stderr[-3000:]
+    table = (workdir / "results/smoke/tables/table1c_mask_token.md").read_text()
+    with_mask = next(line for line in table.splitlines() if line.startswith("| encoder w/ [M]"))
+    default = next(line for line in table.splitlines() if "encoder w/o [M]" in line and line.startswith("|"))
+    assert with_mask.split("|")[3].strip() == "—", table  # ours ft: the failed row
+    assert "(n=1)" in default.split("|")[3], table  # ours ft: the default row finished
+    assert "no run folder" in table  # the note says what is missing
+    assert (workdir / "results/smoke/figures/loss_curves.png").stat().st_size > 0

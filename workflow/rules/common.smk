@@ -78,8 +78,8 @@ def _load_settings():
     base = read_yaml(preset_file)
     if config.get("data_root"):
         base.setdefault("data", {})["root"] = config["data_root"]
-    if config.get("mlflow_uri"):
-        base.setdefault("tracking", {})["uri"] = config["mlflow_uri"]
+    if config.get("mlflow_uri"):  # naming a tracking server turns tracking on, also for presets that keep it off
+        base.setdefault("tracking", {}).update(uri=config["mlflow_uri"], enabled=True)
     _check(preset_file, "", base, str(preset_file))
     base = Config.from_dict(base, source=str(preset_file)).to_dict()  # unresolved: rows may change model.arch
     if base["data"]["name"] in ("imagenet", "image_folder") and not base["data"]["root"]:
