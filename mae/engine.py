@@ -209,8 +209,9 @@ def train_one_epoch(
                         scaled.backward()
                 loss_value = loss.detach().to(torch.float64)
                 interval_loss += loss_value / ctx.accum_steps
+                # A Python scalar, not a new device tensor: no host-to-device copy (and sync) per step.
                 first_bad_step.copy_(torch.where((first_bad_step < 0) & ~torch.isfinite(loss_value),
-                                                 torch.tensor(state.global_step + 1, device=device), first_bad_step))
+                                                 state.global_step + 1, first_bad_step))
             if ctx.scaler is not None:
                 if ctx.clip_grad is not None:
                     ctx.scaler.unscale_(optimizer)
