@@ -235,6 +235,13 @@ def test_smoke_end_to_end_then_nothing_to_do_then_only_affected_jobs(tmp_path):
     again = snakemake(workdir, "-n", "--config", "preset=smoke", grid)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
 
+    # The Snakemake report carries every table and figure with its caption.
+    report = snakemake(workdir, "--config", "preset=smoke", grid, "--report", "results/smoke/report.html")
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (workdir / "results/smoke/report.html").read_text()
+    for name in ("table1c_mask_token.md", "table3_model_sizes.tex", "loss_curves.png", "runs.csv"):
+        assert name in html, name
+
     # A third table shares the baseline: its config is re-rendered (new tracking tag), nothing retrains.
     wider = snakemake(workdir, "-n", "--config", "preset=smoke", "ablations=[table1c_mask_token,table3_model_sizes,table1d_target]")
     counts = job_counts(wider.stdout + wider.stderr)
