@@ -94,6 +94,29 @@ def redact(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _redact_assignments(text: str) -> str:
+    """`... tracking.tags.api_token=abc ...` -> `... tracking.tags.api_token=<redacted> ...` (command lines)."""
+    words = []
+    for word in text.split(" "):
+        key, eq, _ = word.partition("=")
+        words.append(f"{key}={REDACTED}" if eq and _SECRET_KEY.search(key) else word)
+    return " ".join(words)
+
+
+def _redacted_yaml(text: str) -> str:
+    """A YAML document with every leaf passed through `redact` under its dotted key."""
+    import yaml
+
+    def walk(value: Any, key: str) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        if isinstance(value, str):
+            value = _redact_assignments(value)
+        return redact({key: value})[key]
+
+    return yaml.safe_dump(walk(yaml.safe_load(text), ""), sort_keys=False, default_flow_style=None)
+
+
 def run_tags(run_id: str, stage: str, git_revision: str | None = None, preset: str | None = None,
              ablations: str | list[str] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The DESIGN.md tags: `mae.run_id, mae.stage, mae.ablations, mae.preset, mae.git_revision,
@@ -193,7 +216,15 @@ class _Session:
             self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000], synchronous=True)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        if Path(path).suffix not in (".yaml", ".yml"):
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            return
+        # config.yaml holds tracking.tags and the command line: upload a redacted copy (same name)
+        import tempfile
+        with tempfile.TemporaryDirectory() as folder:
+            copy = Path(folder) / Path(path).name
+            copy.write_text(_redacted_yaml(Path(path).read_text()))
+            self.client.log_artifact(self.run_id, str(copy), artifact_path)
 
     def finish(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=status)
