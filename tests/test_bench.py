@@ -117,3 +117,13 @@ def test_gpu_bench_cpu_smoke_compiled(tmp_path):
           "--threads", "1", "--steps", "1", "--out", str(out)])
     rows = _read(out)
     assert [r["mode"] for r in rows] == ["compile"]
+
+
+def test_data_vs_tensors_runs_and_writes_ratio(tmp_path):
+    out = tmp_path / "data_vs_tensors.csv"
+    proc = _run(["bench.data_vs_tensors", "--dataset", "synthetic", "--batch", "32", "--steps", "2", "--rounds", "1",
+                 "--threads", "1", "--out", str(out)])
+    assert "ratio" in proc.stdout and "target >= 0.9" in proc.stdout
+    (row,) = _read(out)
+    assert _positive(row["real_images_per_s"]) and _positive(row["prebuilt_images_per_s"]) and _positive(row["ratio"])
+    assert abs(float(row["ratio"]) - float(row["real_images_per_s"]) / float(row["prebuilt_images_per_s"])) < 0.01
