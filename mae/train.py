@@ -605,7 +605,7 @@ class _Program:
         if self.is_main:
             if self.stage in ("pretrain", "finetune"):
                 ckpt.save_model(self.out_dir / MODEL_PTH, built.model, cfg.to_dict())
-            if self.stage == "pretrain":
+            if self.stage == "pretrain" and cfg.model.target != "token":  # token ids cannot be drawn
                 self._save_reconstructions(built.model)
             if tracker is not None:
                 for name in (CONFIG_YAML, RECON_PNG):
@@ -619,6 +619,7 @@ class _Program:
         return metrics
 
     def _save_reconstructions(self, model: nn.Module) -> None:
+        from mae.masking import num_kept
         from mae.visualize import save_reconstruction_grid
         try:
             images_set = self._dataset("val")
@@ -626,8 +627,12 @@ class _Program:
             images_set = self._dataset("train")
         loader = self._loader(images_set, "eval", min(4, len(images_set)))
         images, _ = next(iter(loader))
+        # The training ratio, and for random masking also the paper's Fig. 4 ratios that keep a patch.
+        ratios = {self.cfg.model.mask_ratio}
+        if self.cfg.model.mask_sampling == "random":
+            ratios |= {r for r in (0.75, 0.85, 0.95) if num_kept(model.num_patches, r) >= 1}
         save_reconstruction_grid(model, images.to(self.device), self.out_dir / RECON_PNG, seed=self.cfg.run.seed,
-                                 mean=images_set.mean, std=images_set.std)
+                                 mask_ratios=sorted(ratios), mean=images_set.mean, std=images_set.std)
 
     # ---- tracking ----------------------------------------------------------------------------------
 
