@@ -247,3 +247,24 @@ def get_figures(for_report=False):
     if not for_report:
         return [path for _, path in paths]
     return [report(path, caption=f"../report/figure_{name}.rst", category="Figures") for name, path in paths]
+
+
+def aggregate_partial_results():
+    """After failed jobs (onerror): the same tables and figures from the runs that finished, with
+    "—" and a note for the rest, so a partial grid still aggregates."""
+    manifest_path = Path(f"{RUNS}/manifest.json")
+    if not manifest_path.exists():
+        return
+    sys.path.insert(0, str(ROOT / "workflow/scripts"))
+    try:
+        import collect_runs, make_figures, make_tables
+    finally:
+        sys.path.pop(0)
+    manifest = collect_runs.read_manifest(manifest_path)
+    runs = collect_runs.write_runs_table(manifest_path, f"results/{PRESET}/runs.csv")
+    make_tables.make_tables(manifest, runs, ABLATIONS, str(ROOT / "paper"), PRESET, get_tables())
+    for figure in make_figures.make_figures(manifest, runs, ABLATIONS, str(ROOT / "paper"), PRESET,
+                                            get_figures()).values():
+        make_figures.plt.close(figure)
+    logger.warning(f"Some jobs failed: results/{PRESET}/ holds the tables and figures of the runs that "
+                   "finished (missing cells show '—' with a note). Rerun the same command to complete them.")
