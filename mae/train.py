@@ -357,27 +357,26 @@ class _Program:
         from mae.downstream import ENCODER_KEYS
         return {k: getattr(self.cfg.model, k) for k in ENCODER_KEYS}
 
-    def _pretrained_state(self, path: str | None):
+    def _load_pretrained_encoder(self, vit: nn.Module, field: str, path: str | None, without: str) -> None:
+        """Load the encoder of the pretraining checkpoint at `path` into `vit`; `without` is logged when None."""
+        from mae.downstream import load_encoder_weights
         if path is None:
-            return None
+            log.info("%s is null: %s", field, without)
+            return
         state_dict, _ = ckpt.load_model_state(path)
-        return state_dict
+        report = load_encoder_weights(vit, state_dict)
+        log.info("encoder weights from %s: %s", path, report)
 
     def _build_finetune(self, loader, steps_per_epoch: int, accum: int, micro: int) -> _Built:
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
         from mae.data import build_mixup
-        from mae.downstream import create_vit, load_encoder_weights, set_trainable_blocks
+        from mae.downstream import create_vit, set_trainable_blocks
         from mae.optim import absolute_lr, build_finetune_optimizer
         cfg, section = self.cfg, self.cfg.finetune
         vit = create_vit(cfg.model.arch, self.num_classes, global_pool=section.global_pool,
                          drop_path_rate=section.drop_path, **self._encoder_args())
-        weights = self._pretrained_state(section.checkpoint)
-        if weights is not None:
-            report = load_encoder_weights(vit, weights)
-            log.info("encoder weights from %s: %s", section.checkpoint, report)
-        else:
-            log.info("finetune.checkpoint is null: training from scratch")
+        self._load_pretrained_encoder(vit, "finetune.checkpoint", section.checkpoint, "training from scratch")
         if section.trainable_blocks is not None:
             set_trainable_blocks(vit, section.trainable_blocks)
         train_model = self._wrap(vit)
@@ -400,16 +399,12 @@ class _Program:
                       steps_per_epoch, accum, micro, batch_transform=mixup)
 
     def _build_linprobe(self, loader, steps_per_epoch: int, accum: int, micro: int) -> _Built:
-        from mae.downstream import attach_linear_probe, create_vit, load_encoder_weights
+        from mae.downstream import attach_linear_probe, create_vit
         from mae.optim import absolute_lr, build_lars_optimizer
         cfg, section = self.cfg, self.cfg.linprobe
         vit = create_vit(cfg.model.arch, self.num_classes, global_pool="token", **self._encoder_args())
-        weights = self._pretrained_state(section.checkpoint)
-        if weights is not None:
-            report = load_encoder_weights(vit, weights)
-            log.info("encoder weights from %s: %s", section.checkpoint, report)
-        else:
-            log.info("linprobe.checkpoint is null: probing a randomly initialised encoder")
+        self._load_pretrained_encoder(vit, "linprobe.checkpoint", section.checkpoint,
+                                      "probing a randomly initialised encoder")
         attach_linear_probe(vit, self.num_classes)
         train_model = self._wrap(vit)
         lr = absolute_lr(section.blr, section.batch_size, section.lr)
