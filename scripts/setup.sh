@@ -35,7 +35,8 @@ torch_spec=${TORCH_SPEC:-$default_torch}
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)-$what"
-if [ ! -f "$stamp" ]; then
+# A `test` install includes everything `main` needs.
+if [ ! -f "$stamp" ] && ! { [ "$what" = main ] && [ -f "${stamp%-main}-test" ]; }; then
   echo "setup: installing Python packages into .venv (first time: a few minutes)"
   extras=""; [ "$what" = test ] && extras="[test]"
   # shellcheck disable=SC2086
