@@ -120,6 +120,8 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
                     ecolor=OURS_COLOR, capsize=3, elinewidth=1)
         ax.set_ylabel("ours: top-1 accuracy (%)", color=OURS_COLOR)
         ax.tick_params(axis="y", colors=OURS_COLOR)
+        if not measured.any():
+            say_no_finished_run(ax)
         paper_ax = ax.twinx()
         paper_ax.grid(False)
         paper_line, = paper_ax.plot(x, rows[f"paper_{short}"].to_numpy(float),
@@ -138,6 +140,12 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
     figure.suptitle(f"{summary.paper_ref}: {summary.title.lower()}, ours vs paper")
     figure.legend(handles=handles, loc="outside lower center", ncols=2)
     return figure
+
+
+def say_no_finished_run(ax: plt.Axes) -> None:
+    """Mark a panel that has none of our numbers yet (instead of an empty axis with arbitrary ticks)."""
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, "no finished run yet", transform=ax.transAxes, ha="center", va="center", color="gray")
 
 
 def figure_mask_ratio(summary: AblationSummary, ablation: dict) -> plt.Figure:
@@ -271,6 +279,8 @@ def figure_loss_curves(manifest: list[dict], ablations: dict[str, dict], runs: p
     figure, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows), squeeze=False,
                                 layout="constrained")
     for ax, (ablation, lines) in zip(axes.flat, panels):
+        if not any(len(line["curve"]) for line in lines):
+            say_no_finished_run(ax)
         for color, line in zip(PALETTE * 4, lines):
             curve = line["curve"]
             if len(curve):
