@@ -29,7 +29,7 @@ import torch
 
 from bench.common import REPO_ROOT, machine_info, set_threads, write_csv
 from bench.matmul_peak import matmul_peak
-from bench.train_step import REFERENCE, VARIANTS, flops_per_image, paper_speedups
+from bench.train_step import REFERENCE, VARIANTS, flops_per_image, paper_speedups, pretrain_loss_fn
 
 ARCHS = {"vitb": "mae_vit_base_patch16_dec512d8b", "vitl": "mae_vit_large_patch16_dec512d8b",
          "micro28": "mae_vit_micro_patch7_dec64d1b", "micro32": "mae_vit_micro_patch4_dec64d1b"}
@@ -61,12 +61,7 @@ def measure(arch: str, variant: str, batch: int, compile_model: bool, device: to
     optimizer = build_pretrain_optimizer(model, absolute_lr(1.5e-4, batch), 0.05, (0.9, 0.95))
     scheduler = build_scheduler(optimizer, 1, 0.5, warmup + steps + 2)
     train_model = torch.compile(model) if compile_model else model
-    num_patches = model.num_patches
-
-    def loss_fn(m, images, _targets, step, _micro):
-        g = torch.Generator(device=device).manual_seed(step)
-        noise = torch.rand(images.shape[0], num_patches, generator=g, device=device)
-        return m(images, noise=noise)[0]
+    loss_fn = pretrain_loss_fn(model.num_patches, device)
 
     images = torch.randn(batch, model.in_chans, *model.patch_embed.img_size, device=device)
     state = LoopState()

@@ -61,6 +61,15 @@ CSV_KEY = ("shape", "variant", "batch", "threads", "compile", "adamw")
 MEMORY_METHOD = "getrusage ru_maxrss of the worker process (RSS high-water mark)"
 
 
+
+def pretrain_loss_fn(num_patches: int, device):
+    """The engine's loss_fn for MAE pretraining: as mae.train, each step's masks come from a per-step generator."""
+    def loss_fn(m, images, _targets, step, _micro):
+        g = torch.Generator(device=device).manual_seed(step)
+        noise = torch.rand(images.shape[0], num_patches, generator=g, device=device)
+        return m(images, noise=noise)[0]
+    return loss_fn
+
 def paper_speedups(path: Path = PAPER_CSV, encoder: str = "ViT-L") -> dict[str, float]:
     """Table 2 speedups of `encoder` keyed by our variant names (the reference row is 1.0)."""
     out: dict[str, float] = {}
@@ -119,13 +128,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, 1, 0.5, total_steps)
     train_model = torch.compile(model) if spec["compile"] else model
     rss_built = rss_mib()
-    num_patches = model.num_patches
-
-    def loss_fn(m, images, _targets, step, _micro):
-        # as mae.train: the random mask of each image comes from a per-step generator
-        g = torch.Generator(device=device).manual_seed(step)
-        noise = torch.rand(images.shape[0], num_patches, generator=g, device=device)
-        return m(images, noise=noise)[0]
+    loss_fn = pretrain_loss_fn(model.num_patches, device)
 
     images = torch.randn(batch, model.in_chans, *model.patch_embed.img_size, device=device)
     batches = _StampedBatches(images)
