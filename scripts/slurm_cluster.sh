@@ -228,7 +228,9 @@ start_slurmdbd() {
 start_slurmctld() {
   if pid_alive "$run/slurmctld.pid"; then say "slurmctld: already running"; return 0; fi
   say "slurmctld: starting"
-  /usr/sbin/slurmctld || { show_log_tail "$logd/slurmctld.log"; die "slurmctld failed to start"; }
+  # -c: a test cluster starts empty. Jobs saved by a controller that was stopped (or lost to a reboot)
+  # would be recovered as RUNNING with no process behind them and hold the node's CPUs forever.
+  /usr/sbin/slurmctld -c || { show_log_tail "$logd/slurmctld.log"; die "slurmctld failed to start"; }
   wait_for 30 "slurmctld" scontrol ping || { show_log_tail "$logd/slurmctld.log"; die "slurmctld does not answer"; }
 }
 

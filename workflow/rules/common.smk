@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +24,15 @@ EVALUATIONS = ("finetune", "linprobe")
 FIGURES = {"fig5_mask_ratio": "Fig. 5", "fig7_schedule": "Fig. 7", "fig9_partial_ft": "Fig. 9",
            "table2_wallclock": "Table 2"}
 FIGURES_ALWAYS = ("reconstruction", "loss_curves")
+
+# SLURM delivers `scancel --signal=USR1` and the profile's `--signal=USR1@300` (time limit ahead) to
+# every process of the job step: the jobstep `python -m snakemake` that parses this file, the job's
+# bash and `mae` (or torchrun and its workers). Only `mae` acts on it: it checkpoints and exits 75 for
+# the retry. The others ignore it, so that none dies of it first and makes slurmstepd kill `mae` before
+# its checkpoint is written. `mae` installs its own handler, so the inherited "ignore" does not reach it.
+if "SLURM_JOB_ID" in os.environ:
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+shell.prefix("set -euo pipefail; trap '' USR1; ")
 
 
 def _schema_error(path, err):
