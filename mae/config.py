@@ -93,6 +93,7 @@ class DataConfig:
     num_classes: int | None = None
     train_subset: int | None = None
     val_subset: int | None = None
+    crop_min_scale: float | None = None
     num_workers: int = 8
     download: bool = False
 
@@ -102,6 +103,9 @@ class DataConfig:
             if getattr(self, name) is not None:
                 _check_positive(f"data.{name}", getattr(self, name))
         _check_non_negative("data.num_workers", self.num_workers)
+        if self.crop_min_scale is not None and not 0.0 < self.crop_min_scale <= 1.0:
+            raise UserError("data.crop_min_scale", self.crop_min_scale,
+                            "null (the official 0.2 for pre-training, 0.08 for fine-tuning and linear probing) or a number in (0, 1]")
         if self.name == "image_folder" and self.root is None:
             raise UserError("data.root", None, "a folder with train/ and val/ subfolders when data.name is 'image_folder'")
 

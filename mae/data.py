@@ -34,6 +34,7 @@ brightness / contrast / saturation jitter 0.4; brightness / contrast only for gr
 Fine-tuning: RandomResizedCrop 0.08-1 + flip + RandAugment + random erasing (+ `build_mixup`); linear
 probing: RandomResizedCrop 0.08-1 + flip; evaluation: resize + center crop 224/256 for folders,
 resize only for in-memory data. Interpolation is bicubic throughout, as in the official code.
+`data.crop_min_scale` replaces every RandomResizedCrop's lower area bound (the tiny preset uses 0.35).
 
 Where the in-memory fine-tuning transform differs from timm's per-image one: RandAugment is
 torchvision's (`num_magnitude_bins=11` so `m9` means 9/10 of the range, as in timm; no magnitude
@@ -496,6 +497,15 @@ class TensorTransform:
         return x
 
 
+def rrc_scale(kind: str, crop_min_scale: float | None = None) -> tuple[float, float]:
+    """RandomResizedCrop area range of a stage: official (0.2, 1) for pre-training, (0.08, 1) for
+    fine-tuning and linear probing, unless `crop_min_scale` replaces the lower bound (small images such as
+    28x28 Fashion-MNIST lose the object in an 8% crop)."""
+    if crop_min_scale is not None:
+        return (crop_min_scale, 1.0)
+    return (0.2, 1.0) if kind == "pretrain" else (0.08, 1.0)
+
+
 def build_tensor_transform(
         kind: str,
         *,
@@ -506,6 +516,7 @@ def build_tensor_transform(
         augmentation: str = "crop_rand",
         randaug: str | None = "rand-m9-mstd0.5-inc1",
         reprob: float = 0.25,
+        crop_min_scale: float | None = None,
 ) -> TensorTransform:
     """The in-memory transform for a stage.
 
@@ -518,8 +529,11 @@ def build_tensor_transform(
         augmentation: one of `AUGMENTATIONS` (pretraining only).
         randaug: timm RandAugment string or None (fine-tuning only).
         reprob: random-erasing probability (fine-tuning only).
+        crop_min_scale: lower bound of every RandomResizedCrop's area fraction; None = the official
+            0.2 for pre-training and 0.08 for fine-tuning and linear probing.
     """
     check_choice("kind", kind, TRANSFORM_KINDS)
+    scale = rrc_scale(kind, crop_min_scale)
     common = dict(img_size=img_size, in_chans=in_chans, mean=mean, std=std)
     if kind == "pretrain":
         check_choice("pretrain.augmentation", augmentation, AUGMENTATIONS)
@@ -527,12 +541,12 @@ def build_tensor_transform(
             return TensorTransform(**common, crop="none", flip=False)
         if augmentation == "crop_fixed":
             return TensorTransform(**common, crop="fixed")
-        return TensorTransform(**common, crop="rrc", scale=(0.2, 1.0),
+        return TensorTransform(**common, crop="rrc", scale=scale,
                                color_jitter=0.4 if augmentation == "crop_rand_color_jitter" else 0.0)
     if kind == "finetune":
-        return TensorTransform(**common, crop="rrc", scale=(0.08, 1.0), randaug=randaug, reprob=reprob)
+        return TensorTransform(**common, crop="rrc", scale=scale, randaug=randaug, reprob=reprob)
     if kind == "linprobe":
-        return TensorTransform(**common, crop="rrc", scale=(0.08, 1.0))
+        return TensorTransform(**common, crop="rrc", scale=scale)
     return TensorTransform(**common, crop="none", flip=False)
 
 
@@ -549,6 +563,7 @@ def build_folder_transform(
         augmentation: str = "crop_rand",
         randaug: str | None = "rand-m9-mstd0.5-inc1",
         reprob: float = 0.25,
+        crop_min_scale: float | None = None,
 ) -> Callable:
     """A PIL -> float tensor `[in_chans, img_size, img_size]` transform for a stage (bicubic).
 
@@ -562,10 +577,11 @@ def build_folder_transform(
     mean, std = _adapt_stats(mean, std, in_chans)
     gray = [v2.Grayscale(num_output_channels=1)] if in_chans == 1 else []
     resize_side = int(img_size / EVAL_CROP_PCT)
+    scale = rrc_scale(kind, crop_min_scale)
     tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if kind == "finetune":
         from timm.data import create_transform
-        t = create_transform(input_size=img_size, is_training=True, color_jitter=None, auto_augment=randaug or None,
+        t = create_transform(input_size=img_size, is_training=True, scale=scale, color_jitter=None, auto_augment=randaug or None,
                              interpolation="bicubic", re_prob=reprob, re_mode="pixel", re_count=1,
                              mean=mean, std=std)
         return v2.Compose(gray + [t]) if gray else t
@@ -576,7 +592,6 @@ def build_folder_transform(
         ops = [v2.Resize(resize_side, interpolation=bicubic, antialias=True), v2.RandomCrop(img_size),
                v2.RandomHorizontalFlip()]
     else:
-        scale = (0.2, 1.0) if kind == "pretrain" else (0.08, 1.0)
         ops = [v2.RandomResizedCrop(img_size, scale=scale, interpolation=bicubic, antialias=True),
                v2.RandomHorizontalFlip()]
         if kind == "pretrain" and augmentation == "crop_rand_color_jitter":
@@ -762,6 +777,7 @@ def build_loader(
         augmentation: str = "crop_rand",
         randaug: str | None = "rand-m9-mstd0.5-inc1",
         reprob: float = 0.25,
+        crop_min_scale: float | None = None,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -781,6 +797,7 @@ def build_loader(
         augmentation: pretraining augmentation (one of `AUGMENTATIONS`).
         randaug: fine-tuning RandAugment string, or None.
         reprob: fine-tuning random-erasing probability.
+        crop_min_scale: RandomResizedCrop lower area bound (None = official per stage).
         seed: run seed.
         rank: this process's rank.
         world_size: number of processes.
@@ -793,7 +810,7 @@ def build_loader(
     shuffle = kind != "eval" if shuffle is None else shuffle
     drop_last = kind != "eval" if drop_last is None else drop_last
     args = dict(img_size=img_size, in_chans=in_chans, mean=dataset.mean, std=dataset.std,
-                augmentation=augmentation, randaug=randaug, reprob=reprob)
+                augmentation=augmentation, randaug=randaug, reprob=reprob, crop_min_scale=crop_min_scale)
     if isinstance(dataset, InMemoryDataset):
         return InMemoryLoader(dataset, batch_size, shuffle, drop_last, seed, build_tensor_transform(kind, **args),
                               rank=rank, world_size=world_size, device=device)

@@ -284,7 +284,7 @@ class _Program:
         return build_loader(dataset, kind, batch_size=batch_size, img_size=cfg.model.img_size,
                             in_chans=cfg.model.in_chans, seed=cfg.run.seed, rank=self.dist.rank,
                             world_size=self.dist.world_size, num_workers=cfg.data.num_workers,
-                            device=self.device, **extra)
+                            device=self.device, crop_min_scale=cfg.data.crop_min_scale, **extra)
 
     def _build(self) -> _Built:
         micro, accum = self._batch_geometry()

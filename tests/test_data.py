@@ -260,3 +260,26 @@ def test_folder_transforms_cover_table1e():
     for aug in AUGMENTATIONS:
         t = build_folder_transform("pretrain", img_size=32, in_chans=3, augmentation=aug)
         assert t(img).shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("kind, official", [("pretrain", 0.2), ("finetune", 0.08), ("linprobe", 0.08)])
+def test_crop_min_scale_bounds_every_random_resized_crop(synth, kind, official):
+    """data.crop_min_scale replaces the official lower area bound of each stage, on both data paths."""
+    from PIL import Image
+    for crop_min_scale, low in [(None, official), (0.5, 0.5)]:
+        t = build_tensor_transform(kind, img_size=28, in_chans=1, mean=synth.mean, std=synth.std,
+                                   randaug=None, reprob=0.0, crop_min_scale=crop_min_scale)
+        boxes = t._crop_boxes(4000, 28, 28, torch.Generator().manual_seed(0))
+        areas = boxes[:, 2] * boxes[:, 3] / (28 * 28)
+        assert areas.min() >= low - 1e-6 and areas.min() < low + 0.05, (crop_min_scale, areas.min())
+        folder = build_folder_transform(kind, img_size=16, in_chans=3, randaug=None, reprob=0.0,
+                                        crop_min_scale=crop_min_scale)
+        crops = [op for op in folder.transforms if hasattr(op, "scale")]  # finetune: timm's RandomResizedCrop
+        assert crops and tuple(crops[0].scale) == (low, 1.0), (kind, crop_min_scale, crops)
+        assert folder(Image.fromarray(np.zeros((20, 24, 3), np.uint8))).shape == (3, 16, 16)
+
+
+def test_crop_min_scale_out_of_range_is_a_user_error():
+    from mae.config import Config
+    with pytest.raises(UserError, match=r"data\.crop_min_scale.*\(0, 1\]"):
+        Config.from_dict({"data": {"crop_min_scale": 0.0}}).resolved()
