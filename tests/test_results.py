@@ -274,6 +274,8 @@ def test_paper_where_matching_is_literal_first_then_glob():
     assert row["lin_top1"] == "72.3"
     row, problem = match_paper_row(table1, {"subtable": "9z"}, "table1_ablations.csv")
     assert row is None and "matches no row" in problem
+    row, problem = match_paper_row(table1, None, "table1_ablations.csv")  # paper_where: null
+    assert row is None and problem.startswith("not in the paper")
 
 
 def test_unmatched_paper_row_shows_dash_and_note(manifest, runs, ablations):

@@ -171,7 +171,8 @@ def _build_grid():
         ablations[name] = ablation
         for i, row in rows:
             row_set = {**ablation.get("set", {}), **row.get("set_by_preset", {}).get(preset, row.get("set", {}))}
-            for seed in seeds_override or ablation.get("seeds", [0]):
+            row_seeds = row.get("seeds_by_preset", {}).get(preset, ablation.get("seeds", [0]))
+            for seed in seeds_override or row_seeds:
                 where = f"rows[{i}] (label {row['label']!r}): "
                 checked = _check(path, where, _merge(base, {**row_set, "run.seed": seed}), f"rows[{i}].set")
                 entry = {"ablation": name, "paper_ref": ablation["paper_ref"], "row": row["label"],

@@ -74,6 +74,8 @@ def load_paper_table(paper_dir: str | Path, paper_file: str) -> pd.DataFrame:
 
 def match_paper_row(paper: pd.DataFrame, where: dict, paper_file: str) -> tuple[pd.Series | None, str]:
     """The one paper row whose columns equal or glob-match every paper_where value; (None, why) otherwise."""
+    if where is None:
+        return None, "not in the paper (a point added at this scale)"
     unknown = [column for column in where if column not in paper.columns]
     if unknown:
         return None, f"paper_where names columns {unknown} that paper/{paper_file} lacks"
