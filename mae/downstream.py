@@ -122,7 +122,8 @@ def _old_grid(num_tokens: int, obj: Any) -> tuple[int, int] | None:
     return None
 
 
-def load_encoder_weights(vit: VisionTransformer, state_dict_or_path: Mapping[str, Any] | str | os.PathLike) -> LoadReport:
+def load_encoder_weights(vit: VisionTransformer, state_dict_or_path: Mapping[str, Any] | str | os.PathLike,
+                         source: str | None = None) -> LoadReport:
     """Load MAE encoder weights into a timm ViT from create_vit / attach_linear_probe.
 
     Accepts a state dict, `{'model': state_dict, ...}` (ours and the official format) or a file path
@@ -133,6 +134,7 @@ def load_encoder_weights(vit: VisionTransformer, state_dict_or_path: Mapping[str
     Args:
         vit: the model to fill.
         state_dict_or_path: checkpoint or path to one.
+        source: the file a given state dict was read from, for messages (default: the path, or '<state_dict>').
 
     Returns:
         LoadReport.
@@ -141,7 +143,7 @@ def load_encoder_weights(vit: VisionTransformer, state_dict_or_path: Mapping[str
         source = str(state_dict_or_path)
         obj = _read_checkpoint(state_dict_or_path)
     else:
-        source, obj = "<state_dict>", state_dict_or_path
+        source, obj = source or "<state_dict>", state_dict_or_path
     sd = obj.get("model", obj) if isinstance(obj, Mapping) else obj
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserError.message("checkpoint", f"checkpoint {source!r} is not a state dict (or {{'model': state_dict}}) "

@@ -364,7 +364,7 @@ class _Program:
             log.info("%s is null: %s", field, without)
             return
         state_dict, _ = ckpt.load_model_state(path)
-        report = load_encoder_weights(vit, state_dict)
+        report = load_encoder_weights(vit, state_dict, source=str(path))
         log.info("encoder weights from %s: %s", path, report)
 
     def _build_finetune(self, loader, steps_per_epoch: int, accum: int, micro: int) -> _Built:
