@@ -25,14 +25,17 @@ FIGURES = {"fig5_mask_ratio": "Fig. 5", "fig7_schedule": "Fig. 7", "fig9_partial
            "table2_wallclock": "Table 2"}
 FIGURES_ALWAYS = ("reconstruction", "loss_curves")
 
-# SLURM delivers `scancel --signal=USR1` and the profile's `--signal=USR1@300` (time limit ahead) to
-# every process of the job step: the jobstep `python -m snakemake` that parses this file, the job's
-# bash and `mae` (or torchrun and its workers). Only `mae` acts on it: it checkpoints and exits 75 for
-# the retry. The others ignore it, so that none dies of it first and makes slurmstepd kill `mae` before
-# its checkpoint is written. `mae` installs its own handler, so the inherited "ignore" does not reach it.
+# Inside a SLURM job, `scancel --signal=USR1`, the profile's `--signal=USR1@300` (time limit ahead) and
+# the SIGTERM of a cancel, preemption or requeue reach every process of the job step: the jobstep
+# `python -m snakemake` that parses this file, the job's bash and `mae` (or torchrun and its workers).
+# Only `mae` acts on them: it checkpoints and exits 75 for the retry. The others ignore them, so that
+# none dies first and makes slurmstepd kill `mae` before its checkpoint is written (SLURM's SIGKILL
+# after KillWait still ends everything). `mae` and torchrun install their own handlers, so the
+# inherited "ignore" does not reach them. Outside SLURM nothing changes.
 if "SLURM_JOB_ID" in os.environ:
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-shell.prefix("set -euo pipefail; trap '' USR1; ")
+    for _signal in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(_signal, signal.SIG_IGN)
+    shell.prefix("set -euo pipefail; trap '' USR1 TERM; ")
 
 
 def _schema_error(path, err):
