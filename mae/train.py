@@ -223,6 +223,8 @@ class _Program:
             self._seed_all(_mix_seed(cfg.run.seed, self.dist.rank))
             if self.stage == "pretrain" and cfg.model.target == "pca":
                 self._fit_pca(built.model)
+        if self.stage == "pretrain":
+            built.extra_metrics.update(self._count_pretrain_flops(built.model))
         if self.is_main:
             dump_config(cfg, self.out_dir / CONFIG_YAML, meta={
                 "git_revision": git_revision(), "stage": self.stage, "run_id": self.run_id,
@@ -344,14 +346,18 @@ class _Program:
             rows = micro_index * micro * world + rank + world * torch.arange(images.shape[0], device=device)
             return m(images, noise=noise[rows])[0]
 
-        extra = {}
+        return _Built(model, train_model, optimizer, self._schedule(optimizer, steps_per_epoch), loader, loss_fn,
+                      steps_per_epoch, accum, micro)
+
+    @staticmethod
+    def _count_pretrain_flops(model: nn.Module) -> dict[str, int]:
+        """train_flops_per_image for metrics.json; needs the PCA basis (fitted or restored) when target is pca."""
         try:
             from mae.flops import training_flops_per_image
-            extra["train_flops_per_image"] = int(training_flops_per_image(model))
+            return {"train_flops_per_image": int(training_flops_per_image(model))}
         except (ImportError, TypeError, RuntimeError) as exc:
             log.warning("train_flops_per_image not measured: %s", exc)
-        return _Built(model, train_model, optimizer, self._schedule(optimizer, steps_per_epoch), loader, loss_fn,
-                      steps_per_epoch, accum, micro, extra_metrics=extra)
+            return {}
 
     def _encoder_args(self) -> dict[str, Any]:
         from mae.downstream import ENCODER_KEYS

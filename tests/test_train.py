@@ -94,3 +94,12 @@ def test_non_finite_loss_stops_with_exit_3_naming_step_and_checkpoint(tmp_path):
     assert stop.value.exit_code == EXIT_NON_FINITE
     assert "not finite at step" in str(stop.value) and "checkpoint.pth" in str(stop.value)
     assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "model.pth").exists()
+
+
+def test_pca_target_pretrains_and_reports_flops(tmp_path):
+    """The PCA basis is fitted before anything runs the loss (the FLOP count runs a training step)."""
+    cfg = load_config(None, [*TINY, "model.target=pca", "model.pca_components=6", "pretrain.epochs=1",
+                             "data.train_subset=64"])
+    metrics = train.pretrain(cfg, tmp_path / "run")
+    assert metrics["status"] == "completed" and metrics["train_flops_per_image"] > 0
+    assert "pca target: basis fitted" in (tmp_path / "run" / "train.log").read_text()
