@@ -292,6 +292,9 @@ class _Program:
         micro, accum = self._batch_geometry()
         train_set = self._dataset("train")
         self.num_classes = self.cfg.data.num_classes or train_set.num_classes
+        if self.section.batch_size > len(train_set):  # checked here, where the field's section is known
+            raise UserError(f"{self.stage}.batch_size", self.section.batch_size,
+                            f"at most the {len(train_set)} training images (after data.train_subset)")
         loader = self._loader(train_set, self.stage, micro)
         steps_per_epoch = len(loader) // accum
         if steps_per_epoch < 1:

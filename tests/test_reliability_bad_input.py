@@ -85,7 +85,7 @@ CASES = [
     Case("micro_batch_not_divisor", "pretrain.micro_batch_size=5 with batch 32", _pt("pretrain.micro_batch_size=5"),
          ["pretrain.batch_size", "32", "micro_batch_size"]),
     Case("batch_larger_than_data", "pretrain.batch_size=1024 with 64 training images", _pt("pretrain.batch_size=1024"),
-         ["batch_size=1024", "64 images"]),
+         ["pretrain.batch_size=1024", "64 training images"]),
     Case("missing_image_folder", "data.name=image_folder, data.root missing",
          _pt("data.name=image_folder", "data.root={tmp}/no-such-dataset"), ["data.root", "no-such-dataset"]),
     Case("missing_fashion_mnist", "data.name=fashion_mnist, data.root missing",
