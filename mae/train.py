@@ -292,14 +292,14 @@ class _Program:
         micro, accum = self._batch_geometry()
         train_set = self._dataset("train")
         self.num_classes = self.cfg.data.num_classes or train_set.num_classes
-        if self.section.batch_size > len(train_set):  # checked here, where the field's section is known
+        # Before the loader, whose own check cannot name the stage's field. batch_size <= images also
+        # guarantees at least one optimizer step per epoch: world x micro x accum = batch_size and each
+        # rank holds images // world (drop_last), so every rank has at least accum micro-batches.
+        if self.section.batch_size > len(train_set):
             raise UserError(f"{self.stage}.batch_size", self.section.batch_size,
                             f"at most the {len(train_set)} training images (after data.train_subset)")
         loader = self._loader(train_set, self.stage, micro)
         steps_per_epoch = len(loader) // accum
-        if steps_per_epoch < 1:
-            raise UserError(f"{self.stage}.batch_size", self.section.batch_size,
-                            f"at most the training set size per epoch ({len(loader) * micro * self.dist.world_size} images)")
         build = {"pretrain": self._build_pretrain, "finetune": self._build_finetune,
                  "linprobe": self._build_linprobe}[self.stage]
         built = build(loader, steps_per_epoch, accum, micro)
