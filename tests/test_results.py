@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 import pytest
 import yaml
 
@@ -497,3 +498,38 @@ def test_every_table_and_figure_has_a_caption_that_renders():
         assert "He et al." in html or name in ("runs.rst", "figure_loss_curves.rst"), name
         if name.startswith(("table_", "figure_")):
             assert "<strong>tiny</strong>" in html, name
+
+
+def _results_dir(root: Path, name: str, top1: dict[tuple[str, str], float]) -> Path:
+    rows = [{"run_id": run_id, "stage": stage, "status": "completed", "metric": metric, "value": value,
+             "ablations": "fig5_mask_ratio:75"}
+            for (stage, run_id), value in top1.items() for metric, value in (("top1", value), ("steps", 10))]
+    rows.append({"run_id": "failed000000", "stage": "linprobe", "status": "failed", "metric": "top1",
+                 "value": 1.0, "ablations": "fig5_mask_ratio:90"})
+    path = root / name
+    path.mkdir()
+    pd.DataFrame(rows).to_csv(path / "runs.csv", index=False)
+    return path
+
+
+def test_compare_results_reports_identical_changed_and_one_sided_runs(tmp_path):
+    old = _results_dir(tmp_path, "old", {("finetune", "aaa"): 67.5, ("linprobe", "bbb"): 63.0,
+                                         ("linprobe", "ccc"): 60.0})
+    new = _results_dir(tmp_path, "new", {("finetune", "aaa"): 67.5, ("linprobe", "bbb"): 64.25,
+                                         ("linprobe", "ddd"): 50.0})
+    script = [sys.executable, str(REPO / "scripts" / "compare_results.py"), str(old), str(new)]
+    result = subprocess.run(script, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"top1: 2 runs in both, 1 only in {old}, 1 only in {new}" in result.stdout
+    assert "finetune: 1 runs, 1 identical, max |diff| 0.00" in result.stdout
+    assert "linprobe: 1 runs, 0 identical, max |diff| 1.25" in result.stdout
+    assert "bbb fig5_mask_ratio:75: 63.00 -> 64.25 (+1.25)" in result.stdout
+    assert f"only in {old}: linprobe/ccc" in result.stdout and f"only in {new}: linprobe/ddd" in result.stdout
+    assert "failed000000" not in result.stdout  # failed runs have no result to compare
+    within = subprocess.run([*script, "--tolerance", "1.25"], capture_output=True, text=True)
+    beyond = subprocess.run([*script, "--tolerance", "1.0"], capture_output=True, text=True)
+    assert within.returncode == 0 and beyond.returncode == 1
+    assert "1 run(s) differ by more than 1.0 points" in beyond.stderr
+    missing = subprocess.run([*script[:2], str(tmp_path), str(new)], capture_output=True, text=True)
+    assert missing.returncode != 0 and "runs.csv is not a file" in missing.stderr
+    assert "Traceback" not in missing.stderr
