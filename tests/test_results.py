@@ -356,6 +356,27 @@ def test_fig5_plots_ours_and_paper_against_mask_ratio(figures):
     assert [t.get_text() for t in figure.legends[0].get_texts()] == [ours.get_label(), paper.get_label()]
 
 
+def test_fig5_draws_the_all_images_rows_as_a_second_series_of_ours(tmp_path, manifest, runs, ablations):
+    """An ablation with paper_ref 'Fig. 5 (all images)' in the run adds its rows to Fig. 5's panels of
+    the evaluations it has (here the linear probe), with its own legend entry; fine-tuning is untouched."""
+    all_images = {**ablations["fig5_mask_ratio"], "paper_ref": "Fig. 5 (all images)", "evaluations": ["linprobe"],
+                  "title": "Masking ratio, pre-trained and probed on the whole training set"}
+    companion_entries = [{**entry, "ablation": "fig5_all_images"} for entry in manifest
+                         if entry["ablation"] == "fig5_mask_ratio" and entry["stage"] == "linprobe"]
+    built = make_figures(manifest + companion_entries, runs, {**ablations, "fig5_all_images": all_images},
+                         PAPER_DIR, PRESET, [tmp_path / "fig5_mask_ratio.png"], base_dir=FIXTURE)
+    figure = built["fig5_mask_ratio"]
+    ft_ax, lin_ax = figure.axes[:2]
+    assert len(data_lines(ft_ax)) == 1
+    lin_lines = lines_by_label(lin_ax)
+    companion = lin_lines["ours, pre-trained and probed on the whole training set"]
+    ours = lin_lines["ours (tiny preset, Fashion-MNIST 28×28)"]
+    assert list(companion.get_xdata()) == list(ours.get_xdata()) == [50.0, 75.0]
+    assert list(companion.get_ydata()) == list(ours.get_ydata())  # the same runs, listed twice here
+    assert companion.get_marker() == "D" and companion.get_color() != ours.get_color()
+    assert [t.get_text() for t in figure.legends[0].get_texts()][-1] == companion.get_label()
+
+
 def test_fig7_spaces_epochs_evenly_and_names_our_epochs(figures):
     figure = figures[0]["fig7_schedule"]
     ft_ax, paper_ax = figure.axes[0], figure.axes[2]

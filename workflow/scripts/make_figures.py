@@ -45,6 +45,9 @@ log = logging.getLogger("make_figures")
 # Figure name (file stem) -> the paper item it mirrors (matched against the ablations' paper_ref).
 ABLATION_FIGURES = {"fig5_mask_ratio": "Fig. 5", "fig7_schedule": "Fig. 7", "fig9_partial_ft": "Fig. 9",
                     "table2_wallclock": "Table 2"}
+# Drawn into Fig. 5's panels when part of the run: the same ratios pretrained and probed on all training images.
+FIG5_ALL_IMAGES = "Fig. 5 (all images)"
+ALL_IMAGES_LINE = dict(color=PALETTE[2], linestyle="-", marker="D", markersize=6, linewidth=2)
 FIGURE_NAMES = [*ABLATION_FIGURES, "reconstruction", "loss_curves"]
 
 
@@ -88,12 +91,15 @@ def scale_label(summary: AblationSummary) -> str:
     return f"{summary.preset} preset, {match.group(1)}" if match else f"{summary.preset} preset"
 
 
-def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, categorical: bool) -> plt.Figure:
+def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, categorical: bool,
+                    companion: AblationSummary | None = None) -> plt.Figure:
     """One panel per evaluation: ours (left axis) and the paper (right axis) against the ablated setting.
 
     Args:
         categorical: rows evenly spaced in their listed order (Fig. 7, 9, as the paper draws them);
             otherwise x is the row label as a number (Fig. 5's masking ratio).
+        companion: a second series of ours on the same x (numeric rows only), drawn in the panels of
+            the evaluations it has (Fig. 5's all-images rows on the linear-probing panel).
     """
     apply_theme()
     rows = summary.rows
@@ -109,7 +115,7 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
     panel_width = max(5.2, 0.62 * len(labels)) if categorical else 5.8
     figure, axes = plt.subplots(1, len(summary.evaluations), figsize=(panel_width * len(summary.evaluations), 4.4),
                                 squeeze=False, layout="constrained")
-    handles = []
+    handles, companion_line = [], None
     for ax, evaluation in zip(axes[0], summary.evaluations):
         short = EVALUATION_SHORT[evaluation]
         mean, std = rows[f"ours_{short}_mean"].to_numpy(float), rows[f"ours_{short}_std"].to_numpy(float)
@@ -120,7 +126,10 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
                     ecolor=OURS_COLOR, capsize=3, elinewidth=1)
         ax.set_ylabel("ours: top-1 accuracy (%)", color=OURS_COLOR)
         ax.tick_params(axis="y", colors=OURS_COLOR)
-        if not measured.any():
+        companion_drawn = companion is not None and evaluation in companion.evaluations
+        if companion_drawn:
+            companion_line = plot_companion(ax, companion, short)
+        if not measured.any() and not (companion_drawn and len(companion_line.get_xdata())):
             say_no_finished_run(ax)
         paper_ax = ax.twinx()
         paper_ax.grid(False)
@@ -137,9 +146,24 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
         ax.set_xlabel(x_label + ("  (bold: paper default)" if rows["default"].any() else ""))
         ax.set_title(EVALUATION_NAMES[evaluation])
         handles = [ours_line, paper_line]
+    if companion_line is not None:
+        handles.append(companion_line)
     figure.suptitle(f"{summary.paper_ref}: {summary.title.lower()}, ours vs paper")
-    figure.legend(handles=handles, loc="outside lower center", ncols=2)
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
     return figure
+
+
+def plot_companion(ax: plt.Axes, companion: AblationSummary, short: str) -> plt.Line2D:
+    """Draw a second series of ours (mean, sample-std error bars) against its numeric row labels."""
+    rows = companion.rows
+    x = rows["row"].astype(float).to_numpy()
+    mean, std = rows[f"ours_{short}_mean"].to_numpy(float), rows[f"ours_{short}_std"].to_numpy(float)
+    measured, with_spread = np.isfinite(mean), np.isfinite(std)
+    line, = ax.plot(x[measured], mean[measured], label=f"ours, {companion.title.split(', ', 1)[-1]}",
+                    **ALL_IMAGES_LINE)
+    ax.errorbar(x[with_spread], mean[with_spread], yerr=std[with_spread], fmt="none",
+                ecolor=ALL_IMAGES_LINE["color"], capsize=3, elinewidth=1)
+    return line
 
 
 def say_no_finished_run(ax: plt.Axes) -> None:
@@ -148,9 +172,11 @@ def say_no_finished_run(ax: plt.Axes) -> None:
     ax.text(0.5, 0.5, "no finished run yet", transform=ax.transAxes, ha="center", va="center", color="gray")
 
 
-def figure_mask_ratio(summary: AblationSummary, ablation: dict) -> plt.Figure:
-    """Fig. 5: masking ratio (%) against fine-tuning and linear-probing accuracy."""
-    return accuracy_curves(summary, ablation, "masking ratio (%)", categorical=False)
+def figure_mask_ratio(summary: AblationSummary, ablation: dict,
+                      all_images: AblationSummary | None = None) -> plt.Figure:
+    """Fig. 5: masking ratio (%) against fine-tuning and linear-probing accuracy; with `all_images`,
+    the rows pretrained and probed on the whole training set as a second series of ours."""
+    return accuracy_curves(summary, ablation, "masking ratio (%)", categorical=False, companion=all_images)
 
 
 def figure_schedule(summary: AblationSummary, ablation: dict) -> plt.Figure:
@@ -364,9 +390,16 @@ def make_figures(manifest: list[dict], runs: pd.DataFrame, ablations: dict[str, 
             else:
                 ablation = ablations[ablation_name]
                 summary = summarize_ablation(ablation_name, ablation, manifest, runs, paper_dir, preset)
-                figure = {"fig5_mask_ratio": figure_mask_ratio, "fig7_schedule": figure_schedule,
-                          "fig9_partial_ft": figure_partial_ft}[name](summary, ablation) \
-                    if name != "table2_wallclock" else figure_wallclock(summary)
+                if name == "fig5_mask_ratio":
+                    all_images_name = find_ablation(ablations, FIG5_ALL_IMAGES)
+                    all_images = None if all_images_name is None else summarize_ablation(
+                        all_images_name, ablations[all_images_name], manifest, runs, paper_dir, preset)
+                    figure = figure_mask_ratio(summary, ablation, all_images)
+                elif name == "table2_wallclock":
+                    figure = figure_wallclock(summary)
+                else:
+                    figure = {"fig7_schedule": figure_schedule, "fig9_partial_ft": figure_partial_ft}[name](
+                        summary, ablation)
         elif name == "reconstruction":
             figure = figure_reconstruction(manifest, ablations, runs, preset, base_dir)
         else:
