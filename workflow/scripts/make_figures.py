@@ -118,18 +118,15 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
     handles, companion_line = [], None
     for ax, evaluation in zip(axes[0], summary.evaluations):
         short = EVALUATION_SHORT[evaluation]
-        mean, std = rows[f"ours_{short}_mean"].to_numpy(float), rows[f"ours_{short}_std"].to_numpy(float)
-        measured = np.isfinite(mean)  # rows without a result are left out; the line joins measured rows
-        ours_line, = ax.plot(x[measured], mean[measured], label=f"ours ({scale_label(summary)})", **OURS_LINE)
-        with_spread = np.isfinite(std)  # error bars (sample std) only where several seeds give one
-        ax.errorbar(x[with_spread], mean[with_spread], yerr=std[with_spread], fmt="none",
-                    ecolor=OURS_COLOR, capsize=3, elinewidth=1)
+        ours_line = plot_ours(ax, x, rows, short, f"ours ({scale_label(summary)})", OURS_LINE)
+        drawn = [ours_line]
+        if companion is not None and evaluation in companion.evaluations:
+            companion_line = plot_ours(ax, companion.rows["row"].astype(float).to_numpy(), companion.rows, short,
+                                       f"ours, {companion.title.split(', ', 1)[-1]}", ALL_IMAGES_LINE)
+            drawn.append(companion_line)
         ax.set_ylabel("ours: top-1 accuracy (%)", color=OURS_COLOR)
         ax.tick_params(axis="y", colors=OURS_COLOR)
-        companion_drawn = companion is not None and evaluation in companion.evaluations
-        if companion_drawn:
-            companion_line = plot_companion(ax, companion, short)
-        if not measured.any() and not (companion_drawn and len(companion_line.get_xdata())):
+        if not any(len(line.get_xdata()) for line in drawn):
             say_no_finished_run(ax)
         paper_ax = ax.twinx()
         paper_ax.grid(False)
@@ -153,16 +150,14 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
     return figure
 
 
-def plot_companion(ax: plt.Axes, companion: AblationSummary, short: str) -> plt.Line2D:
-    """Draw a second series of ours (mean, sample-std error bars) against its numeric row labels."""
-    rows = companion.rows
-    x = rows["row"].astype(float).to_numpy()
+def plot_ours(ax: plt.Axes, x: np.ndarray, rows: pd.DataFrame, short: str, label: str, style: dict) -> plt.Line2D:
+    """One series of ours: the mean per row joined by a line, sample-std error bars where seeds give one."""
     mean, std = rows[f"ours_{short}_mean"].to_numpy(float), rows[f"ours_{short}_std"].to_numpy(float)
-    measured, with_spread = np.isfinite(mean), np.isfinite(std)
-    line, = ax.plot(x[measured], mean[measured], label=f"ours, {companion.title.split(', ', 1)[-1]}",
-                    **ALL_IMAGES_LINE)
+    measured = np.isfinite(mean)  # rows without a result are left out; the line joins measured rows
+    line, = ax.plot(x[measured], mean[measured], label=label, **style)
+    with_spread = np.isfinite(std)  # error bars (sample std) only where several seeds give one
     ax.errorbar(x[with_spread], mean[with_spread], yerr=std[with_spread], fmt="none",
-                ecolor=ALL_IMAGES_LINE["color"], capsize=3, elinewidth=1)
+                ecolor=style["color"], capsize=3, elinewidth=1)
     return line
 
 
