@@ -13,6 +13,7 @@ dotted key, the value and what is allowed; unknown keys come with the closest va
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -24,7 +25,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Mapping, Union
 
 import yaml
 
@@ -277,11 +278,7 @@ class Config:
 
     def with_overrides(self, overrides: Iterable[str]) -> "Config":
         """A copy with `section.key=value` overrides applied (values parsed as YAML)."""
-        data = self.to_dict()
-        for item in overrides:
-            key, value = parse_override(item)
-            _set_dotted(data, key, value)
-        return _build(data)
+        return _build(apply_overrides(self.to_dict(), dict(map(parse_override, overrides)), "overrides"))
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
@@ -295,10 +292,25 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     data = Config().to_dict()
     if path is not None:
         _merge_checked(data, read_yaml(path), str(path))
-    for item in overrides:
-        key, value = parse_override(item)
-        _set_dotted(data, key, value)
-    return _build(data)
+    return _build(apply_overrides(data, dict(map(parse_override, overrides)), "overrides"))
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], source: str = "override") -> dict[str, Any]:
+    """A new nested dict: `data` with dotted `overrides` applied, keys checked against the config's fields.
+
+    `{'model': {'depth': 2}}` with `{'model.mask_ratio': 0.9}` -> `{'model': {'depth': 2, 'mask_ratio': 0.9}}`.
+    A dict-valued field takes the rest of the key as one dict key (`tracking.tags.mae.preset`); values
+    are not type-checked here (`Config.from_dict` does that).
+
+    Args:
+        data: section -> key -> value, possibly partial (a preset file); it is not modified.
+        overrides: dotted key -> Python value (`parse_override` turns a `key=value` string into one).
+        source: where the overrides came from, named in the unknown-key error.
+    """
+    data = copy.deepcopy(data)
+    for key, value in overrides.items():
+        _set_dotted(data, key, value, source)
+    return data
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -421,20 +433,26 @@ def _merge_checked(base: dict[str, Any], data: dict[str, Any], source: str) -> N
             base[section][name] = value
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    if len(parts) < 2 or parts[0] not in data:
-        raise _unknown_key(key, "overrides")
+def _set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+    parts = str(key).split(".")
+    classes = _section_classes()
+    if len(parts) < 2 or parts[0] not in classes:
+        raise _unknown_key(str(key), source)
     section, name = parts[0], parts[1]
-    if name not in data[section]:
-        raise _unknown_key(key, "overrides")
+    if name not in {f.name for f in dataclasses.fields(classes[section])}:
+        raise _unknown_key(str(key), source)
+    values = data.get(section)
+    if values is None:
+        values = data[section] = {}
+    elif not isinstance(values, dict):
+        raise UserError(section, values, f"a mapping of {section} keys in {source}")
     if len(parts) == 2:
-        data[section][name] = value
+        values[name] = value
     elif _is_dict_field(section, name):  # tracking.tags.mae.preset=tiny: the rest is the dict key
-        current = data[section][name]
-        data[section][name] = {**(current if isinstance(current, dict) else {}), ".".join(parts[2:]): value}
+        current = values.get(name)
+        values[name] = {**(current if isinstance(current, dict) else {}), ".".join(parts[2:]): value}
     else:
-        raise _unknown_key(key, "overrides")
+        raise _unknown_key(str(key), source)
 
 
 def _build(data: dict[str, dict[str, Any]]) -> Config:

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from mae.config import Config, dump_config, flatten, identity, load_config
+from mae.config import Config, apply_overrides, dump_config, flatten, identity, load_config
 from mae.errors import UserError
 
 
@@ -108,3 +108,17 @@ def test_bad_files_and_override_syntax(tmp_path):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(UserError, match="section.key=value"):
         load_config(None, ["model.mask_ratio"])
+
+
+def test_apply_overrides_nests_dotted_keys_with_the_config_rules():
+    base = {"model": {"depth": 2}, "tracking": {"tags": {"a": "1"}}}
+    out = apply_overrides(base, {"model.mask_ratio": 0.9, "pretrain.epochs": 300, "tracking.tags.mae.preset": "tiny"})
+    assert out == {"model": {"depth": 2, "mask_ratio": 0.9}, "pretrain": {"epochs": 300},
+                   "tracking": {"tags": {"a": "1", "mae.preset": "tiny"}}}
+    assert base == {"model": {"depth": 2}, "tracking": {"tags": {"a": "1"}}}  # the input is not modified
+    assert Config.from_dict(out).model.mask_ratio == 0.9
+    with pytest.raises(UserError, match="'model.mask_ratoi' in rows\\[0\\].set; did you mean 'model.mask_ratio'"):
+        apply_overrides(base, {"model.mask_ratoi": 0.5}, "rows[0].set")
+    for key in ("modle.depth", "model", "model.depth.x", "meta.stage"):
+        with pytest.raises(UserError, match="unknown key"):
+            apply_overrides(base, {key: 1})
