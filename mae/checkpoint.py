@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from mae.errors import UserError
+from mae.run_folder import CHECKPOINT_PTH, PREVIOUS_CHECKPOINT_PTH
 
-CHECKPOINT_NAME = "checkpoint.pth"
-PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pth"
 CHECKPOINT_FORMAT = "mae-harness-checkpoint-v1"
 
 
@@ -128,18 +127,33 @@ def _serialize(obj: Any) -> bytes:
 
 
 def _safe_load(source: str | Path | io.BytesIO, name: str) -> Any:
-    """torch.load with weights_only=True; a code payload is a UserError, other failures CorruptCheckpoint."""
+    """torch.load with weights_only=True, the one place a checkpoint file is unpickled.
+
+    Raises:
+        UserError: a pickle the weights-only unpickler refuses (a class or function to import, or a
+            pickle protocol it does not read): loading it would need arbitrary code.
+        CorruptCheckpoint: anything else that cannot be read (truncated, damaged, not a torch file).
+    """
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch words it "Unsupported global: GLOBAL x" or (2.6+) "Trying to load unsupported GLOBAL x"
-        if any(k in str(exc).lower() for k in ("unsupported global", "unsupported class")):
-            raise UserError.message(
-                "checkpoint", f"{name} needs arbitrary code to load and was refused (only weights_only=True loads are allowed)"
-            ) from None
-        raise CorruptCheckpoint(f"{name}: {_first_line(exc)}") from None
+        # torch words it "Unsupported global: GLOBAL x" or (2.6+) "Trying to load unsupported GLOBAL x";
+        # a plain pickle of protocol >= 4 (starts with PROTO) fails earlier, on an "Unsupported operand".
+        text = str(exc).lower()
+        if "unsupported global" in text or "unsupported class" in text or (
+                "unsupported operand" in text and _starts_with(source, b"\x80")):
+            raise UserError.message("checkpoint", f"checkpoint {name!r} was refused: it needs arbitrary code to "
+                                    "load (only weights_only=True loads are allowed)") from None
+        raise CorruptCheckpoint(f"checkpoint {name!r} cannot be read: {_first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - arbitrary bytes make the unpickler raise anything (IndexError, ...)
-        raise CorruptCheckpoint(f"{name}: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise CorruptCheckpoint(f"checkpoint {name!r} cannot be read: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _starts_with(source: str | Path | io.BytesIO, prefix: bytes) -> bool:
+    if isinstance(source, io.BytesIO):
+        return source.getvalue().startswith(prefix)
+    with open(source, "rb") as f:
+        return f.read(len(prefix)) == prefix
 
 
 def _first_line(exc: BaseException) -> str:
@@ -167,14 +181,14 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> Path:
         "sha256": hashlib.sha256(payload).hexdigest(),
         "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
     })
-    path = run_dir / CHECKPOINT_NAME
-    tmp = run_dir / f".{CHECKPOINT_NAME}.tmp.{os.getpid()}"
+    path = run_dir / CHECKPOINT_PTH
+    tmp = run_dir / f".{CHECKPOINT_PTH}.tmp.{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(wrapped)
         f.flush()
         os.fsync(f.fileno())
     if path.exists():
-        os.replace(path, run_dir / PREVIOUS_CHECKPOINT_NAME)
+        os.replace(path, run_dir / PREVIOUS_CHECKPOINT_PTH)
     os.replace(tmp, path)
     _fsync_dir(run_dir)
     return path
@@ -205,7 +219,7 @@ def find_resume_checkpoint(run_dir: str | Path) -> ResumePoint | None:
     """
     run_dir = Path(run_dir)
     problems = []
-    for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
+    for name in (CHECKPOINT_PTH, PREVIOUS_CHECKPOINT_PTH):
         path = run_dir / name
         if not path.exists():
             problems.append(f"{name} missing")
@@ -248,14 +262,14 @@ def load_model_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError("checkpoint", str(path), "an existing model.pth (or official MAE .pth) file")
+        raise UserError("checkpoint", str(path), "an existing checkpoint file (a model.pth or an official MAE .pth)")
     try:
         obj = _safe_load(path, str(path))
         if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
             obj = load_checkpoint(path)
     except CorruptCheckpoint as exc:
-        raise UserError.message("checkpoint", f"checkpoint={str(path)!r} is invalid: cannot read it ({exc}); allowed: "
-                                "a model.pth written by `mae pretrain` / `mae finetune` or an official MAE .pth") from None
+        raise UserError.message("checkpoint", f"checkpoint={str(path)!r} is invalid: {exc}; allowed: a model.pth "
+                                "written by `mae pretrain` / `mae finetune` or an official MAE .pth") from None
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "model_state"):
             if isinstance(obj.get(key), dict):

@@ -8,7 +8,6 @@ BatchNorm1d(affine=False) before a Linear head (std 0.01) on a frozen encoder.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -19,8 +18,9 @@ import torch.nn as nn
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
-from .errors import UserError, check_choice
 from .archs import MAE_ARCHS
+from .checkpoint import load_model_state
+from .errors import UserError, check_choice
 
 ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
 MAE_ONLY_KEYS = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads", "mask_ratio", "mask_sampling",
@@ -87,19 +87,6 @@ def create_vit(
     return vit
 
 
-def _read_checkpoint(path: str | os.PathLike) -> Any:
-    if not os.path.isfile(path):
-        raise UserError("checkpoint", str(path), "an existing checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UserError.message("checkpoint", f"checkpoint {str(path)!r} was refused: it holds objects other than "
-                                f"tensors and plain containers (weights_only=True): {str(e).splitlines()[0]}") from None
-    except Exception as e:  # truncated / not a torch file
-        raise UserError.message("checkpoint", f"checkpoint {str(path)!r} cannot be read: "
-                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-
-
 def _encoder_shape(sd: Mapping[str, torch.Tensor]) -> str:
     dim = sd["cls_token"].shape[-1] if "cls_token" in sd else "?"
     blocks = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.")}
@@ -127,7 +114,7 @@ def load_encoder_weights(vit: VisionTransformer, state_dict_or_path: Mapping[str
     """Load MAE encoder weights into a timm ViT from create_vit / attach_linear_probe.
 
     Accepts a state dict, `{'model': state_dict, ...}` (ours and the official format) or a file path
-    (read with weights_only=True). Decoder keys, the mask token and target buffers are stripped; the
+    (read by `mae.checkpoint.load_model_state`, weights_only=True). Decoder keys, the mask token and target buffers are stripped; the
     encoder's `norm.*` is dropped when the model pools with fc_norm; pos_embed is resampled when the patch
     grid differs. The missing keys must be exactly the new head (+ fc_norm); anything else raises UserError.
 
@@ -141,7 +128,8 @@ def load_encoder_weights(vit: VisionTransformer, state_dict_or_path: Mapping[str
     """
     if isinstance(state_dict_or_path, (str, os.PathLike)):
         source = str(state_dict_or_path)
-        obj = _read_checkpoint(state_dict_or_path)
+        state_dict, config = load_model_state(state_dict_or_path)
+        obj = {"model": state_dict, "config": config or {}}
     else:
         source, obj = source or "<state_dict>", state_dict_or_path
     sd = obj.get("model", obj) if isinstance(obj, Mapping) else obj

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mae.checkpoint import (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, CorruptCheckpoint, capture_rng_state,
-                            find_resume_checkpoint, load_checkpoint, load_model_state, restore_rng_state,
-                            save_checkpoint, save_model)
+from mae.checkpoint import (CorruptCheckpoint, capture_rng_state, find_resume_checkpoint, load_checkpoint,
+                            load_model_state, restore_rng_state, save_checkpoint, save_model)
 from mae.errors import UserError
+from mae.run_folder import CHECKPOINT_PTH, PREVIOUS_CHECKPOINT_PTH
 
 
 def _state(step):
@@ -26,12 +26,12 @@ def test_save_keeps_previous_and_roundtrips(tmp_path):
     first, second = _state(1), _state(2)
     save_checkpoint(tmp_path, first)
     save_checkpoint(tmp_path, second)
-    assert (tmp_path / PREVIOUS_CHECKPOINT_NAME).exists()
-    loaded = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert (tmp_path / PREVIOUS_CHECKPOINT_PTH).exists()
+    loaded = load_checkpoint(tmp_path / CHECKPOINT_PTH)
     assert loaded["global_step"] == 2
     assert all(torch.equal(loaded["model"][k], second["model"][k]) for k in second["model"])
     assert loaded["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
-    assert load_checkpoint(tmp_path / PREVIOUS_CHECKPOINT_NAME)["global_step"] == 1
+    assert load_checkpoint(tmp_path / PREVIOUS_CHECKPOINT_PTH)["global_step"] == 1
     assert not [p for p in os.listdir(tmp_path) if ".tmp." in p]
 
 
@@ -40,7 +40,7 @@ def test_rng_state_roundtrip(tmp_path):
     save_checkpoint(tmp_path, {"rng": capture_rng_state()})
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
-    restore_rng_state(load_checkpoint(tmp_path / CHECKPOINT_NAME)["rng"])
+    restore_rng_state(load_checkpoint(tmp_path / CHECKPOINT_PTH)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
@@ -48,7 +48,7 @@ def test_rng_state_roundtrip(tmp_path):
 def test_damaged_newest_falls_back_to_previous(tmp_path, damage):
     save_checkpoint(tmp_path, _state(1))
     save_checkpoint(tmp_path, _state(2))
-    path = tmp_path / CHECKPOINT_NAME
+    path = tmp_path / CHECKPOINT_PTH
     data = bytearray(path.read_bytes())
     if damage == "truncate":
         data = data[: len(data) // 2]
@@ -58,13 +58,13 @@ def test_damaged_newest_falls_back_to_previous(tmp_path, damage):
     with pytest.raises(CorruptCheckpoint):
         load_checkpoint(path)
     point = find_resume_checkpoint(tmp_path)
-    assert point.path.name == PREVIOUS_CHECKPOINT_NAME and point.state["global_step"] == 1
-    assert CHECKPOINT_NAME in point.note
+    assert point.path.name == PREVIOUS_CHECKPOINT_PTH and point.state["global_step"] == 1
+    assert CHECKPOINT_PTH in point.note
 
 
 def test_no_checkpoint_is_none_but_all_damaged_is_an_error(tmp_path):
     assert find_resume_checkpoint(tmp_path) is None
-    (tmp_path / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
+    (tmp_path / CHECKPOINT_PTH).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="no valid checkpoint"):
         find_resume_checkpoint(tmp_path)
 
@@ -79,7 +79,7 @@ def test_code_payload_is_refused(tmp_path):
     torch.save({"model": _CodePayload()}, evil)
     with pytest.raises(UserError, match="evil.pth"):
         load_model_state(evil)
-    torch.save(_CodePayload(), tmp_path / CHECKPOINT_NAME)
+    torch.save(_CodePayload(), tmp_path / CHECKPOINT_PTH)
     with pytest.raises(UserError, match="refused"):
         find_resume_checkpoint(tmp_path)
 
@@ -93,7 +93,7 @@ def test_model_files_official_and_ours(tmp_path):
     sd, config = load_model_state(tmp_path / "official.pth")
     assert config is None and set(sd) == {"weight", "bias"}
     save_checkpoint(tmp_path, {"model": model.state_dict(), "config": {"run": {}}})
-    sd, _ = load_model_state(tmp_path / CHECKPOINT_NAME)
+    sd, _ = load_model_state(tmp_path / CHECKPOINT_PTH)
     assert torch.equal(sd["bias"], model.bias)
     with pytest.raises(UserError, match="missing.pth"):
         load_model_state(tmp_path / "missing.pth")

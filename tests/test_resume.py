@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mae import train
-from mae.checkpoint import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME
 from mae.config import load_config
+from mae.run_folder import CHECKPOINT_PTH, PREVIOUS_CHECKPOINT_PTH
 from mae.engine import EXIT_PREEMPTED, TrainingStopped
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_pretrain_resume_is_exact(tmp_path, reference, stop_after):
     with pytest.raises(TrainingStopped) as stop:
         _run("pretrain", out, [f"run.stop_after_steps={stop_after}"])
     assert stop.value.exit_code == EXIT_PREEMPTED
-    assert (out / CHECKPOINT_NAME).exists() and not (out / "metrics.json").exists() and not (out / "model.pth").exists()
+    assert (out / CHECKPOINT_PTH).exists() and not (out / "metrics.json").exists() and not (out / "model.pth").exists()
     assert max(r["step"] for r in train.read_jsonl(out / "metrics.jsonl")) <= stop_after
     metrics = _run("pretrain", out)
     assert metrics["resumed_from_step"] == stop_after and metrics["steps"] == 16
@@ -87,8 +87,8 @@ def test_damaged_checkpoint_resumes_from_previous(tmp_path, reference):
     out = tmp_path / "run"
     with pytest.raises(TrainingStopped):
         _run("pretrain", out, ["run.stop_after_steps=7"])
-    assert (out / PREVIOUS_CHECKPOINT_NAME).exists()  # step 5; the newest is step 7
-    newest = out / CHECKPOINT_NAME
+    assert (out / PREVIOUS_CHECKPOINT_PTH).exists()  # step 5; the newest is step 7
+    newest = out / CHECKPOINT_PTH
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3])
     metrics = _run("pretrain", out)
     assert metrics["resumed_from_step"] == 5
