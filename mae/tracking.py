@@ -14,9 +14,11 @@ same MLflow run when it exists on that server, and logs only the (metric, step) 
     tracker.log_artifact(out_dir / "metrics.json")
     tracker.finish("FINISHED")
 
-The MLflow HTTP client is set to fail fast (`MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`,
-`MLFLOW_HTTP_REQUEST_TIMEOUT=5`, unless already set in the environment). URI: the `uri` argument,
-else `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`. Params and tags pass through `redact`.
+The MLflow client is set to fail fast and stay quiet (`MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`,
+`MLFLOW_HTTP_REQUEST_TIMEOUT=5`, `MLFLOW_DISABLE_TELEMETRY=true`, each unless already set). MLflow
+reads these only from the environment, so they are set while an MLflow session is open (the tracker's
+thread, a replay) and removed again after it; importing this module changes nothing. URI: the `uri`
+argument, else `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`. Params and tags pass through `redact`.
 """
 
 from __future__ import annotations
@@ -30,20 +32,17 @@ import re
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+from .errors import UserError
+from .run_folder import ARTIFACTS, CONFIG_YAML, METRICS_JSONL, MLFLOW_RUN_ID, flatten, read_jsonl, read_metrics
 
-from .errors import UserError  # noqa: E402
-
-__all__ = ["Tracker", "replay", "redact", "run_tags", "default_uri", "RUN_ID_FILE", "REDACTED"]
+__all__ = ["Tracker", "replay", "redact", "run_tags", "default_uri", "REDACTED"]
 
 _log = logging.getLogger(__name__)
 
-RUN_ID_FILE = "mlflow_run_id"
 REDACTED = "<redacted>"
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 _BATCH = 100  # params / tags per log_batch call; metrics go 1000 at a time
@@ -53,6 +52,34 @@ _SECRET_KEY = re.compile(
 _SECRET_ENV = re.compile(r"(token|secret|password|passwd|api_?key|access_?key|private_?key|credential)", re.I)
 _SECRET_VALUE = re.compile(r"^(ghp_|gho_|ghs_|github_pat_|hf_|sk-|xox[abprs]-|AKIA)[A-Za-z0-9_\-]{12,}$")
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]+):[^/@\s]+@")
+
+# MLflow client settings it reads only from the environment: the HTTP ones at every request, telemetry
+# when mlflow is first imported. A value the user set is left alone.
+_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+               "MLFLOW_DISABLE_TELEMETRY": "true"}
+_client_env_lock = threading.Lock()
+_client_env_users = 0
+_client_env_added: list[str] = []
+
+
+@contextmanager
+def _client_settings() -> Iterator[None]:
+    """Set `_CLIENT_ENV`'s defaults while an MLflow session is open; the last session to close removes them."""
+    global _client_env_users
+    with _client_env_lock:
+        if _client_env_users == 0:
+            _client_env_added[:] = [k for k in _CLIENT_ENV if k not in os.environ]
+            os.environ.update({k: _CLIENT_ENV[k] for k in _client_env_added})
+        _client_env_users += 1
+    try:
+        yield
+    finally:
+        with _client_env_lock:
+            _client_env_users -= 1
+            if _client_env_users == 0:
+                for key in _client_env_added:
+                    os.environ.pop(key, None)
+                _client_env_added.clear()
 
 
 def default_uri(uri: str | None = None) -> str:
@@ -117,14 +144,13 @@ def _redacted_yaml(text: str) -> str:
     return yaml.safe_dump(walk(yaml.safe_load(text), ""), sort_keys=False, default_flow_style=None)
 
 
-def run_tags(run_id: str, stage: str, git_revision: str | None = None, preset: str | None = None,
-             ablations: str | list[str] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """The DESIGN.md tags: `mae.run_id, mae.stage, mae.ablations, mae.preset, mae.git_revision,
-    mae.host, mae.slurm_job_id` (host and SLURM job id read here), plus `extra` (`tracking.tags`)."""
-    if isinstance(ablations, (list, tuple)):
-        ablations = ",".join(ablations)
+def run_tags(run_id: str, stage: str, git_revision: str | None = None,
+             extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The DESIGN.md tags: `mae.run_id, mae.stage, mae.git_revision, mae.host, mae.slurm_job_id` (host
+    and SLURM job id read here), plus `extra` (`tracking.tags`: the workflow puts `mae.preset` and
+    `mae.ablations` there)."""
     tags = {
-        "mae.run_id": run_id, "mae.stage": stage, "mae.ablations": ablations, "mae.preset": preset,
+        "mae.run_id": run_id, "mae.stage": stage,
         "mae.git_revision": git_revision, "mae.host": socket.gethostname(),
         "mae.slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     }
@@ -165,7 +191,7 @@ class _Session:
 
     def open(self, run_dir: Path, experiment: str, run_name: str | None, tags: Mapping[str, str]) -> str:
         """Resume the run named in `run_dir/mlflow_run_id` if this server has it, else create one."""
-        id_file = run_dir / RUN_ID_FILE
+        id_file = run_dir / MLFLOW_RUN_ID
         if id_file.is_file():
             run_id = id_file.read_text().strip()
             try:
@@ -321,6 +347,10 @@ class Tracker:
         _log.warning("tracking: %s", text)
 
     def _worker(self) -> None:
+        with _client_settings():
+            self._work()
+
+    def _work(self) -> None:
         session = None
         pending = None
         try:
@@ -374,19 +404,6 @@ class Tracker:
 
 # ---------------------------------------------------------------- replay
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-    return records
-
-
 def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str | None = None) -> dict[str, Any]:
     """Push a run folder into MLflow; running it again adds nothing.
 
@@ -409,22 +426,17 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
     if not run_dir.is_dir():
         raise UserError.message("run_dir", f"run_dir={str(run_dir)!r} is invalid: not a folder")
     config: dict[str, Any] = {}
-    if (run_dir / "config.yaml").is_file():
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    if (run_dir / CONFIG_YAML).is_file():
+        config = yaml.safe_load((run_dir / CONFIG_YAML).read_text()) or {}
     meta = config.pop("meta", None) or {}
     tracking = config.get("tracking") or {}
-    summary = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
-    records = _read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    summary = read_metrics(run_dir) or {}
+    records = read_jsonl(run_dir / METRICS_JSONL)
     if not config and not records and not summary:
         raise UserError.message("run_dir", f"run_dir={str(run_dir)!r} is invalid: no config.yaml, metrics.jsonl "
                                            f"or metrics.json there")
 
-    params = {}
-    for section, values in config.items():
-        if isinstance(values, dict):
-            params.update({f"{section}.{k}": v for k, v in values.items()})
-        else:
-            params[section] = values
+    params = flatten(config)
     # host and SLURM job come from the run's record, never from the process that replays it
     tags = {
         "mae.run_id": meta.get("run_id") or summary.get("run_id") or run_dir.name,
@@ -455,20 +467,21 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
 
     uri = uri or tracking.get("uri") or default_uri()
     try:
-        session = _Session(uri)
-        run_id = session.open(run_dir, experiment or tracking.get("experiment") or "mae",
-                              tracking.get("run_name"), redact(tags))
-        session.set_tags(redact(tags))
-        conflicts = session.log_params(redact(params))
-        keys = sorted({k for k, _ in points})
-        have = {(k, m.step) for k in keys for m in session.client.get_metric_history(run_id, k)}
-        missing = [(k, v, ts, s) for (k, s), (v, ts) in sorted(points.items()) if (k, s) not in have]
-        session.log_metrics(missing)
-        present = {a.path for a in session.client.list_artifacts(run_id)}
-        for name in ("config.yaml", "metrics.json", "recon.png"):
-            if (run_dir / name).is_file() and name not in present:
-                session.log_artifact(run_dir / name)
-        session.finish("FINISHED" if summary.get("status") == "completed" else "FAILED")
+        with _client_settings():
+            session = _Session(uri)
+            run_id = session.open(run_dir, experiment or tracking.get("experiment") or "mae",
+                                  tracking.get("run_name"), redact(tags))
+            session.set_tags(redact(tags))
+            conflicts = session.log_params(redact(params))
+            keys = sorted({k for k, _ in points})
+            have = {(k, m.step) for k in keys for m in session.client.get_metric_history(run_id, k)}
+            missing = [(k, v, ts, s) for (k, s), (v, ts) in sorted(points.items()) if (k, s) not in have]
+            session.log_metrics(missing)
+            present = {a.path for a in session.client.list_artifacts(run_id)}
+            for name in ARTIFACTS:
+                if (run_dir / name).is_file() and name not in present:
+                    session.log_artifact(run_dir / name)
+            session.finish("FINISHED" if summary.get("status") == "completed" else "FAILED")
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - report the server problem in one line

@@ -1,6 +1,7 @@
 """MLflow mirror: sqlite store contents, never blocking on a dead or hung server, idempotent replay, redaction."""
 
 import json
+import os
 import socket
 import threading
 import time
@@ -9,7 +10,8 @@ import pytest
 import yaml
 
 from mae.errors import UserError
-from mae.tracking import REDACTED, RUN_ID_FILE, Tracker, redact, replay, run_tags
+from mae.run_folder import MLFLOW_RUN_ID as RUN_ID_FILE
+from mae.tracking import REDACTED, Tracker, redact, replay, run_tags
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -28,7 +30,7 @@ def _history(uri, run_id, key):
 def test_run_with_params_metrics_tags_artifacts(uri, tmp_path):
     run_dir = tmp_path / "run"
     params = {"model.mask_ratio": 0.75, "pretrain.betas": [0.9, 0.95], "model.tokenizer": None}
-    tags = run_tags("abc123", "pretrain", git_revision="deadbeef", preset="tiny", ablations=["table1a"])
+    tags = run_tags("abc123", "pretrain", git_revision="deadbeef", extra={"mae.preset": "tiny", "mae.ablations": "table1a"})
     tr = Tracker()
     run_id = tr.start(run_dir, params, tags, experiment="test-exp", run_name="r1", uri=uri)
     assert run_id and (run_dir / RUN_ID_FILE).read_text().strip() == run_id
@@ -205,3 +207,22 @@ def test_replay_errors(tmp_path):
     _run_folder(tmp_path / "r", [1])
     with pytest.raises(UserError, match="tracking.uri"):
         replay(tmp_path / "r", uri="http://127.0.0.1:9")
+
+
+def test_import_leaves_the_environment_alone():
+    import subprocess
+    import sys
+    code = "import os; before = dict(os.environ); import mae.tracking; assert dict(os.environ) == before"
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PATH": "/usr/bin:/bin"})
+
+
+def test_client_settings_only_while_a_session_is_open(monkeypatch):
+    from mae.tracking import _client_settings
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # the user's own value is kept
+    with _client_settings():
+        with _client_settings():  # a second session (replay during a run) shares the settings
+            pass
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
