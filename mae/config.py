@@ -29,15 +29,12 @@ from typing import Any, Iterable, Mapping, Union
 
 import yaml
 
+from mae.choices import (
+    AUGMENTATIONS, DATASETS, GLOBAL_POOLS, MASK_SAMPLINGS, OFFICIAL_CROP_MIN_SCALE, PRECISIONS, STAGES, TARGETS,
+    check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_width,
+)
 from mae.errors import UserError, check_choice, check_range
 
-STAGES = ("pretrain", "finetune", "linprobe")
-MASK_SAMPLINGS = ("random", "block", "grid")
-TARGETS = ("pixel", "norm_pixel", "pca", "token")
-DATASETS = ("imagenet", "cifar10", "cifar100", "fashion_mnist", "image_folder", "synthetic")
-AUGMENTATIONS = ("none", "crop_fixed", "crop_rand", "crop_rand_color_jitter")
-GLOBAL_POOLS = ("avg", "token")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
                "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "mlp_ratio")
 # Keys of a YAML file that are not configuration: `meta` is what we write next to a run's config.
@@ -67,7 +64,7 @@ class ModelConfig:
     tokenizer: str | None = None
 
     def validate(self) -> None:
-        check_range("model.mask_ratio", self.mask_ratio, 0.0, 1.0)
+        check_mask_ratio(self.mask_ratio, self.mask_sampling)
         check_choice("model.mask_sampling", self.mask_sampling, MASK_SAMPLINGS)
         check_choice("model.target", self.target, TARGETS)
         _check_positive("model.pca_components", self.pca_components)
@@ -79,12 +76,18 @@ class ModelConfig:
             raise UserError("model.tokenizer", self.tokenizer, "a 'package.module:callable' path or null")
         if self.target == "token" and self.tokenizer is None:
             raise UserError("model.tokenizer", None, "a 'package.module:callable' path when model.target is 'token'")
-        if self.img_size is not None and self.patch_size is not None and self.img_size % self.patch_size:
-            raise UserError("model.img_size", self.img_size, f"a multiple of model.patch_size={self.patch_size}")
+        # The rules between fields, as the model checks them; a resolved config has every field set.
+        if self.in_chans is not None:
+            check_in_chans(self.in_chans)
+        if self.img_size is not None and self.patch_size is not None:
+            if self.img_size % self.patch_size:
+                raise UserError("model.img_size", self.img_size, f"a multiple of model.patch_size={self.patch_size}")
+            check_mask_grid(self.mask_sampling, (self.img_size // self.patch_size,) * 2)
         for dim, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
-            d, h = getattr(self, dim), getattr(self, heads)
-            if d is not None and h is not None and d % h:
-                raise UserError(f"model.{dim}", d, f"a multiple of model.{heads}={h}")
+            if getattr(self, dim) is not None and getattr(self, heads) is not None:
+                check_width(f"model.{dim}", getattr(self, dim), f"model.{heads}", getattr(self, heads))
+        if self.target == "pca" and self.patch_size is not None and self.in_chans is not None:
+            check_pca_components(self.pca_components, self.patch_size ** 2 * self.in_chans)
 
 
 @dataclass
@@ -106,7 +109,8 @@ class DataConfig:
         _check_non_negative("data.num_workers", self.num_workers)
         if self.crop_min_scale is not None and not 0.0 < self.crop_min_scale <= 1.0:
             raise UserError("data.crop_min_scale", self.crop_min_scale,
-                            "null (the official 0.2 for pre-training, 0.08 for fine-tuning and linear probing) or a number in (0, 1]")
+                            f"null (the official {OFFICIAL_CROP_MIN_SCALE['pretrain']} for pre-training, "
+                            f"{OFFICIAL_CROP_MIN_SCALE['finetune']} for fine-tuning and linear probing) or a number in (0, 1]")
         if self.name == "image_folder" and self.root is None:
             raise UserError("data.root", None, "a folder with train/ and val/ subfolders when data.name is 'image_folder'")
 

@@ -11,23 +11,15 @@ import math
 
 import torch
 
-from .errors import UserError, check_choice, check_range
+from .choices import GRID_MASK_RATIO, MASK_SAMPLINGS, check_mask_grid, check_mask_ratio
+from .errors import UserError, check_choice
 
-MASK_SAMPLINGS = ("random", "block", "grid")
 _CROSS = torch.tensor([[[[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]]])
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
     """Visible patches per sample, `int(L * (1 - mask_ratio))` as in the official code."""
     return int(num_patches * (1 - mask_ratio))
-
-
-def check_mask_ratio(mask_ratio: float, mask_sampling: str = "random", field: str = "model.mask_ratio") -> float:
-    """Validate a mask ratio for a sampling strategy; returns it."""
-    check_range(field, mask_ratio, 0.0, 1.0)
-    if mask_sampling == "grid" and mask_ratio != 0.75:
-        raise UserError(field, mask_ratio, "0.75 with model.mask_sampling='grid' (it keeps one patch of each 2x2 cell)")
-    return mask_ratio
 
 
 def random_masking(
@@ -148,7 +140,7 @@ def block_masking(
 def grid_masking(
         batch_size: int,
         grid_size: tuple[int, int],
-        mask_ratio: float = 0.75,
+        mask_ratio: float = GRID_MASK_RATIO,
         device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Grid-wise masking: keep the top-left patch of every 2x2 cell.
@@ -164,8 +156,7 @@ def grid_masking(
     """
     gh, gw = grid_size
     check_mask_ratio(mask_ratio, "grid")
-    if gh % 2 or gw % 2:
-        raise UserError("model.mask_sampling", "grid", f"a patch grid with even sides, got {gh}x{gw} patches")
+    check_mask_grid("grid", grid_size)
     rows = torch.arange(gh, device=device).view(gh, 1)
     cols = torch.arange(gw, device=device).view(1, gw)
     keep = (rows % 2 == 0) & (cols % 2 == 0)

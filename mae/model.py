@@ -18,30 +18,21 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from .archs import MAE_ARCHS
+from .choices import (
+    MASK_SAMPLINGS, TARGETS, check_mask_grid, check_mask_ratio, check_positive_int, check_width,
+)
+from .config import ModelConfig
 from .errors import UserError, check_choice
-from .masking import MASK_SAMPLINGS, apply_masking, check_mask_ratio, sample_ids_shuffle
+from .masking import apply_masking, sample_ids_shuffle
 from .pos_embed import get_2d_sincos_pos_embed
-from .targets import TARGETS, create_target
-
-
-
-def _check_positive_int(field: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(field, value, "a positive integer")
-    return value
-
-
-def _check_width(field: str, dim: int, heads_field: str, heads: int) -> None:
-    _check_positive_int(field, dim)
-    _check_positive_int(heads_field, heads)
-    if dim % heads:
-        raise UserError(heads_field, heads, f"a divisor of {field}={dim}")
-    if dim % 4:
-        raise UserError(field, dim, "a multiple of 4 (2D sin-cos position table)")
+from .targets import create_target
 
 
 class MaskedAutoencoderViT(nn.Module):
     """Masked autoencoder: ViT encoder on visible patches, lightweight ViT decoder on all patches.
+
+    The shape arguments have no defaults: named shapes are `mae.archs.MAE_ARCHS` (`create_mae_model`);
+    the method's defaults are `mae.config.ModelConfig`'s.
 
     Args:
         img_size: input size, int or (H, W), each a multiple of patch_size.
@@ -67,36 +58,36 @@ class MaskedAutoencoderViT(nn.Module):
 
     def __init__(
             self,
-            img_size: int | tuple[int, int] = 224,
-            patch_size: int = 16,
-            in_chans: int = 3,
-            embed_dim: int = 1024,
-            depth: int = 24,
-            num_heads: int = 16,
-            decoder_embed_dim: int = 512,
-            decoder_depth: int = 8,
-            decoder_num_heads: int = 16,
-            mlp_ratio: float = 4.0,
-            mask_ratio: float = 0.75,
-            mask_sampling: str = "random",
-            encoder_mask_tokens: bool = False,
-            target: str = "pixel",
-            pca_components: int = 96,
+            img_size: int | tuple[int, int],
+            patch_size: int,
+            in_chans: int,
+            embed_dim: int,
+            depth: int,
+            num_heads: int,
+            decoder_embed_dim: int,
+            decoder_depth: int,
+            decoder_num_heads: int,
+            mlp_ratio: float,
+            mask_ratio: float = ModelConfig.mask_ratio,
+            mask_sampling: str = ModelConfig.mask_sampling,
+            encoder_mask_tokens: bool = ModelConfig.encoder_mask_tokens,
+            target: str = ModelConfig.target,
+            pca_components: int = ModelConfig.pca_components,
             tokenizer: nn.Module | None = None,
             token_vocab_size: int | None = None,
             norm_layer: type[nn.Module] = partial(nn.LayerNorm, eps=1e-6),
     ):
         super().__init__()
-        _check_positive_int("model.patch_size", patch_size)
-        _check_positive_int("model.in_chans", in_chans)
+        check_positive_int("model.patch_size", patch_size)
+        check_positive_int("model.in_chans", in_chans)
         img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if (len(img_hw) != 2 or not all(isinstance(s, int) and s > 0 for s in img_hw)
                 or any(s % patch_size for s in img_hw)):
             raise UserError("model.img_size", img_size, f"a positive multiple of model.patch_size={patch_size} "
                             "(an int or [H, W])")
-        _check_width("model.embed_dim", embed_dim, "model.num_heads", num_heads)
-        _check_width("model.decoder_embed_dim", decoder_embed_dim, "model.decoder_num_heads", decoder_num_heads)
-        _check_positive_int("model.depth", depth)
+        check_width("model.embed_dim", embed_dim, "model.num_heads", num_heads)
+        check_width("model.decoder_embed_dim", decoder_embed_dim, "model.decoder_num_heads", decoder_num_heads)
+        check_positive_int("model.depth", depth)
         if not isinstance(decoder_depth, int) or decoder_depth < 0:
             raise UserError("model.decoder_depth", decoder_depth, "a non-negative integer")
         check_choice("model.mask_sampling", mask_sampling, MASK_SAMPLINGS)
@@ -110,6 +101,7 @@ class MaskedAutoencoderViT(nn.Module):
 
         self.patch_embed = PatchEmbed(img_hw, patch_size, in_chans, embed_dim)
         self.grid_size: tuple[int, int] = tuple(self.patch_embed.grid_size)
+        check_mask_grid(mask_sampling, self.grid_size)
         num_patches = self.patch_embed.num_patches
         self.patch_dim = patch_size ** 2 * in_chans
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))

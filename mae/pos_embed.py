@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .choices import check_sincos_width
 from .errors import UserError
 
 
@@ -52,8 +53,7 @@ def get_2d_sincos_pos_embed(
     Returns:
         [gh * gw (+1), D] float32 table.
     """
-    if embed_dim % 4:
-        raise UserError("embed_dim", embed_dim, "a multiple of 4 for a 2D sin-cos position table")
+    check_sincos_width("embed_dim", embed_dim)
     gh, gw = _to_2tuple(grid_size)
     grid_h = torch.arange(gh, dtype=torch.float64, device=device)
     grid_w = torch.arange(gw, dtype=torch.float64, device=device)

@@ -10,9 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .choices import TARGETS, check_pca_components
 from .errors import UserError, check_choice
-
-TARGETS = ("pixel", "norm_pixel", "pca", "token")
 
 
 def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -72,10 +71,7 @@ class PCATarget(PixelTarget):
 
     def __init__(self, patch_dim: int, num_components: int):
         super().__init__(patch_dim)
-        if not isinstance(num_components, int) or not 1 <= num_components <= patch_dim:
-            raise UserError("model.pca_components", num_components,
-                            f"an integer in [1, {patch_dim}] (the patch dimension p*p*C)")
-        self.out_dim = num_components
+        self.out_dim = check_pca_components(num_components, patch_dim)
         self.register_buffer("mean", torch.zeros(patch_dim))
         self.register_buffer("components", torch.zeros(num_components, patch_dim))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))

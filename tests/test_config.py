@@ -122,3 +122,34 @@ def test_apply_overrides_nests_dotted_keys_with_the_config_rules():
     for key in ("modle.depth", "model", "model.depth.x", "meta.stage"):
         with pytest.raises(UserError, match="unknown key"):
             apply_overrides(base, {key: 1})
+
+
+
+MICRO = "model.arch=mae_vit_micro_patch7_dec64d1b"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.mask_sampling=grid", "model.mask_ratio=0.5"],
+     "model.mask_ratio=0.5 is invalid: allowed 0.75 with model.mask_sampling='grid'"),
+    ([MICRO, "model.mask_sampling=grid", "model.img_size=35"], "a patch grid with even sides, got 5x5 patches"),
+    ([MICRO, "model.num_heads=5"], "model.num_heads=5 is invalid: allowed a divisor of model.embed_dim=128"),
+    ([MICRO, "model.decoder_embed_dim=66", "model.decoder_num_heads=3"],
+     "model.decoder_embed_dim=66 is invalid: allowed a multiple of 4 (2D sin-cos position table)"),
+    ([MICRO, "model.target=pca"], "model.pca_components=96 is invalid: allowed an integer in [1, 49]"),
+])
+def test_resolved_config_checks_the_rules_the_model_checks(overrides, message):
+    """The cross-field rules fail at config time (so when the workflow is parsed), with the model's message."""
+    from mae.model import create_mae_model
+
+    with pytest.raises(UserError) as err:
+        load_config(None, overrides).resolved()
+    assert message in str(err.value) and "\n" not in str(err.value)
+    settings = {k.removeprefix("model."): yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}
+    with pytest.raises(UserError) as model_err:
+        create_mae_model(settings.pop("arch", Config().model.arch), **settings)
+    assert str(model_err.value) == str(err.value)
+
+
+def test_resolved_config_checks_the_data_rules():
+    with pytest.raises(UserError, match=r"model.in_chans=2 is invalid: allowed 1 or 3"):
+        load_config(None, [MICRO, "model.in_chans=2"]).resolved()

@@ -1,0 +1,90 @@
+"""Allowed values and the rules between settings, each written once and free of torch.
+
+`mae.config` validates every config with these (a resolved config checks every rule, so a bad grid
+row fails when the workflow is parsed); the model, masking, targets and data modules call the same
+functions when they are built directly, so both report the same one-line `UserError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mae.errors import UserError, check_range
+
+STAGES = ("pretrain", "finetune", "linprobe")
+TRANSFORM_KINDS = (*STAGES, "eval")
+MASK_SAMPLINGS = ("random", "block", "grid")
+TARGETS = ("pixel", "norm_pixel", "pca", "token")
+DATASETS = ("imagenet", "cifar10", "cifar100", "fashion_mnist", "image_folder", "synthetic")
+AUGMENTATIONS = ("none", "crop_fixed", "crop_rand", "crop_rand_color_jitter")
+GLOBAL_POOLS = ("avg", "token")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+IN_CHANS = (1, 3)  # every dataset is adapted between grayscale and RGB
+GRID_MASK_RATIO = 0.75  # grid masking keeps one patch of each 2x2 cell
+# RandomResizedCrop's official lower area bound per stage (`data.crop_min_scale: null`).
+OFFICIAL_CROP_MIN_SCALE = {"pretrain": 0.2, "finetune": 0.08, "linprobe": 0.08, "eval": 0.08}
+
+
+def check_positive_int(field: str, value: Any) -> int:
+    """Return `value` if it is an integer >= 1, else raise UserError."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(field, value, "a positive integer")
+    return value
+
+
+def check_sincos_width(field: str, dim: int) -> None:
+    """A 2D sin-cos position table needs a width that is a multiple of 4."""
+    if dim % 4:
+        raise UserError(field, dim, "a multiple of 4 (2D sin-cos position table)")
+
+
+def check_width(field: str, dim: int, heads_field: str, heads: int) -> None:
+    """A transformer width: positive, divisible by its heads, a multiple of 4 (sin-cos table).
+
+    Args:
+        field: dotted name of the width (`model.embed_dim`).
+        dim: the width.
+        heads_field: dotted name of the head count (`model.num_heads`).
+        heads: the head count.
+    """
+    check_positive_int(field, dim)
+    check_positive_int(heads_field, heads)
+    if dim % heads:
+        raise UserError(heads_field, heads, f"a divisor of {field}={dim}")
+    check_sincos_width(field, dim)
+
+
+def check_mask_ratio(mask_ratio: float, mask_sampling: str = "random", field: str = "model.mask_ratio") -> float:
+    """Validate a mask ratio for a sampling strategy; returns it."""
+    check_range(field, mask_ratio, 0.0, 1.0)
+    if mask_sampling == "grid" and mask_ratio != GRID_MASK_RATIO:
+        raise UserError(field, mask_ratio, f"{GRID_MASK_RATIO} with model.mask_sampling='grid' "
+                                           "(it keeps one patch of each 2x2 cell)")
+    return mask_ratio
+
+
+def check_mask_grid(mask_sampling: str, grid_size: tuple[int, int]) -> None:
+    """Grid masking needs a patch grid with even sides.
+
+    Args:
+        mask_sampling: the strategy; only 'grid' has a rule.
+        grid_size: (gh, gw) patches.
+    """
+    gh, gw = grid_size
+    if mask_sampling == "grid" and (gh % 2 or gw % 2):
+        raise UserError("model.mask_sampling", "grid", f"a patch grid with even sides, got {gh}x{gw} patches")
+
+
+def check_pca_components(num_components: Any, patch_dim: int) -> int:
+    """The 'pca' target keeps between 1 and p*p*C components; returns `num_components`."""
+    if not isinstance(num_components, int) or not 1 <= num_components <= patch_dim:
+        raise UserError("model.pca_components", num_components,
+                        f"an integer in [1, {patch_dim}] (the patch dimension p*p*C)")
+    return num_components
+
+
+def check_in_chans(in_chans: Any) -> int:
+    """Model input channels the data path can produce; returns `in_chans`."""
+    if in_chans not in IN_CHANS:
+        raise UserError("model.in_chans", in_chans, "1 or 3 (images are adapted between grayscale and RGB)")
+    return in_chans
