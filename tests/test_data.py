@@ -1,4 +1,4 @@
-"""Datasets, batched transforms and exactly resumable, sharded loaders (mae/data.py)."""
+"""Datasets, batched transforms and exactly resumable, sharded loaders (mae/data/)."""
 
 import gzip
 import struct
