@@ -17,8 +17,8 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/pretrain.smk"
-include: "workflow/rules/finetune.smk"
+include: "workflow/rules/grid.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"
 
 

@@ -163,6 +163,28 @@ def test_invalid_ablation_stops_before_any_job(workdir, case):
     assert not (workdir / "runs").exists()
 
 
+def test_a_model_rule_fails_the_dry_run_with_one_line_naming_the_file_and_row(workdir):
+    # Grid masking keeps one patch of every 2x2 group, so only a 75% ratio: a rule of the model,
+    # checked by mae.config at parse time, before any job.
+    body = ("rows:\n  - label: '75%'\n    paper_where: {subtable: '1a', value: '1'}\n    set: {model.mask_sampling: grid}\n"
+            "  - label: '50%'\n    paper_where: {subtable: '1a', value: '2'}\n"
+            "    set: {model.mask_sampling: grid, model.mask_ratio: 0.5}\n")
+    path = workdir / "ablations/bad_grid_ratio.yaml"
+    path.write_text(HEADER + body)
+    try:
+        result = snakemake(workdir, "-n", "--config", "preset=smoke", "ablations=[bad_grid_ratio]")
+    finally:
+        path.unlink()
+    output = result.stdout + result.stderr
+    lines = [line for line in output.splitlines() if "bad_grid_ratio.yaml" in line]
+    print(f"\n{lines}")
+    assert result.returncode != 0
+    assert len(lines) == 1, output[-3000:]
+    assert lines[0].startswith("ablations/bad_grid_ratio.yaml: rows[1] (label '50%'): model.mask_ratio=0.5 is invalid"), lines
+    assert "mask_sampling" in lines[0] and "Traceback" not in output
+    assert not (workdir / "runs").exists()
+
+
 def test_unknown_ablation_name_and_preset_are_one_line_errors(workdir):
     result = snakemake(workdir, "-n", "--config", "ablations=[table9_nothing]")
     assert result.returncode != 0

@@ -3,7 +3,7 @@
 A fresh sqlite store breaks under concurrent first writers (schema migration races), and two jobs
 creating the same experiment race too. A tracking server (http://...) needs nothing: it is skipped.
 
-Snakemake rule prepare_mlflow (workflow/rules/pretrain.smk): params uri, experiments; output a marker.
+Snakemake rule prepare_mlflow (workflow/rules/grid.smk): params uri, experiments; output a marker.
 By hand: python workflow/scripts/prepare_mlflow.py sqlite:////abs/path/mlflow.db mae-tiny
 """
 

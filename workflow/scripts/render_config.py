@@ -1,7 +1,7 @@
 """Write one value from the rule's params to its output: YAML for .yaml, JSON for .json.
 
 Rules render_config (a run's `mae` config, params.data = the config dict) and write_manifest
-(params.data = the manifest list), workflow/rules/pretrain.smk. A script rather than `run:`, because
+(params.data = the manifest list), workflow/rules/grid.smk. A script rather than `run:`, because
 Snakemake re-parses the whole workflow in a subprocess for every `run:` job.
 """
 

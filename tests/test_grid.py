@@ -1,0 +1,142 @@
+"""workflow.grid without Snakemake: cells, shared cells, the pretraining dependency, one-line errors."""
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mae.config import Config, identity
+from workflow.grid import GridError, build_grid, model_path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((REPO / "workflow/config.yaml").read_text())
+
+
+def grid(preset="smoke", root=REPO, **settings):
+    return build_grid({**CONFIG, "preset": preset, **settings}, root)
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return grid("smoke")
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A repository with the real presets and paper numbers and an empty ablations/."""
+    (tmp_path / "workflow").mkdir()
+    shutil.copytree(REPO / "workflow/presets", tmp_path / "workflow/presets")
+    shutil.copytree(REPO / "paper", tmp_path / "paper")
+    (tmp_path / "ablations").mkdir()
+    return tmp_path
+
+
+def test_every_cell_is_its_resolved_config_named_by_its_identity(smoke):
+    assert Counter(stage for stage, _ in smoke.cells) == {"pretrain": 37, "finetune": 44, "linprobe": 31}
+    for (stage, run_id), cell in smoke.cells.items():
+        assert (cell.stage, cell.run_id) == (stage, run_id)
+        assert identity(Config.from_dict(cell.config), stage) == run_id
+        assert cell.config["tracking"]["run_name"] == f"smoke-{stage}-{run_id}"
+        assert cell.config["tracking"]["tags"] == {"mae.preset": "smoke", "mae.ablations": ",".join(cell.ablations)}
+    keys = [(e["ablation"], e["row"], e["seed"], e["stage"]) for e in smoke.manifest]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    for entry in smoke.manifest:
+        assert (entry["stage"], entry["run_id"]) in smoke.cells
+        assert entry["run_dir"] == f"runs/smoke/{entry['stage']}/{entry['run_id']}"
+    assert list(smoke.ablations) == sorted(p.stem for p in (REPO / "ablations").glob("*.yaml"))
+
+
+def test_cells_with_the_same_resolved_config_collapse_into_one_run(smoke):
+    # The 75% mask ratio point of Fig. 5 is Table 1c's default row: one pretraining answers both.
+    def pretrain_of(ablation, row):
+        return {e["run_id"] for e in smoke.manifest if (e["ablation"], e["row"], e["stage"]) == (ablation, row, "pretrain")}
+
+    shared = pretrain_of("fig5_mask_ratio", "75")
+    assert shared == pretrain_of("table1c_mask_token", "encoder w/o [M]")
+    cell = smoke.cells["pretrain", shared.pop()]
+    assert {"fig5_mask_ratio", "table1c_mask_token"} <= set(cell.ablations)
+    assert ("table1c_mask_token", "encoder w/o [M]") in cell.rows
+    assert len(smoke.manifest) > len(smoke.cells)
+
+
+def test_an_evaluation_depends_on_its_pretraining_through_a_field_of_the_cell(smoke):
+    evaluations = [c for c in smoke.cells.values() if c.stage != "pretrain"]
+    for cell in evaluations:
+        if cell.pretrain_run_id is None:  # Table 3's supervised rows: finetune.checkpoint: null
+            assert cell.config[cell.stage]["checkpoint"] is None
+            assert smoke.pretrained_model(cell.stage, cell.run_id) is None
+            continue
+        assert ("pretrain", cell.pretrain_run_id) in smoke.cells
+        model = model_path("smoke", cell.pretrain_run_id)
+        assert model == f"runs/smoke/pretrain/{cell.pretrain_run_id}/model.pth"
+        assert smoke.pretrained_model(cell.stage, cell.run_id) == model
+        assert cell.config[cell.stage]["checkpoint"] == model  # what `mae` reads
+    scratch = [c for c in evaluations if c.pretrain_run_id is None]
+    assert scratch and {a for c in scratch for a in c.ablations} == {"table3_model_sizes"}
+    assert all(c.pretrain_run_id is None for c in smoke.cells.values() if c.stage == "pretrain")
+
+
+def test_seeds_and_data_root_settings(root):
+    (root / "ablations/one.yaml").write_text(HEADER + ROW_A)
+    one = grid("smoke", root, ablations=["one"], seeds=[3, 4])
+    assert sorted(e["seed"] for e in one.manifest if e["stage"] == "pretrain") == [3, 4]
+    paper = grid("paper", root, ablations=["one"], data_root="/datasets/imagenet", seeds=0)
+    assert {c.config["data"]["root"] for c in paper.cells.values()} == {"/datasets/imagenet"}
+
+
+HEADER = "title: t\npaper_ref: Table 1a\npaper_file: table1_ablations.csv\nevaluations: [finetune]\n"
+ROW_A = "rows:\n  - label: a\n    paper_where: {subtable: '1a', value: '1'}\n    set: {model.decoder_depth: 1}\n"
+BAD = {
+    "unknown key": (ROW_A.replace("decoder_depth", "decoder_dept"),
+                    "ablations/bad.yaml: rows[0] (label 'a'): unknown key 'model.decoder_dept' in rows[0].set; "
+                    "did you mean 'model.decoder_depth'?"),
+    "bad value": (ROW_A.replace("model.decoder_depth: 1", "model.mask_ratio: 1.5"),
+                  "ablations/bad.yaml: rows[0] (label 'a'): model.mask_ratio=1.5 is invalid: allowed a number in [0.0, 1.0)"),
+    "schema": (ROW_A.replace("    set:", "    sett:"),
+               "ablations/bad.yaml: rows[0]: Additional properties are not allowed ('sett' was unexpected); "
+               "allowed: label, paper_where, set, set_by_preset, default, evaluations, seeds_by_preset, presets"),
+    "duplicate": (ROW_A + ROW_A.removeprefix("rows:\n").replace("label: a", "label: b"),
+                  "ablations/bad.yaml: rows[1].set: duplicates rows[0] (each row needs its own label and settings)"),
+    "file-level set": ("set: {model.depth: -1}\n" + ROW_A,
+                       "ablations/bad.yaml: model.depth=-1 is invalid: allowed a positive number"),
+    "no row for the preset": (ROW_A + "    presets: [paper]\n",
+                              "ablations/bad.yaml: rows: no row runs under preset 'smoke' (see each row's presets)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_mistake_in_an_ablation_file_is_one_line_naming_the_file_and_row(root, case):
+    body, expected = BAD[case]
+    (root / "ablations/bad.yaml").write_text(HEADER + body)
+    with pytest.raises(GridError) as err:
+        grid("smoke", root, ablations=["bad"])
+    assert str(err.value) == expected
+
+
+def test_a_model_rule_fails_at_grid_time_naming_the_file_and_row(root):
+    # Grid masking keeps one patch of every 2x2 group: a 50% ratio cannot be drawn (mae.config's rule).
+    rows = ROW_A + "  - label: '50%'\n    paper_where: {subtable: '1a', value: '2'}\n" \
+                   "    set: {model.mask_sampling: grid, model.mask_ratio: 0.5}\n"
+    (root / "ablations/bad.yaml").write_text(HEADER + rows)
+    with pytest.raises(GridError) as err:
+        grid("smoke", root, ablations=["bad"])
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("ablations/bad.yaml: rows[1] (label '50%'): model.mask_ratio=0.5 is invalid"), message
+
+
+def test_workflow_settings_errors_are_one_line(root):
+    (root / "ablations/one.yaml").write_text(HEADER + ROW_A)
+    cases = {
+        "config: preset: 'huge' is not one of ['smoke', 'tiny', 'paper']": dict(preset="huge"),
+        "ablations: 'nothing' is not a file in ablations/: allowed one": dict(ablations=["nothing"]),
+        "ablations='fast' is invalid: allowed 'all', a subset (quick) or a list of: one": dict(ablations="fast"),
+        "data_root=None is invalid: preset 'paper' reads imagenet: pass --config data_root=/path/to/dataset":
+            dict(preset="paper", ablations=["one"]),
+    }
+    for expected, settings in cases.items():
+        with pytest.raises(GridError) as err:
+            build_grid({**CONFIG, "preset": "smoke", **settings}, root)
+        assert str(err.value) == expected

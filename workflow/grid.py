@@ -1,0 +1,268 @@
+"""The ablation grid: workflow config + preset + ablations/*.yaml -> one cell per run, and the manifest.
+
+Plain Python (no Snakemake, no torch), so it is tested directly (tests/test_grid.py); the workflow
+calls `build_grid` once at parse time (workflow/rules/common.smk), before any job.
+
+    ablation file   one paper table or figure: rows of dotted `mae` settings over the preset
+    cell            one `mae <stage>` run: its run id (mae.config.identity), the config the job reads,
+                    the pretraining it starts from, the ablation rows that use it
+    manifest        one entry per (ablation, row, seed, stage): the run that answers it
+
+Every setting goes through mae.config (`apply_overrides`, `Config.from_dict(...).resolved()`), so a
+grid cell is checked exactly as `mae` checks its config. Cells that resolve to the same configuration
+collapse into one run. Every mistake is a GridError: one line naming the file and the field or row.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from mae.config import Config, apply_overrides, identity, read_yaml
+from mae.errors import UserError
+from mae.run_folder import MODEL_PTH
+
+EVALUATIONS = ("finetune", "linprobe")
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+
+class GridError(Exception):
+    """A mistake in the workflow config or an ablation file: one line naming the file and the field or row."""
+
+
+@dataclass
+class Cell:
+    """One run of the grid (runs/{preset}/{stage}/{run_id}).
+
+    Args:
+        stage: pretrain, finetune or linprobe.
+        run_id: `mae.config.identity` of the resolved config.
+        config: what `mae <stage> --config` reads (runs/{preset}/configs/{stage}/{run_id}.yaml).
+        pretrain_run_id: the pretraining cell this evaluation starts from; None for a pretraining and
+            for an evaluation whose row sets its checkpoint (null = from scratch).
+        rows: (ablation, row label) of every grid entry this run answers, in grid order.
+    """
+
+    stage: str
+    run_id: str
+    config: dict[str, Any]
+    pretrain_run_id: str | None = None
+    rows: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ablations(self) -> list[str]:
+        return sorted({name for name, _ in self.rows})
+
+
+@dataclass
+class Grid:
+    """The compiled grid of one preset.
+
+    Args:
+        preset: smoke, tiny or paper (workflow/presets/{preset}.yaml).
+        ablations: name -> parsed ablation file, for the selected files in selection order.
+        cells: (stage, run_id) -> Cell.
+        manifest: one entry per (ablation, row, seed, stage), sorted; written as runs/{preset}/manifest.json.
+    """
+
+    preset: str
+    ablations: dict[str, dict[str, Any]]
+    cells: dict[tuple[str, str], Cell]
+    manifest: list[dict[str, Any]]
+
+    @property
+    def runs_dir(self) -> str:
+        return runs_dir(self.preset)
+
+    def pretrained_model(self, stage: str, run_id: str) -> str | None:
+        """The model.pth the evaluation `stage`/`run_id` starts from, when it is a pretraining of the grid."""
+        start = self.cells[stage, run_id].pretrain_run_id
+        return None if start is None else model_path(self.preset, start)
+
+
+def runs_dir(preset: str) -> str:
+    return f"runs/{preset}"
+
+
+def run_dir(preset: str, stage: str, run_id: str) -> str:
+    return f"{runs_dir(preset)}/{stage}/{run_id}"
+
+
+def model_path(preset: str, pretrain_run_id: str) -> str:
+    """The weights a pretraining cell leaves (the pretrain rule's output)."""
+    return f"{run_dir(preset, 'pretrain', pretrain_run_id)}/{MODEL_PTH}"
+
+
+def build_grid(config: Mapping[str, Any], root: str | Path) -> Grid:
+    """Validate the workflow config and the selected ablation files and compile the grid.
+
+    Args:
+        config: the workflow config (workflow/config.yaml with `--config` overrides).
+        root: the folder holding ablations/, paper/ and workflow/presets/.
+
+    Raises:
+        GridError: the first mistake, as one line naming the file and the field or row.
+    """
+    root = Path(root)
+    preset, base, selected, seeds_override = _load_settings(config, root)
+    cells: dict[tuple[str, str], Cell] = {}
+    manifest: list[dict[str, Any]] = []
+    ablations: dict[str, dict[str, Any]] = {}
+    checked: dict[str, tuple[Config, dict]] = {}  # many cells repeat a config: check each once
+
+    def add(stage, built, entry, pretrain_run_id=None):
+        run_id = identity(built[0], stage)
+        content = _render(built[1], stage, base)
+        cell = cells.setdefault((stage, run_id), Cell(stage, run_id, content, pretrain_run_id))
+        if cell.config != content:
+            diff = [f"{s}.{k}" for s in content for k in content[s] if content[s][k] != cell.config[s].get(k)]
+            raise GridError(f"{entry['ablation']}: row {entry['row']!r}: run {stage}/{run_id} is reached with "
+                            f"two configs that differ only outside the run identity ({', '.join(diff)})")
+        cell.pretrain_run_id = cell.pretrain_run_id or pretrain_run_id
+        if (entry["ablation"], entry["row"]) not in cell.rows:
+            cell.rows.append((entry["ablation"], entry["row"]))
+        manifest.append({**entry, "stage": stage, "run_id": run_id, "run_dir": run_dir(preset, stage, run_id)})
+        return run_id
+
+    for name in selected:
+        path, ablation, rows = _load_ablation(root, name, preset, base, checked)
+        ablations[name] = ablation
+        for i, row in rows:
+            row_set = {**ablation.get("set", {}), **row.get("set_by_preset", {}).get(preset, row.get("set", {}))}
+            row_seeds = row.get("seeds_by_preset", {}).get(preset, ablation.get("seeds", [0]))
+            where = f"rows[{i}] (label {row['label']!r}): "
+            for seed in seeds_override or row_seeds:
+                data = _check(checked, path, where, base, {**row_set, "run.seed": seed}, f"rows[{i}].set")
+                entry = {"ablation": name, "paper_ref": ablation["paper_ref"], "row": row["label"],
+                         "default": bool(row.get("default", False)), "seed": seed}
+                evaluations = row.get("evaluations", ablation["evaluations"])
+                # An evaluation whose checkpoint the row sets (null = from scratch) needs no pretraining.
+                needs_pretrain = [s for s in evaluations if f"{s}.checkpoint" not in row_set]
+                if needs_pretrain or not evaluations:
+                    pretrain_id = add("pretrain", data, entry)
+                for stage in evaluations:
+                    if stage in needs_pretrain:
+                        start = {f"{stage}.checkpoint": model_path(preset, pretrain_id)}  # `mae` reads it from the config
+                        add(stage, _check(checked, path, where, data[1], start, "grid"), entry, pretrain_id)
+                    else:
+                        add(stage, data, entry)
+
+    for cell in cells.values():
+        cell.config["tracking"]["run_name"] = f"{preset}-{cell.stage}-{cell.run_id}"
+        cell.config["tracking"]["tags"] = {"mae.preset": preset, "mae.ablations": ",".join(cell.ablations)}
+    manifest.sort(key=lambda e: (e["ablation"], e["row"], e["seed"], e["stage"]))
+    return Grid(preset, ablations, cells, manifest)
+
+
+def validate(data: Any, schema: str, name: str) -> None:
+    """Check `data` against workflow/schemas/{schema} (as snakemake.utils.validate does: the first error).
+
+    Raises:
+        GridError: `{name}: {field}: {message}`, with the allowed keys for an unexpected one.
+    """
+    error = next(_validator(schema).iter_errors(data), None)
+    if error is None:
+        return
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    message = error.message
+    if error.validator == "additionalProperties":
+        message += "; allowed: " + ", ".join(error.schema.get("properties", {}))
+    raise GridError(f"{name}: {where or 'top level'}: {message}")
+
+
+# ----------------------------------------------------------------------------------------------
+# internals
+
+
+@functools.cache
+def _validator(schema: str) -> Draft202012Validator:
+    return Draft202012Validator(yaml.safe_load((SCHEMAS / schema).read_text()))
+
+
+def _check(checked: dict, path: Any, where: str, data: dict, overrides: dict, source: str) -> tuple[Config, dict]:
+    """`data` with dotted `overrides`, built and resolved by mae.config: (Config, its dict). A mistake
+    becomes a GridError `{path}: {where}{what mae.config says}`."""
+    try:
+        merged = apply_overrides(data, overrides, source)
+        key = json.dumps(merged, sort_keys=True)
+        if key not in checked:
+            cfg = Config.from_dict(merged, source=source).resolved()  # resolved: the architecture exists
+            checked[key] = (cfg, cfg.to_dict())
+    except UserError as err:
+        raise GridError(f"{path}: {where}{err}") from None
+    return checked[key]
+
+
+def _load_settings(config: Mapping[str, Any], root: Path) -> tuple[str, dict, list[str], list[int] | None]:
+    """(preset, the preset's full unresolved config, the selected ablation names, the seeds override)."""
+    validate(config, "config.schema.yaml", "config")
+    preset = config["preset"]
+    preset_file = root / "workflow/presets" / f"{preset}.yaml"
+    try:
+        base = read_yaml(preset_file)
+    except UserError as err:
+        raise GridError(f"{preset_file}: {err}") from None
+    if config.get("data_root"):
+        base.setdefault("data", {})["root"] = config["data_root"]
+    if config.get("mlflow_uri"):  # naming a tracking server turns tracking on, also for presets that keep it off
+        base.setdefault("tracking", {}).update(uri=config["mlflow_uri"], enabled=True)
+    _check({}, preset_file, "", base, {}, str(preset_file))
+    base = Config.from_dict(base, source=str(preset_file)).to_dict()  # unresolved: rows may change model.arch
+    if base["data"]["name"] in ("imagenet", "image_folder") and not base["data"]["root"]:
+        raise GridError(f"data_root=None is invalid: preset {preset!r} reads {base['data']['name']}: "
+                        "pass --config data_root=/path/to/dataset")
+    names = sorted(p.stem for p in (root / "ablations").glob("*.yaml"))
+    selected = config["ablations"]
+    if selected == "all":
+        selected = names
+    elif isinstance(selected, str):
+        if selected not in config["subsets"]:
+            raise GridError(f"ablations={selected!r} is invalid: allowed 'all', a subset "
+                            f"({', '.join(config['subsets'])}) or a list of: {', '.join(names)}")
+        selected = config["subsets"][selected]
+    for name in selected:
+        if name not in names:
+            raise GridError(f"ablations: {name!r} is not a file in ablations/: allowed {', '.join(names)}")
+    seeds = config.get("seeds")
+    return preset, base, list(selected), [seeds] if isinstance(seeds, int) else seeds
+
+
+def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict) -> tuple[Path, dict, list]:
+    """(ablations/{name}.yaml, the parsed and validated file, its (index, row) pairs that run under `preset`)."""
+    path = Path("ablations") / f"{name}.yaml"
+    try:
+        ablation = yaml.safe_load((root / path).read_text())
+    except yaml.YAMLError as err:
+        raise GridError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(ablation, dict):
+        raise GridError(f"{path}: top level: expected a mapping with title, paper_ref, paper_file, evaluations, rows")
+    validate(ablation, "ablation.schema.yaml", str(path))
+    if not (root / "paper" / ablation["paper_file"]).is_file():
+        raise GridError(f"{path}: paper_file: {ablation['paper_file']!r} is not a file in paper/")
+    _check(checked, path, "", base, ablation.get("set", {}), "set")
+    seen = {}
+    for i, row in enumerate(ablation["rows"]):
+        key = json.dumps([row.get("set", {}), row.get("set_by_preset", {})], sort_keys=True)
+        for what, value in (("label", row["label"]), ("set", key)):
+            if (what, value) in seen:
+                raise GridError(f"{path}: rows[{i}].{what}: duplicates rows[{seen[what, value]}] "
+                                "(each row needs its own label and settings)")
+            seen[what, value] = i
+    rows = [(i, row) for i, row in enumerate(ablation["rows"]) if preset in row.get("presets", [preset])]
+    if not rows:
+        raise GridError(f"{path}: rows: no row runs under preset {preset!r} (see each row's presets)")
+    return path, ablation, rows
+
+
+def _render(data: dict, stage: str, base: dict) -> dict:
+    """The config a `mae <stage>` job reads: the cell's resolved model/data/run and stage section, the
+    other stage sections from the preset (so one run id always renders one content)."""
+    return {section: copy.deepcopy(base[section] if section in ("pretrain", *EVALUATIONS) and section != stage
+                                   else values) for section, values in data.items()}

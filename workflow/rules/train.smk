@@ -1,0 +1,33 @@
+# The training rules pretrain, finetune and linprobe: one definition, `mae <stage>` on a rendered config.
+# A fine-tune or linear probe starts from its cell's pretraining (model.pth, an input), or with the
+# row's own checkpoint (null = a randomly initialised encoder).
+#
+# The config is ancient(): its path already names its content (the run id), so a re-rendered config
+# (new tracking tags) does not retrain. metrics.json (and model.pth) are the only outputs, so a failed or
+# preempted job (exit 75) keeps its checkpoint.pth in the run folder and resumes from it on retry.
+# Logs: runs/{preset}/logs/{stage}/{run_id}.log holds the job's stdout and stderr (the rule's log);
+# runs/{preset}/{stage}/{run_id}/train.log is `mae`'s own log, next to metrics.jsonl and metrics.json.
+
+for _stage in ("pretrain", "finetune", "linprobe"):
+
+    rule:
+        name:
+            _stage
+        input:
+            config=ancient(f"{RUNS}/configs/{_stage}/{{run_id}}.yaml"),
+            mlflow=ancient(f"{RUNS}/mlflow.ready"),
+            pretrained=get_pretrained_model(_stage),
+        output:
+            **get_training_outputs(_stage),
+        params:
+            out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
+            launcher=get_launcher,
+        log:
+            f"{RUNS}/logs/{_stage}/{{run_id}}.log",
+        threads: get_threads(_stage)
+        resources:
+            **get_resources(_stage),
+        conda:
+            "../../environment.yml"
+        shell:
+            f"{{params.launcher}} {_stage} --config {{input.config}} --out {{params.out_dir}} > {{log}} 2>&1"
