@@ -266,7 +266,11 @@ class Config:
         return getattr(self, stage)
 
     def resolved(self) -> "Config":
-        """A copy with every null architecture field filled from `mae.archs.MAE_ARCHS[model.arch]`."""
+        """A copy with every null architecture field filled from `mae.archs.MAE_ARCHS[model.arch]`.
+
+        Its validation checks every rule between model fields that the model checks when it is built
+        (`mae.choices`: grid masking, widths, PCA components, channels), with the model's message.
+        """
         from mae.archs import MAE_ARCHS
 
         if self.model.arch not in MAE_ARCHS:
