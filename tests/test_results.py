@@ -1,4 +1,4 @@
-"""Aggregation of run folders into runs.csv, paper-vs-ours tables and figures (workflow/scripts/).
+"""Aggregation of run folders into runs.csv, paper-vs-ours tables and figures (workflow/results/).
 
 The fixture tests/fixtures/runs/ holds hand-written run folders (config.yaml, metrics.json,
 metrics.jsonl, train.log) for a tiny preset, a manifest.json whose run_dir paths are relative to it, and
@@ -23,17 +23,18 @@ import pandas as pd
 import pytest
 import yaml
 
+from workflow.results.figures import FIGURE_NAMES, figure_stems
+from workflow.results.plots import figure_wallclock, make_figures
+from workflow.results.paper import load_paper_table, match_paper_row
+from workflow.results.runs import collect_runs, read_manifest, read_runs_table, write_runs_table
+from workflow.results.summary import summarize_ablation
+from workflow.results.tables import caption, heading, make_tables, render_csv, render_latex, render_markdown
+
 matplotlib.use("Agg")
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "runs"
 PAPER_DIR = REPO / "paper"
-sys.path.insert(0, str(REPO / "workflow" / "scripts"))
-
-from collect_runs import collect_runs, read_manifest, read_runs_table, write_runs_table  # noqa: E402
-from make_figures import FIGURE_NAMES, figure_wallclock, make_figures  # noqa: E402
-from make_tables import (make_tables, match_paper_row, render_csv, render_latex, render_markdown,  # noqa: E402
-                         summarize_ablation, load_paper_table)
 
 PRESET = "tiny"
 
@@ -199,7 +200,7 @@ def test_table2_speedup_is_per_encoder_and_per_epoch(manifest, runs):
     lines = table_lines(render_markdown(summary))
     assert lines[3] == "| ViT-H w/o [M] | 85.8 | — | — | 34.5 | 1.0 (n=1) | 3.5× | 1.67× |"
     assert lines[2] == "| ViT-H w/ [M] | — | — | — | 119.6 | 0.8 (n=1) | reference | reference |"
-    assert "time per pretraining epoch" in summary.caption
+    assert "time per pretraining epoch" in caption(summary)
     figure = figure_wallclock(summary)
     assert [p.get_width() for p in figure.axes[2].patches[:4]] == pytest.approx([1.0, 3.0, 1.0, 12.5 / 7.5])
 
@@ -233,12 +234,12 @@ def test_table3_fig5_fig7_fig9_values(manifest, runs, ablations):
 
 def test_caption_states_preset_scale_paper_setting_and_citation(manifest, runs, ablations):
     summary = summary_of("fig7_schedule", manifest, runs, ablations)
-    assert summary.heading == "Fig. 7: Pre-training epochs (tiny preset)"
+    assert heading(summary) == "Fig. 7: Pre-training epochs (tiny preset)"
     assert ("Ours: tiny preset: Fashion-MNIST 28×28, ViT-micro/7, 4–8 pretraining epochs, "
-            "1 fine-tuning epoch, 2 linear-probing epochs.") in summary.caption
-    assert "Paper: ImageNet-1K 224×224, ViT-L/16" in summary.caption
-    assert 'He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022' in summary.caption
-    assert "paper/fig7_schedule.csv" in summary.caption
+            "1 fine-tuning epoch, 2 linear-probing epochs.") in caption(summary)
+    assert "Paper: ImageNet-1K 224×224, ViT-L/16" in caption(summary)
+    assert 'He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022' in caption(summary)
+    assert "paper/fig7_schedule.csv" in caption(summary)
 
 
 def test_latex_table_escapes_and_cites(manifest, runs, ablations):
@@ -301,7 +302,7 @@ def test_empty_manifest_gives_dashes_not_a_crash(ablations):
     summary = summarize_ablation("table2_wallclock", ablations["table2_wallclock"], [], empty_runs, PAPER_DIR,
                                  PRESET)
     assert table_lines(render_markdown(summary))[0] == "| w/ [M], dec 8 | 84.2 | — | — | 42.4 | — | reference | — |"
-    assert "no run configs found" in summary.caption
+    assert "no run configs found" in caption(summary)
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -312,6 +313,12 @@ def figures(tmp_path_factory, manifest, runs, ablations):
     outputs = [out / f"{name}.{suffix}" for name in FIGURE_NAMES for suffix in ("png", "pdf")]
     built = make_figures(manifest, runs, ablations, PAPER_DIR, PRESET, outputs, base_dir=FIXTURE)
     return built, outputs
+
+
+def test_figure_stems_follow_the_registry_then_the_figures_of_every_grid():
+    assert figure_stems({"Table 1a", "Table 2", "Fig. 5"}) == ["fig5_mask_ratio", "table2_wallclock",
+                                                               "reconstruction", "loss_curves"]
+    assert figure_stems([]) == ["reconstruction", "loss_curves"]
 
 
 def test_every_figure_file_is_written(figures):

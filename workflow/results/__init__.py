@@ -10,3 +10,13 @@
 
 The rule scripts in workflow/scripts/ are thin Snakemake entry points over these modules.
 """
+
+import logging
+import sys
+
+
+def setup_logging(log_path: str | None) -> None:
+    """Log to the rule's log file (or stderr without one), as every entry point of the results does."""
+    handlers = [logging.FileHandler(log_path, mode="w")] if log_path else [logging.StreamHandler(sys.stderr)]
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")

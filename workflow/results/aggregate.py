@@ -6,10 +6,7 @@ partial grid still gets its tables and figures ("—" and a note for the runs th
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def aggregate(manifest_path: str | Path, runs_csv: str | Path, ablations: dict[str, dict], paper_dir: str | Path,
@@ -25,17 +22,16 @@ def aggregate(manifest_path: str | Path, runs_csv: str | Path, ablations: dict[s
         table_paths: results/{preset}/tables/{ablation}.{md,tex,csv}.
         figure_paths: results/{preset}/figures/{stem}.{png,pdf}.
     """
-    # Temporary: the scripts become modules of this package in the next commits.
-    sys.path.insert(0, str(_SCRIPTS))
-    try:
-        import collect_runs
-        import make_figures
-        import make_tables
-    finally:
-        sys.path.pop(0)
-    manifest = collect_runs.read_manifest(manifest_path)
-    runs = collect_runs.write_runs_table(manifest_path, runs_csv)
-    make_tables.make_tables(manifest, runs, ablations, str(paper_dir), preset, table_paths)
-    for figure in make_figures.make_figures(manifest, runs, ablations, str(paper_dir), preset,
-                                            figure_paths).values():
-        make_figures.plt.close(figure)
+    # Imported here, not at the top: the workflow imports this module at parse time, where matplotlib
+    # and seaborn would double the time every `snakemake` call (and every cluster job) spends parsing.
+    import matplotlib.pyplot as plt
+
+    from workflow.results.plots import make_figures
+    from workflow.results.runs import read_manifest, write_runs_table
+    from workflow.results.tables import make_tables
+
+    manifest = read_manifest(manifest_path)
+    runs = write_runs_table(manifest_path, runs_csv)
+    make_tables(manifest, runs, ablations, paper_dir, preset, table_paths)
+    for figure in make_figures(manifest, runs, ablations, paper_dir, preset, figure_paths).values():
+        plt.close(figure)

@@ -1,6 +1,10 @@
-"""Figures of ours against the paper, and the one registry of figure names."""
+"""The one registry of figures: which figure stems exist, which paper item each mirrors, and which a
+grid produces. Free of matplotlib, so the workflow imports it at parse time; plots.py draws them.
+"""
 
 from __future__ import annotations
+
+import re
 
 # Figure stem (results/{preset}/figures/{stem}.{png,pdf}) -> the paper item it mirrors (an ablation's
 # paper_ref). The workflow requests a figure when one of its selected ablations has that paper_ref.
@@ -8,6 +12,9 @@ FIGURES: dict[str, str] = {"fig5_mask_ratio": "Fig. 5", "fig7_schedule": "Fig. 7
                            "table2_wallclock": "Table 2"}
 # Figures drawn for every grid, whatever ablations it holds.
 ALWAYS_FIGURES = ("reconstruction", "loss_curves")
+FIGURE_NAMES = [*FIGURES, *ALWAYS_FIGURES]
+# Drawn into Fig. 5's panels when part of the run: the same ratios pretrained and probed on all training images.
+FIG5_ALL_IMAGES = "Fig. 5 (all images)"
 
 
 def figure_stems(paper_refs) -> list[str]:
@@ -15,3 +22,16 @@ def figure_stems(paper_refs) -> list[str]:
     paper_ref is among them, in registry order, then ALWAYS_FIGURES."""
     refs = set(paper_refs)
     return [stem for stem, ref in FIGURES.items() if ref in refs] + list(ALWAYS_FIGURES)
+
+
+def paper_ref_key(paper_ref: str) -> str:
+    """'Fig. 5' -> 'fig5', 'Table 1a' -> 'table1a' (spacing and dots do not matter)."""
+    return re.sub(r"[^a-z0-9]", "", str(paper_ref).lower())
+
+
+def find_ablation(ablations: dict[str, dict], paper_ref: str) -> str | None:
+    key = paper_ref_key(paper_ref)
+    for name, ablation in ablations.items():
+        if paper_ref_key(ablation.get("paper_ref", "")) == key:
+            return name
+    return None

@@ -1,0 +1,363 @@
+"""The figures drawn, ours against the paper: Fig. 5, 7, 9 curves, Table 2 wall-clock bars, a
+reconstruction grid, pretraining loss curves (names and paper items: figures.py). Every builder returns
+the matplotlib Figure (tests inspect it); make_figures() saves each requested file.
+
+Style (style.py): one seaborn theme and palette; ours = solid line, filled markers, left axis; paper =
+dashed line, hollow markers, right (twin) axis, because the scales differ (our small preset vs
+ImageNet-1K ViT-L). Bars: ours filled, paper hatched. Error bars are drawn by hand from the summary's
+sample std rather than by seaborn's estimators: the tables print those same numbers, and seaborn's
+error bands would change the published figures.
+
+The run folders (recon.png, metrics.jsonl) are read through the manifest's run_dir paths, relative to
+`base_dir` (the working directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from mae.run_folder import METRICS_JSONL, RECON_PNG, read_jsonl  # noqa: E402
+from workflow.results.figures import FIG5_ALL_IMAGES, FIGURE_NAMES, FIGURES, find_ablation  # noqa: E402
+from workflow.results.paper import parse_speedup  # noqa: E402
+from workflow.results.style import (EVALUATION_NAMES, OURS_BAR, OURS_COLOR, OURS_LINE, PALETTE,  # noqa: E402
+                                    PAPER_BAR, PAPER_COLOR, PAPER_LINE, apply_theme, dataset_display,
+                                    format_number, format_ratio, save_figure)
+from workflow.results.summary import EVALUATION_SHORT, AblationSummary, summarize_ablation  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Fig. 5's all-images series (FIG5_ALL_IMAGES): a third colour, diamond markers.
+ALL_IMAGES_LINE = dict(color=PALETTE[2], linestyle="-", marker="D", markersize=6, linewidth=2)
+
+
+def message_figure(title: str, message: str) -> plt.Figure:
+    """A figure that says why there is nothing to plot (so the declared output still exists)."""
+    apply_theme()
+    figure, ax = plt.subplots(figsize=(7, 2.5), layout="constrained")
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    return figure
+
+
+def preset_overrides(ablation: dict, preset: str) -> list[str]:
+    """Per row, what the preset ran instead of the paper's value ('' when the row runs as labelled)."""
+    texts = []
+    for row in ablation["rows"]:
+        labelled = row.get("set") or {}
+        ran = (row.get("set_by_preset") or {}).get(preset, labelled)  # the preset's settings replace `set`
+        changed = [ran[key] for key in labelled if key in ran and ran[key] != labelled[key]]
+        texts.append(", ".join(f"{value:g}" if isinstance(value, float) else str(value) for value in changed))
+    return texts
+
+
+def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, categorical: bool,
+                    companion: AblationSummary | None = None) -> plt.Figure:
+    """One panel per evaluation: ours (left axis) and the paper (right axis) against the ablated setting.
+
+    Args:
+        categorical: rows evenly spaced in their listed order (Fig. 7, 9, as the paper draws them);
+            otherwise x is the row label as a number (Fig. 5's masking ratio).
+        companion: a second series of ours on the same x (numeric rows only), drawn in the panels of
+            the evaluations it has (Fig. 5's all-images rows on the linear-probing panel).
+    """
+    apply_theme()
+    rows = summary.rows
+    labels = rows["row"].astype(str).tolist()
+    try:
+        x = list(range(len(labels))) if categorical else [float(label) for label in labels]
+    except ValueError:
+        x = list(range(len(labels)))
+    x = np.asarray(x, float)
+    overrides = preset_overrides(ablation, summary.preset)
+    tick_labels = [f"{label}\n(ours {ours})" if ours else label for label, ours in zip(labels, overrides)]
+
+    panel_width = max(5.2, 0.62 * len(labels)) if categorical else 5.8
+    figure, axes = plt.subplots(1, len(summary.evaluations), figsize=(panel_width * len(summary.evaluations), 4.4),
+                                squeeze=False, layout="constrained")
+    handles, companion_line = [], None
+    for ax, evaluation in zip(axes[0], summary.evaluations):
+        short = EVALUATION_SHORT[evaluation]
+        ours_line = plot_ours(ax, x, rows, short, f"ours ({summary.scale.headline()})", OURS_LINE)
+        drawn = [ours_line]
+        if companion is not None and evaluation in companion.evaluations:
+            companion_line = plot_ours(ax, companion.rows["row"].astype(float).to_numpy(), companion.rows, short,
+                                       f"ours, {companion.title.split(', ', 1)[-1]}", ALL_IMAGES_LINE)
+            drawn.append(companion_line)
+        ax.set_ylabel("ours: top-1 accuracy (%)", color=OURS_COLOR)
+        ax.tick_params(axis="y", colors=OURS_COLOR)
+        if not any(len(line.get_xdata()) for line in drawn):
+            say_no_finished_run(ax)
+        paper_ax = ax.twinx()
+        paper_ax.grid(False)
+        paper_line, = paper_ax.plot(x, rows[f"paper_{short}"].to_numpy(float),
+                                    label=f"paper ({summary.paper_ref}, ImageNet-1K)", **PAPER_LINE)
+        paper_ax.set_ylabel("paper: top-1 accuracy (%)", color=PAPER_COLOR)
+        paper_ax.tick_params(axis="y", colors=PAPER_COLOR)
+        ax.set_zorder(paper_ax.get_zorder() + 1)  # ours drawn over the paper where points coincide
+        ax.patch.set_visible(False)
+        ax.set_xticks(x, tick_labels)
+        for tick, is_default in zip(ax.get_xticklabels(), rows["default"]):
+            if is_default:
+                tick.set_fontweight("bold")
+        ax.set_xlabel(x_label + ("  (bold: paper default)" if rows["default"].any() else ""))
+        ax.set_title(EVALUATION_NAMES[evaluation])
+        handles = [ours_line, paper_line]
+    if companion_line is not None:
+        handles.append(companion_line)
+    figure.suptitle(f"{summary.paper_ref}: {summary.title.lower()}, ours vs paper")
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    return figure
+
+
+def plot_ours(ax: plt.Axes, x: np.ndarray, rows: pd.DataFrame, short: str, label: str, style: dict) -> plt.Line2D:
+    """One series of ours: the mean per row joined by a line, sample-std error bars where seeds give one."""
+    mean, std = rows[f"ours_{short}_mean"].to_numpy(float), rows[f"ours_{short}_std"].to_numpy(float)
+    measured = np.isfinite(mean)  # rows without a result are left out; the line joins measured rows
+    line, = ax.plot(x[measured], mean[measured], label=label, **style)
+    with_spread = np.isfinite(std)  # error bars (sample std) only where several seeds give one
+    ax.errorbar(x[with_spread], mean[with_spread], yerr=std[with_spread], fmt="none",
+                ecolor=style["color"], capsize=3, elinewidth=1)
+    return line
+
+
+def say_no_finished_run(ax: plt.Axes) -> None:
+    """Mark a panel that has none of our numbers yet (instead of an empty axis with arbitrary ticks)."""
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, "no finished run yet", transform=ax.transAxes, ha="center", va="center", color="gray")
+
+
+def figure_mask_ratio(summary: AblationSummary, ablation: dict,
+                      all_images: AblationSummary | None = None) -> plt.Figure:
+    """Fig. 5: masking ratio (%) against fine-tuning and linear-probing accuracy; with `all_images`,
+    the rows pretrained and probed on the whole training set as a second series of ours."""
+    return accuracy_curves(summary, ablation, "masking ratio (%)", categorical=False, companion=all_images)
+
+
+def figure_schedule(summary: AblationSummary, ablation: dict) -> plt.Figure:
+    """Fig. 7: pretraining epochs against accuracy (rows evenly spaced, as the paper's log axis)."""
+    return accuracy_curves(summary, ablation, "pre-training epochs (paper)", categorical=True)
+
+
+def figure_partial_ft(summary: AblationSummary, ablation: dict) -> plt.Figure:
+    """Fig. 9: number of fine-tuned Transformer blocks against accuracy."""
+    return accuracy_curves(summary, ablation, "fine-tuned blocks (paper, ViT-L has 24)", categorical=True)
+
+
+def figure_wallclock(summary: AblationSummary) -> plt.Figure:
+    """Table 2: our pretraining wall-clock, the paper's hours, and both speedups vs the w/ [M] row.
+
+    Horizontal bars, one row of the table per bar (long row labels stay readable on the shared y axis).
+    """
+    apply_theme()
+    rows = summary.rows
+    names = [label + ("  (default)" if default else "") for label, default in zip(rows["row"].astype(str), rows["default"])]
+    positions = np.arange(len(names))
+    unit_name, unit_seconds = summary.time_unit
+    figure, (ours_ax, paper_ax, speed_ax) = plt.subplots(1, 3, sharey=True, layout="constrained",
+                                                         figsize=(15, 1.8 + 0.55 * len(names)))
+
+    ours_time = rows["ours_train_time_s_mean"].to_numpy(float) / unit_seconds
+    ours_std = rows["ours_train_time_s_std"].to_numpy(float) / unit_seconds
+    bars = ours_ax.barh(positions, np.nan_to_num(ours_time), label="ours", **OURS_BAR)
+    with_spread = np.isfinite(ours_std)  # error bars only where several seeds give a spread
+    ours_ax.errorbar(ours_time[with_spread], positions[with_spread], xerr=ours_std[with_spread], fmt="none",
+                     ecolor="black", capsize=4, elinewidth=1)
+    ours_ax.bar_label(bars, labels=[format_number(v, 1) for v in ours_time], padding=3)
+    ours_ax.set_xlabel(f"pretraining wall-clock ({unit_name})")
+    ours_ax.set_title(f"ours ({summary.preset} preset)")
+
+    paper_hours = rows["paper_wallclock_hours"].to_numpy(float)
+    bars = paper_ax.barh(positions, np.nan_to_num(paper_hours), label="paper", **PAPER_BAR)
+    paper_ax.bar_label(bars, labels=[format_number(v, 1) for v in paper_hours], padding=3)
+    paper_ax.set_xlabel("pre-training wall-clock (h)")
+    paper_ax.set_title("paper (128 TPU-v3 cores)")
+
+    paper_speedup = np.array([1.0 if ref else parse_speedup(printed)  # the reference row is 1× by definition
+                              for ref, printed in zip(rows["paper_is_reference"], rows["paper_speedup"])])
+    ours_speedup = rows["ours_speedup"].to_numpy(float)
+    height = 0.38
+    ours_bars = speed_ax.barh(positions - height / 2, np.nan_to_num(ours_speedup), height, label="ours", **OURS_BAR)
+    paper_bars = speed_ax.barh(positions + height / 2, np.nan_to_num(paper_speedup), height, label="paper",
+                               **PAPER_BAR)
+    speed_ax.bar_label(ours_bars, labels=[format_ratio(v) for v in ours_speedup], padding=3)
+    speed_ax.bar_label(paper_bars, labels=[format_ratio(v, "g") for v in paper_speedup], padding=3)
+    speed_ax.set_xlabel("speedup vs the encoder's w/ [M] row (×)")
+    speed_ax.set_title("speedup")
+    figure.legend(handles=[ours_bars, paper_bars], labels=[f"ours ({summary.preset} preset)", "paper"],
+                  loc="outside lower center", ncols=2)
+
+    ours_ax.set_yticks(positions, names)
+    ours_ax.invert_yaxis()  # first table row on top, as in the paper
+    for ax in (ours_ax, paper_ax, speed_ax):
+        ax.margins(x=0.22)
+        ax.grid(axis="y", visible=False)
+    figure.suptitle(f"{summary.paper_ref}: pre-training wall-clock and speedup, ours vs paper")
+    return figure
+
+
+def read_loss_curve(run_dir: Path) -> pd.DataFrame:
+    """(step, loss) from metrics.jsonl; a torn last line (killed run) or loss-free lines are skipped."""
+    points = [(record["step"], float(record["loss"])) for record in read_jsonl(run_dir / METRICS_JSONL)
+              if "step" in record and isinstance(record.get("loss"), (int, float))]
+    return pd.DataFrame(points, columns=["step", "loss"])
+
+
+def resolve(run_dir: str, base_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+def figure_loss_curves(manifest: list[dict], ablations: dict[str, dict], runs: pd.DataFrame,
+                       base_dir: str | Path = ".") -> plt.Figure:
+    """One panel per ablation, one line per row: pretraining loss against step, averaged over seeds
+    (at the steps every seed logged). Rows sharing the same pretraining runs are drawn once."""
+    apply_theme()
+    status = runs.drop_duplicates("run_id").set_index("run_id")["status"] if len(runs) else pd.Series(dtype=str)
+    panels = []
+    for name, ablation in ablations.items():
+        lines = {}
+        for row in ablation["rows"]:
+            label = str(row["label"])
+            run_ids = sorted({str(e["run_id"]) for e in manifest if e.get("ablation") == name
+                              and str(e.get("row")) == label and e.get("stage") == "pretrain"})
+            if not run_ids:
+                continue
+            key = tuple(run_ids)
+            if key in lines:
+                lines[key]["labels"].append(label)
+                continue
+            dirs = {e["run_id"]: e["run_dir"] for e in manifest if str(e["run_id"]) in run_ids}
+            curves = [read_loss_curve(resolve(dirs[i], base_dir)).assign(run_id=i) for i in run_ids]
+            curves = pd.concat([c for c in curves if len(c)], ignore_index=True) if any(len(c) for c in curves) \
+                else pd.DataFrame(columns=["step", "loss", "run_id"])
+            unfinished = any(status.get(i, "missing") != "completed" for i in run_ids)
+            lines[key] = {"labels": [label], "default": bool(row.get("default", False)),
+                          "curve": curves, "n_runs": len(run_ids), "unfinished": unfinished}
+        if lines:
+            panels.append((ablation, list(lines.values())))
+    if not panels:
+        return message_figure("Pretraining loss", "no pretraining runs in the manifest")
+
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    figure, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows), squeeze=False,
+                                layout="constrained")
+    for ax, (ablation, lines) in zip(axes.flat, panels):
+        if not any(len(line["curve"]) for line in lines):
+            say_no_finished_run(ax)
+        for color, line in zip(PALETTE * 4, lines):
+            curve = line["curve"]
+            if len(curve):
+                counts = curve.groupby("step")["loss"].count()
+                complete_steps = counts[counts == curve["run_id"].nunique()].index
+                mean = curve[curve["step"].isin(complete_steps)].groupby("step")["loss"].mean()
+            else:
+                mean = pd.Series(dtype=float)
+            label = ", ".join(line["labels"]) + (" (default)" if line["default"] else "")
+            if line["n_runs"] > 1:
+                label += f" (mean of {line['n_runs']} seeds)"
+            if line["unfinished"]:
+                label += " (unfinished)"
+            ax.plot(mean.index.to_numpy(float), mean.to_numpy(float), color=color,
+                    linestyle="--" if line["unfinished"] else "-", linewidth=2 if line["default"] else 1.5,
+                    label=label)
+        ax.set_title(f"{ablation.get('paper_ref', '')}: {ablation.get('title', '')}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("pretraining loss")
+        ax.legend(title=None, fontsize="small")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    figure.suptitle("Pretraining loss per ablation row (ours; dashed: run without metrics.json)")
+    return figure
+
+
+def figure_reconstruction(manifest: list[dict], ablations: dict[str, dict], runs: pd.DataFrame, preset: str,
+                          base_dir: str | Path = ".") -> plt.Figure:
+    """The recon.png of the paper-default pretraining run (lowest seed, first ablation that has one)."""
+    apply_theme()
+    order = {name: i for i, name in enumerate(ablations)}
+    candidates = sorted((e for e in manifest if e.get("stage") == "pretrain" and e.get("default")
+                         and e.get("ablation") in order),
+                        key=lambda e: (order[e["ablation"]], e.get("seed", 0)))
+    per_run = runs.drop_duplicates("run_id").set_index("run_id") if len(runs) else pd.DataFrame()
+    for entry in candidates:
+        image_path = resolve(entry["run_dir"], base_dir) / RECON_PNG
+        if not image_path.is_file():
+            continue
+        image = mpimg.imread(image_path)
+        height, width = image.shape[:2]
+        figure, ax = plt.subplots(figsize=(min(14, max(6, width / 80)), min(14, max(3, height / 80 + 0.8))),
+                                  layout="constrained")
+        ax.imshow(image, interpolation="nearest")
+        ax.set_axis_off()
+        run_id = str(entry["run_id"])
+        details = []
+        if run_id in per_run.index:
+            config = per_run.loc[run_id]
+            if "data.name" in config and isinstance(config["data.name"], str):
+                details.append(dataset_display(config["data.name"]))
+            ratio = config.get("model.mask_ratio")
+            if ratio is not None and not pd.isna(ratio):
+                details.append(f"pretrained with mask ratio {float(ratio) * 100:g}%")
+        ax.set_title(f"MAE reconstructions, {preset} preset, paper-default run {run_id} (seed {entry.get('seed')})"
+                     + (f"\n{', '.join(details)}" if details else ""))
+        log.info("reconstruction grid from %s", image_path)
+        return figure
+    return message_figure("MAE reconstructions",
+                          "no recon.png in any paper-default pretraining run of the manifest")
+
+
+def ablation_figure(stem: str, manifest: list[dict], runs: pd.DataFrame, ablations: dict[str, dict],
+                    paper_dir: str | Path, preset: str) -> plt.Figure:
+    """The registry figure `stem`, drawn from the summary of the ablation whose paper_ref it mirrors."""
+    paper_ref = FIGURES[stem]
+    name = find_ablation(ablations, paper_ref)
+    if name is None:
+        return message_figure(paper_ref, f"no ablation with paper_ref {paper_ref!r} in this workflow run")
+
+    def summarize(name: str) -> AblationSummary:
+        return summarize_ablation(name, ablations[name], manifest, runs, paper_dir, preset)
+
+    summary, ablation = summarize(name), ablations[name]
+    if stem == "table2_wallclock":
+        return figure_wallclock(summary)
+    if stem == "fig5_mask_ratio":
+        all_images = find_ablation(ablations, FIG5_ALL_IMAGES)
+        return figure_mask_ratio(summary, ablation, None if all_images is None else summarize(all_images))
+    return {"fig7_schedule": figure_schedule, "fig9_partial_ft": figure_partial_ft}[stem](summary, ablation)
+
+
+def make_figures(manifest: list[dict], runs: pd.DataFrame, ablations: dict[str, dict], paper_dir: str | Path,
+                 preset: str, outputs: list[str | Path], base_dir: str | Path = ".") -> dict[str, plt.Figure]:
+    """Build each figure named by the outputs' stems once and save it to every requested suffix."""
+    paths_by_name: dict[str, list[Path]] = {}
+    for output in map(Path, outputs):
+        if output.stem not in FIGURE_NAMES:
+            raise ValueError(f"{output}: unknown figure {output.stem!r} (have: {FIGURE_NAMES})")
+        if output.suffix not in (".png", ".pdf", ".svg"):
+            raise ValueError(f"{output}: unknown figure format {output.suffix!r} (use .png, .pdf or .svg)")
+        paths_by_name.setdefault(output.stem, []).append(output)
+
+    figures = {}
+    for name, paths in paths_by_name.items():
+        if name in FIGURES:
+            figure = ablation_figure(name, manifest, runs, ablations, paper_dir, preset)
+        elif name == "reconstruction":
+            figure = figure_reconstruction(manifest, ablations, runs, preset, base_dir)
+        else:
+            figure = figure_loss_curves(manifest, ablations, runs, base_dir)
+        save_figure(figure, paths)
+        log.info("wrote %s", ", ".join(map(str, paths)))
+        figures[name] = figure
+    return figures

@@ -1,0 +1,156 @@
+"""Paper-vs-ours tables (Table 1a-f, 2, 3, Fig. 5, 7, 9 as tables) in Markdown, LaTeX and CSV.
+
+One table per ablation, drawn from its AblationSummary: the paper's ft / lin, ours (mean ± sample std
+over seeds, n), ours − paper, the paper's default row in bold, Table 2's wall-clock and Table 1c's
+FLOPs columns where the summary has them. Missing cells are "—" and a note under the table says
+which run is missing and why. The file stem names the ablation, the suffix the format.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from workflow.results.paper import PAPER_BIBKEY, PAPER_CITATION, paper_setting
+from workflow.results.style import (EVALUATION_NAMES, MISSING, format_flops, format_mean_std, format_number,
+                                    format_ratio, format_signed)
+from workflow.results.summary import EVALUATION_SHORT, AblationSummary, summarize_ablation
+
+log = logging.getLogger(__name__)
+
+
+def heading(summary: AblationSummary) -> str:
+    return f"{summary.paper_ref}: {summary.title} ({summary.preset} preset)"
+
+
+def caption(summary: AblationSummary) -> str:
+    """What ours and the paper measured, how to read the columns, where the paper's numbers come from."""
+    metric_names = " and ".join(EVALUATION_NAMES[e] for e in summary.evaluations)
+    text = (f"Ours: {summary.scale.describe()}. Paper: {paper_setting(summary.paper_file)}. "
+            f"Top-1 accuracy (%) after {metric_names}; ours = mean ± sample std over seeds (n seeds); "
+            f"Δ = ours − paper (different data and scale: compare trends, not levels). "
+            f"Bold: the paper's default setting. ")
+    if summary.has_wallclock:
+        text += ("Wall-clock: our pretraining train_time_s; our speedup = time per pretraining epoch of the "
+                 "encoder's w/ [M] row / that of the row (paper: hours on 128 TPU-v3 cores and its printed "
+                 "speedup; its ViT-H w/ [M] time is an estimate from 10 epochs). ")
+    if summary.has_flops:
+        text += "FLOPs: training FLOPs per image relative to the default row (ours from train_flops_per_image). "
+    return text + f"Paper numbers: {PAPER_CITATION}, {summary.paper_ref} (paper/{summary.paper_file})."
+
+
+def table_cells(summary: AblationSummary) -> tuple[list[str], list[list[str]]]:
+    """Header and body cells (Unicode text); the row label is the first cell of each body row."""
+    header = [summary.title]
+    for evaluation in summary.evaluations:
+        short = EVALUATION_SHORT[evaluation]
+        header += [f"paper {short}", f"ours {short}", f"Δ {short}"]
+    unit_name, unit_seconds = summary.time_unit
+    if summary.has_wallclock:
+        header += ["paper wall-clock (h)", f"ours wall-clock ({unit_name})", "paper speedup", "ours speedup"]
+    if summary.has_flops:
+        header += ["paper FLOPs (rel.)", "ours FLOPs/image", "ours FLOPs (rel.)"]
+
+    body = []
+    for _, r in summary.rows.iterrows():
+        cells = [r["row"]]
+        for evaluation in summary.evaluations:
+            short = EVALUATION_SHORT[evaluation]
+            cells += [format_number(r[f"paper_{short}"], 1),
+                      format_mean_std(r[f"ours_{short}_mean"], r[f"ours_{short}_std"], int(r[f"ours_{short}_n"])),
+                      format_signed(r[f"diff_{short}"])]
+        if summary.has_wallclock:
+            printed = str(r["paper_speedup"]).strip()
+            cells += [format_number(r["paper_wallclock_hours"], 1),
+                      format_mean_std(r["ours_train_time_s_mean"] / unit_seconds,
+                                      r["ours_train_time_s_std"] / unit_seconds, int(r["ours_train_time_s_n"]), 1),
+                      "reference" if r["paper_is_reference"] else (printed.replace("x", "×") if printed else MISSING),
+                      "reference" if r["paper_is_reference"] and r["ours_speedup"] == r["ours_speedup"]
+                      else format_ratio(r["ours_speedup"])]
+        if summary.has_flops:
+            cells += [format_ratio(r["paper_flops_ratio"], "g"), format_flops(r["ours_flops_per_image"]),
+                      format_ratio(r["ours_flops_ratio"])]
+        body.append(cells)
+    return header, body
+
+
+# Markdown and LaTeX are written by hand rather than by DataFrame.to_markdown / Styler.to_latex: to_markdown
+# (tabulate) pads every cell to its column's width, and Styler.to_latex has no place for \small and the
+# footnote of missing runs and escapes neither ±, Δ nor ×; either would change the published files.
+
+def render_markdown(summary: AblationSummary) -> str:
+    header, body = table_cells(summary)
+    escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+    lines = [f"**{heading(summary)}.** {caption(summary)}", "",
+             "| " + " | ".join(escape(h) for h in header) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for (_, r), cells in zip(summary.rows.iterrows(), body):
+        label = f"**{escape(cells[0])}** (default)" if r["default"] else escape(cells[0])
+        lines.append("| " + " | ".join([label] + [escape(c) for c in cells[1:]]) + " |")
+    if summary.notes:
+        lines += ["", f"{MISSING} missing:"] + [f"- {escape(note)}" for note in summary.notes]
+    return "\n".join(lines) + "\n"
+
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "—": "---", "–": "--", "−": "$-$", "±": r"$\pm$", "Δ": r"$\Delta$", "×": r"$\times$",
+                  "…": r"\ldots{}", "†": r"\dag{}", "[": "{[}", "]": "{]}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+def render_latex(summary: AblationSummary) -> str:
+    header, body = table_cells(summary)
+    columns = "l" + "r" * (len(header) - 1)
+    lines = [f"% {summary.name}, {summary.preset} preset: generated by workflow/scripts/make_tables.py "
+             f"from results/{summary.preset}/runs.csv and paper/{summary.paper_file}. Needs booktabs.",
+             r"\begin{table}[t]", r"\centering", r"\small",
+             rf"\caption{{\textbf{{{latex_escape(heading(summary))}.}} {latex_escape(caption(summary))} "
+             rf"\cite{{{PAPER_BIBKEY}}}}}",
+             rf"\label{{tab:{summary.name}-{summary.preset}}}",
+             rf"\begin{{tabular}}{{{columns}}}", r"\toprule",
+             " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    for (_, r), cells in zip(summary.rows.iterrows(), body):
+        label = rf"\textbf{{{latex_escape(cells[0])}}} (default)" if r["default"] else latex_escape(cells[0])
+        lines.append(" & ".join([label] + [latex_escape(c) for c in cells[1:]]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if summary.notes:
+        lines.append(r"\par\smallskip\footnotesize " + latex_escape(f"{MISSING} missing: " + " | ".join(summary.notes)))
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(summary: AblationSummary) -> str:
+    frame = summary.rows.copy()
+    frame.insert(0, "paper_ref", summary.paper_ref)
+    frame.insert(0, "ablation", summary.name)
+    frame.insert(2, "preset", summary.preset)
+    return frame.round(6).to_csv(index=False)
+
+
+RENDERERS = {".md": render_markdown, ".tex": render_latex, ".csv": render_csv}
+
+
+def make_tables(manifest: list[dict], runs: pd.DataFrame, ablations: dict[str, dict], paper_dir: str | Path,
+                preset: str, outputs: list[str | Path]) -> dict[str, AblationSummary]:
+    """Write every requested table file; the file stem names the ablation, the suffix the format."""
+    summaries: dict[str, AblationSummary] = {}
+    for output in map(Path, outputs):
+        name = output.stem
+        if name not in ablations:
+            raise ValueError(f"{output}: no ablation named {name!r} (have: {sorted(ablations)})")
+        if output.suffix not in RENDERERS:
+            raise ValueError(f"{output}: unknown table format {output.suffix!r} (use .md, .tex or .csv)")
+        if name not in summaries:
+            summaries[name] = summarize_ablation(name, ablations[name], manifest, runs, paper_dir, preset)
+            for note in summaries[name].notes:
+                log.warning("%s: missing %s", name, note)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(RENDERERS[output.suffix](summaries[name]))
+        log.info("wrote %s", output)
+    return summaries
