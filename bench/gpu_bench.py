@@ -6,8 +6,8 @@
 
 Each configuration builds the model and the project's AdamW (mae.optim), runs `--warmup` optimizer
 steps (compilation happens here), then `--steps` timed steps through `mae.engine.train_one_epoch`
-(bf16 autocast, the per-step random masks of mae.train) on a fixed synthetic batch, timed with CUDA
-events around the whole timed epoch (one synchronisation at its end). Reported: images/s, peak GPU
+(bf16 autocast, the per-step random masks of mae.recipes.pretrain_loss) on a fixed synthetic batch, timed
+with CUDA events around the whole timed epoch (one synchronisation at its end). Reported: images/s, peak GPU
 memory (torch.cuda.max_memory_allocated), training FLOPs per image (mae.flops), achieved FLOP/s and
 MFU against the best bf16 `torch.mm` measured in this run (bench.matmul_peak, 8192^3), and the host
 synchronisations the engine makes per step (counted with torch.cuda.set_sync_debug_mode during one
@@ -61,7 +61,7 @@ def measure(arch: str, variant: str, batch: int, compile_model: bool, device: to
     optimizer = build_pretrain_optimizer(model, absolute_lr(1.5e-4, batch), 0.05, (0.9, 0.95))
     scheduler = build_scheduler(optimizer, 1, 0.5, warmup + steps + 2)
     train_model = torch.compile(model) if compile_model else model
-    loss_fn = pretrain_loss_fn(model.num_patches, device)
+    loss_fn = pretrain_loss_fn(model.num_patches, batch)
 
     images = torch.randn(batch, model.in_chans, *model.patch_embed.img_size, device=device)
     state = LoopState()

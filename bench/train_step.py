@@ -8,7 +8,7 @@ For each batch size and each Table 2 row (encoder w/ mask tokens + 8-block decod
 encoder w/o mask tokens + 8 blocks; w/o + 1 block; decoder width = the architecture's), a fresh
 worker process builds the model and the project's AdamW (mae.optim) and runs `warmup + steps`
 optimizer steps through `mae.engine.train_one_epoch` on a fixed synthetic batch (the input pipeline
-is bench/data_throughput.py's job), with the per-step random masks of `mae.train`. Steps are timed
+is bench/data_throughput.py's job), with the per-step random masks of training (`mae.recipes.pretrain_loss`). Steps are timed
 between consecutive batch requests of the engine, so a step includes forward, backward, optimizer,
 scheduler and the engine's bookkeeping. `--rounds` repeats all workers in turn (interleaved) so that
 load changes on a shared machine hit every row alike; medians and the min-max spread are reported.
@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +62,12 @@ CSV_KEY = ("shape", "variant", "batch", "threads", "compile", "adamw")
 MEMORY_METHOD = "getrusage ru_maxrss of the worker process (RSS high-water mark)"
 
 
+def pretrain_loss_fn(num_patches: int, batch: int):
+    """The engine's loss_fn for MAE pretraining: `mae.recipes.pretrain_loss` (training's per-step random
+    masks, seed 0) on one process, one micro batch per step."""
+    from mae.recipes import pretrain_loss
+    return partial(pretrain_loss, seed=0, num_patches=num_patches, batch_size=batch, micro_batch_size=batch)
 
-def pretrain_loss_fn(num_patches: int, device):
-    """The engine's loss_fn for MAE pretraining: as mae.train, each step's masks come from a per-step generator."""
-    def loss_fn(m, images, _targets, step, _micro):
-        g = torch.Generator(device=device).manual_seed(step)
-        noise = torch.rand(images.shape[0], num_patches, generator=g, device=device)
-        return m(images, noise=noise)[0]
-    return loss_fn
 
 def paper_speedups(path: Path = PAPER_CSV, encoder: str = "ViT-L") -> dict[str, float]:
     """Table 2 speedups of `encoder` keyed by our variant names (the reference row is 1.0)."""
@@ -128,7 +127,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, 1, 0.5, total_steps)
     train_model = torch.compile(model) if spec["compile"] else model
     rss_built = rss_mib()
-    loss_fn = pretrain_loss_fn(model.num_patches, device)
+    loss_fn = pretrain_loss_fn(model.num_patches, batch)
 
     images = torch.randn(batch, model.in_chans, *model.patch_embed.img_size, device=device)
     batches = _StampedBatches(images)

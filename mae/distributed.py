@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mae.errors import UserError
+
 
 @dataclass
 class DistInfo:
@@ -28,6 +30,18 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    """`run.device` -> a torch device: 'auto' picks CUDA when visible; 'cuda' means this process's local GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("run.device", name, "'cpu' or 'auto' (no CUDA device is visible)")
+        if name == "cuda":
+            return torch.device("cuda", local_rank)
+    return torch.device(name)
 
 
 def init_distributed(device: torch.device | str = "cpu") -> DistInfo:
@@ -48,15 +62,6 @@ def init_distributed(device: torch.device | str = "cpu") -> DistInfo:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo",
                                 timeout=datetime.timedelta(minutes=30))
     return info
-
-
-def is_main() -> bool:
-    """True on rank 0 (and in a single process)."""
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:

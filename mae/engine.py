@@ -134,6 +134,13 @@ class EpochContext:
     is_main: bool = True
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """`run.precision` -> the autocast dtype (None = fp32); 'auto' is bf16 on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """`torch.autocast` for bf16 / fp16, a no-op context for fp32."""
     if dtype is None:

@@ -131,7 +131,7 @@ def visualize_checkpoint(checkpoint: str | Path, out: str | Path, *, mask_ratios
     from mae.checkpoint import load_model_state
     from mae.config import Config
     from mae.data import build_dataset, build_loader
-    from mae.model import create_mae_model
+    from mae.recipes import build_mae
 
     for r in mask_ratios:
         if not 0 <= r < 1:
@@ -142,8 +142,7 @@ def visualize_checkpoint(checkpoint: str | Path, out: str | Path, *, mask_ratios
     if not config or "model" not in config:
         raise UserError.message("--checkpoint", f"{checkpoint} carries no config: use a model.pth written by `mae pretrain`")
     cfg = Config.from_dict(config, source=str(checkpoint)).resolved()
-    model_args = {k: v for k, v in cfg.to_dict()["model"].items() if k not in ("arch", "tokenizer")}
-    model = create_mae_model(cfg.model.arch, **model_args)
+    model = build_mae(cfg.model)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise UserError.message("--checkpoint", f"{checkpoint} does not match its config's model: missing "

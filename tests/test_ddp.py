@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mae import train
+from mae.run_folder import read_jsonl
 from mae.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,8 +36,8 @@ def _assert_close(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     worst = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
     assert worst < 1e-4, worst
-    la = [r["loss"] for r in train.read_jsonl(a / "metrics.jsonl")]
-    lb = [r["loss"] for r in train.read_jsonl(b / "metrics.jsonl")]
+    la = [r["loss"] for r in read_jsonl(a / "metrics.jsonl")]
+    lb = [r["loss"] for r in read_jsonl(b / "metrics.jsonl")]
     assert la == pytest.approx(lb, rel=1e-4, abs=1e-5)
 
 

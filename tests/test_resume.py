@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mae import train
+from mae.run_folder import read_jsonl
 from mae.config import load_config
 from mae.run_folder import CHECKPOINT_PTH, PREVIOUS_CHECKPOINT_PTH
 from mae.engine import EXIT_PREEMPTED, TrainingStopped
@@ -31,7 +32,7 @@ TINY = [
 
 def _records(run_dir: Path) -> list[dict]:
     # images_per_s is a wall-clock measurement: everything else must match exactly
-    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in train.read_jsonl(run_dir / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_jsonl(run_dir / "metrics.jsonl")]
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
@@ -61,7 +62,7 @@ def test_pretrain_resume_is_exact(tmp_path, reference, stop_after):
         _run("pretrain", out, [f"run.stop_after_steps={stop_after}"])
     assert stop.value.exit_code == EXIT_PREEMPTED
     assert (out / CHECKPOINT_PTH).exists() and not (out / "metrics.json").exists() and not (out / "model.pth").exists()
-    assert max(r["step"] for r in train.read_jsonl(out / "metrics.jsonl")) <= stop_after
+    assert max(r["step"] for r in read_jsonl(out / "metrics.jsonl")) <= stop_after
     metrics = _run("pretrain", out)
     assert metrics["resumed_from_step"] == stop_after and metrics["steps"] == 16
     _assert_same_weights(out, reference / "pretrain")

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from mae import train
+from mae.run_folder import read_jsonl
 from mae.config import load_config
 from mae.engine import EXIT_NON_FINITE, TrainingStopped
 
@@ -40,7 +41,7 @@ def chain(tmp_path_factory):
 
 def test_pretraining_loss_falls_and_finetuning_beats_chance(chain):
     out, _, results = chain
-    losses = [r["loss"] for r in train.read_jsonl(out / "pretrain" / "metrics.jsonl")]
+    losses = [r["loss"] for r in read_jsonl(out / "pretrain" / "metrics.jsonl")]
     assert len(losses) == 8 and losses[-1] < 0.9 * losses[0], losses
     assert results["finetune"]["top1"] > 2 * CHANCE, results["finetune"]
     assert 0 <= results["linprobe"]["top1"] <= 100 and results["linprobe"]["top5"] >= results["linprobe"]["top1"]
@@ -73,7 +74,7 @@ def test_mlflow_has_params_tags_and_metric_history(chain):
     assert run.data.tags["mae.preset"] == "unit" and run.data.tags["mae.ablations"] == "table1a"
     assert run.data.tags["mae.run_id"] == results["pretrain"]["run_id"]
     history = client.get_metric_history(run.info.run_id, "loss")
-    assert sorted(m.step for m in history) == [r["step"] for r in train.read_jsonl(out / "pretrain" / "metrics.jsonl")]
+    assert sorted(m.step for m in history) == [r["step"] for r in read_jsonl(out / "pretrain" / "metrics.jsonl")]
 
 
 def test_unreachable_tracking_server_does_not_stop_training(tmp_path):
