@@ -1,5 +1,5 @@
 # The training rules pretrain, finetune and linprobe: one definition, `mae <stage>` on a rendered config.
-# A fine-tune or linear probe starts from its cell's pretraining (model.pth, an input), or with the
+# A fine-tune or linear probe starts from its cell's pretraining (model.pth, an input), or from the
 # row's own checkpoint (null = a randomly initialised encoder).
 #
 # The config is ancient(): its path already names its content (the run id), so a re-rendered config
@@ -8,26 +8,34 @@
 # Logs: runs/{preset}/logs/{stage}/{run_id}.log holds the job's stdout and stderr (the rule's log);
 # runs/{preset}/{stage}/{run_id}/train.log is `mae`'s own log, next to metrics.jsonl and metrics.json.
 
-for _stage in ("pretrain", "finetune", "linprobe"):
+from mae.config import STAGES
 
+
+# A function, not a bare loop: Snakemake evaluates the shell string again when the job runs, and a
+# loop variable would by then hold the last stage; the function's argument keeps each rule's own.
+def training_rule(stage):
     rule:
         name:
-            _stage
+            stage
         input:
-            config=ancient(f"{RUNS}/configs/{_stage}/{{run_id}}.yaml"),
+            config=ancient(f"{RUNS}/configs/{stage}/{{run_id}}.yaml"),
             mlflow=ancient(f"{RUNS}/mlflow.ready"),
-            pretrained=get_pretrained_model(_stage),
+            pretrained=get_pretrained_model(stage),
         output:
-            **get_training_outputs(_stage),
+            **get_training_outputs(stage),
         params:
             out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
             launcher=get_launcher,
         log:
-            f"{RUNS}/logs/{_stage}/{{run_id}}.log",
-        threads: get_threads(_stage)
+            f"{RUNS}/logs/{stage}/{{run_id}}.log",
+        threads: get_threads(stage)
         resources:
-            **get_resources(_stage),
+            **get_resources(stage),
         conda:
             "../../environment.yml"
         shell:
-            f"{{params.launcher}} {_stage} --config {{input.config}} --out {{params.out_dir}} > {{log}} 2>&1"
+            f"{{params.launcher}} {stage} --config {{input.config}} --out {{params.out_dir}} > {{log}} 2>&1"
+
+
+for _stage in STAGES:
+    training_rule(_stage)
