@@ -16,7 +16,6 @@ Rows written to results/bench/workflow_overhead.csv:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 from bench.common import REPO_ROOT, machine_info, median, write_csv
+from mae.run_folder import read_metrics
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -68,7 +68,7 @@ def smoke_jobs(repeats: int) -> list[dict]:
             wall, proc = _timed([mae, "pretrain", "--config", "workflow/presets/smoke.yaml", "--out", str(out)], env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"mae pretrain (smoke) failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-            metrics = json.loads((out / "metrics.json").read_text())
+            metrics = read_metrics(out)
             walls.append(wall)
             reported.append(float(metrics["train_time_s"]))
     overheads = [w - r for w, r in zip(walls, reported)]

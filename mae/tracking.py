@@ -8,7 +8,7 @@ waits at most `drain_timeout_s`. `Tracker(enabled=False)` (or a non-main rank) i
 same MLflow run when it exists on that server, and logs only the (metric, step) points it lacks.
 
     tracker = Tracker(enabled=cfg.tracking.enabled and is_main)
-    tracker.start(out_dir, params=flatten(cfg.resolved().to_dict()), tags=run_tags(...),
+    tracker.start(out_dir, params=run_folder.flatten(cfg.resolved().to_dict()), tags=run_tags(...),
                   experiment=cfg.tracking.experiment, run_name=cfg.tracking.run_name, uri=cfg.tracking.uri)
     tracker.log_metrics({"loss": 0.71, "lr": 1e-4}, step=20)
     tracker.log_artifact(out_dir / "metrics.json")
@@ -317,11 +317,6 @@ class Tracker:
         if points:
             self._queue.put(("metrics", points))
 
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Queue tags (redacted)."""
-        if self.active:
-            self._queue.put(("tags", redact({k: str(v) for k, v in tags.items()})))
-
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Queue a small file (config.yaml, metrics.json, recon.png) for upload."""
         if self.active:
@@ -387,8 +382,6 @@ class Tracker:
                     session.log_metrics(points)
                     if pending is _STOP:
                         return
-                elif kind == "tags":
-                    session.set_tags(item[1])
                 elif kind == "artifact":
                     session.log_artifact(item[1], item[2])
                 elif kind == "finish":
