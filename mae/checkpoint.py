@@ -66,13 +66,6 @@ def capture_rng_state() -> dict[str, Any]:
     return state
 
 
-def seed_all(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA) from one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of `capture_rng_state`."""
     version, internal, gauss = state["python"]

@@ -370,18 +370,6 @@ def identity(cfg: Config, stage: str) -> str:
     return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{'model': {'mask_ratio': 0.75}}` -> `{'model.mask_ratio': 0.75}` (lists and dict leaves kept as values)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and prefix == "":
-            flat.update(flatten(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def dump_config(cfg: Config, path: str | Path, meta: dict[str, Any] | None = None) -> None:
     """Write `cfg` as YAML (sections in order), with an optional `meta:` block that loading ignores."""
     data: dict[str, Any] = cfg.to_dict()

@@ -28,6 +28,7 @@ from mae.config import Config, ModelConfig
 from mae.distributed import DistInfo
 from mae.errors import UserError
 from mae.run_folder import RECON_PNG
+from mae.seeding import generator
 
 log = logging.getLogger("mae")
 
@@ -140,15 +141,6 @@ def build_mae(model_cfg: ModelConfig) -> nn.Module:
     return create_mae_model(arch, **model_args)
 
 
-def _mix_seed(*values: int) -> int:
-    """A 63-bit seed from several integers (splitmix-style; stable across processes and runs)."""
-    x = 0x9E3779B97F4A7C15
-    for v in values:
-        x = (x ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x & 0x7FFFFFFFFFFFFFFF
-
-
 def pretrain_loss(model: nn.Module, images: torch.Tensor, _targets: torch.Tensor, step: int, micro: int, *,
                   seed: int, num_patches: int, batch_size: int, micro_batch_size: int, rank: int = 0,
                   world_size: int = 1, random_masks: bool = True) -> torch.Tensor:
@@ -169,7 +161,7 @@ def pretrain_loss(model: nn.Module, images: torch.Tensor, _targets: torch.Tensor
     if not random_masks:
         return model(images)[0]
     device = images.device
-    g = torch.Generator(device=device).manual_seed(_mix_seed(seed, step))
+    g = generator(seed, step, device=device)
     noise = torch.rand(batch_size, num_patches, generator=g, device=device)
     # Loader layout: rank r's j-th image of micro batch k sits at k*micro*world + r + world*j.
     rows = micro * micro_batch_size * world_size + rank + world_size * torch.arange(images.shape[0], device=device)

@@ -38,7 +38,8 @@ from mae.engine import (EXIT_PREEMPTED, EpochContext, LoopState, PreemptionFlag,
                         evaluate, train_one_epoch)
 from mae.errors import UserError
 from mae.optim import build_scheduler
-from mae.recipes import RECIPES, Recipe, Run, _mix_seed
+from mae.recipes import RECIPES, Recipe, Run
+from mae.seeding import mix_seed, seed_all
 from mae.run_folder import (ARTIFACTS, CHECKPOINT_PTH, CONFIG_YAML, METRICS_JSON, METRICS_JSONL, MODEL_PTH,
                             TRAIN_LOG, flatten, read_jsonl, read_metrics)
 
@@ -128,7 +129,7 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
     else:
         prior_time_s = 0.0
         # Per-rank randomness (drop path, mixup, non-random masks) from here on.
-        ckpt.seed_all(_mix_seed(cfg.run.seed, run.dist.rank))
+        seed_all(mix_seed(cfg.run.seed, run.dist.rank))
         recipe.before_training(run, model)
     resumed_from = state.global_step if resume is not None else None
     extra_metrics = recipe.extra_metrics(model)
@@ -350,7 +351,7 @@ def _restore(run: Run, resume: ckpt.ResumePoint, parts: _Trainable, state: LoopS
     if len(rngs) != run.dist.world_size:
         log.warning("checkpoint written by %d processes, resuming with %d: random streams restart per rank",
                     len(rngs), run.dist.world_size)
-        ckpt.seed_all(_mix_seed(run.cfg.run.seed, run.dist.rank, state.global_step))
+        seed_all(mix_seed(run.cfg.run.seed, run.dist.rank, state.global_step))
     else:
         ckpt.restore_rng_state(rngs[run.dist.rank])
     log.info("resumed at epoch %d, step %d of the epoch, global step %d", state.epoch, state.step_in_epoch,

@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from mae.config import Config, apply_overrides, dump_config, flatten, identity, load_config
+from mae.config import Config, apply_overrides, dump_config, identity, load_config
+from mae.run_folder import flatten
 from mae.errors import UserError
 
 

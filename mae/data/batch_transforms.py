@@ -12,7 +12,7 @@ from mae.choices import AUGMENTATIONS, OFFICIAL_CROP_MIN_SCALE, TRANSFORM_KINDS
 from mae.config import FinetuneConfig, PretrainConfig
 from mae.errors import UserError, check_choice
 
-from ._rng import _global_rng_scope
+from mae.seeding import global_rng_scope
 
 EVAL_CROP_PCT = 224 / 256  # official eval resize ratio (ImageNet); also the crop_fixed fraction
 _LUMA = (0.299, 0.587, 0.114)
@@ -177,14 +177,14 @@ class TensorTransform:
         x = _adapt_channels(self._resample(x, boxes, flips.to(x.device)), self.in_chans)
         if self.randaug is not None:
             x8 = x.mul(255).round_().to(torch.uint8)
-            with _global_rng_scope(int(torch.randint(0, 2 ** 62, (1,), generator=g)), x.device):
+            with global_rng_scope(int(torch.randint(0, 2 ** 62, (1,), generator=g)), x.device):
                 x8 = torch.stack([self.randaug(img) for img in x8])
             x = x8.float().div_(255)
         if self.color_jitter > 0:
             x = self._jitter(x, g)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         if self.random_erasing is not None:
-            with _global_rng_scope(int(torch.randint(0, 2 ** 62, (1,), generator=g)), x.device):
+            with global_rng_scope(int(torch.randint(0, 2 ** 62, (1,), generator=g)), x.device):
                 self.random_erasing.device = x.device
                 x = self.random_erasing(x)
         return x

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from mae.choices import DATASETS, check_in_chans
 from mae.errors import UserError, check_choice
 
-from ._rng import _generator, _mix_seed
+from mae.seeding import generator, mix_seed
 
 DEFAULT_ROOTS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -144,7 +144,7 @@ def _load_cifar(name: str, root: Path, split: str, download: bool) -> tuple[torc
 def _synthetic(n: int, img_size: int, in_chans: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Oriented sinusoidal gratings, one orientation per class, with random frequency, phase,
     contrast, colour tint and pixel noise: learnable, not trivially separable per pixel."""
-    g = _generator(seed, n, img_size, in_chans)
+    g = generator(seed, n, img_size, in_chans)
     labels = torch.randint(0, SYNTHETIC_CLASSES, (n,), generator=g)
     theta = labels.double() * math.pi / SYNTHETIC_CLASSES + torch.randn(n, generator=g).double() * math.radians(4)
     freq = 1.5 + 3.0 * torch.rand(n, generator=g).double()       # cycles per image side
@@ -204,7 +204,7 @@ def build_dataset(
 
     if name == "synthetic":
         n = subset or SYNTHETIC_SIZES[split]
-        images, labels = _synthetic(n, img_size, in_chans, seed=_mix_seed(seed, 0 if split == "train" else 1))
+        images, labels = _synthetic(n, img_size, in_chans, seed=mix_seed(seed, 0 if split == "train" else 1))
         mean, std = _synthetic_stats(img_size, in_chans)
         return InMemoryDataset(images, labels, SYNTHETIC_CLASSES, mean, std, name)
 

@@ -12,7 +12,7 @@ from mae.choices import TRANSFORM_KINDS
 from mae.config import FinetuneConfig, PretrainConfig
 from mae.errors import UserError, check_choice
 
-from ._rng import _generator, _global_rng_scope, _mix_seed
+from mae.seeding import generator, global_rng_scope, mix_seed
 from .batch_transforms import build_tensor_transform
 from .datasets import FolderDataset, InMemoryDataset
 from .image_transforms import build_folder_transform
@@ -103,7 +103,7 @@ class InMemoryLoader(_Resumable):
         while self.position < len(batches):
             b = self.position
             idx = batches[b]
-            g = _generator(self.seed, self.epoch, self.rank, b)
+            g = generator(self.seed, self.epoch, self.rank, b)
             images = self.dataset.images[idx].to(self.device, non_blocking=True)
             x = self.transform(images, g)
             y = self.dataset.labels[idx].to(self.device, non_blocking=True)
@@ -123,7 +123,7 @@ class _SeededSamples(Dataset):
     def __getitem__(self, item: tuple[int, int]):
         i, seed = item
         img, label = self.dataset.load(i)
-        with _global_rng_scope(seed):
+        with global_rng_scope(seed):
             return self.transform(img), label
 
 
@@ -146,7 +146,7 @@ class FolderLoader(_Resumable):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         start = self.position
         batches = self._batches()[start:]
-        seeded = [[(int(i), _mix_seed(self.seed, self.epoch, self.rank, start + b, j)) for j, i in enumerate(batch)]
+        seeded = [[(int(i), mix_seed(self.seed, self.epoch, self.rank, start + b, j)) for j, i in enumerate(batch)]
                   for b, batch in enumerate(batches)]
         if not seeded:
             return
