@@ -29,6 +29,14 @@ def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (patches - mean) / (var + eps) ** 0.5
 
 
+def loss_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype a loss is computed in: at least float32, never below any input (float64 stays float64)."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype) if t.is_floating_point() else dtype
+    return dtype
+
+
 def masked_mean(per_patch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of a [N, L] per-patch loss over removed patches (mask 1); 0 when nothing is removed."""
     return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
@@ -51,14 +59,15 @@ class PixelTarget(nn.Module):
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """pred, target: [N, L, out_dim]; mask: [N, L], 1 = removed."""
-        return masked_mean(((pred.float() - target.float()) ** 2).mean(dim=-1), mask)
+        dtype = loss_dtype(pred, target)
+        return masked_mean(((pred.to(dtype) - target.to(dtype)) ** 2).mean(dim=-1), mask)
 
 
 class NormPixelTarget(PixelTarget):
     """Pixels normalised per patch by their own mean and unbiased variance."""
 
     def forward(self, imgs: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        return normalize_patches(patches.float())
+        return normalize_patches(patches.to(loss_dtype(patches)))
 
 
 class PCATarget(PixelTarget):
@@ -92,7 +101,8 @@ class PCATarget(PixelTarget):
     def forward(self, imgs: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         if patches.device.type != "meta" and not bool(self.fitted):
             raise UserError.message("model.target", "model.target='pca' needs a basis: call model.fit_pca(patches) first")
-        return (patches.float() - self.mean) @ self.components.t()
+        dtype = loss_dtype(patches)
+        return (patches.to(dtype) - self.mean.to(dtype)) @ self.components.t().to(dtype)
 
 
 class TokenTarget(nn.Module):
@@ -129,7 +139,7 @@ class TokenTarget(nn.Module):
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """pred: [N, L, vocab] logits; target: [N, L] ids; mask: [N, L], 1 = removed."""
-        per_patch = F.cross_entropy(pred.float().flatten(0, 1), target.flatten(), reduction="none")
+        per_patch = F.cross_entropy(pred.to(loss_dtype(pred)).flatten(0, 1), target.flatten(), reduction="none")
         return masked_mean(per_patch.view_as(mask), mask)
 
 

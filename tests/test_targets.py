@@ -112,3 +112,31 @@ def test_token_ids_shape_checked():
 def test_unknown_target():
     with pytest.raises(UserError, match=r"model.target='hog' is invalid: allowed one of 'pixel', 'norm_pixel', 'pca', 'token'"):
         micro(target="hog")
+
+
+@pytest.mark.parametrize("target", ["pixel", "norm_pixel", "pca"])
+def test_float64_model_computes_its_loss_in_float64(target):
+    """The loss is never computed below the input dtype: a float64 forward gives a float64 loss that
+    equals a float64 reference to 1e-12 (a float32 cast would leave ~1e-7)."""
+    model = micro(target=target, **({"pca_components": 16} if target == "pca" else {})).double()
+    imgs = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    if target == "pca":
+        model.fit_pca(model.patchify(torch.randn(64, 3, 32, 32, dtype=torch.float64)).flatten(0, 1))
+    loss, pred, mask = model(imgs, noise=torch.rand(2, 64, dtype=torch.float64))
+    assert loss.dtype == pred.dtype == torch.float64
+    patches = model.patchify(imgs)
+    if target == "norm_pixel":
+        patches = (patches - patches.mean(-1, keepdim=True)) / (patches.var(-1, keepdim=True) + 1e-6) ** 0.5
+    elif target == "pca":
+        rt = model.recon_target
+        patches = (patches - rt.mean) @ rt.components.t()
+    expected = (((pred - patches) ** 2).mean(-1) * mask).sum() / mask.sum()
+    assert abs(loss.item() - expected.item()) < 1e-12
+
+
+def test_low_precision_predictions_give_a_float32_loss():
+    model = micro()
+    imgs = torch.randn(2, 3, 32, 32)
+    _, pred, mask = model(imgs)
+    loss = model.recon_target.loss(pred.bfloat16(), model.patchify(imgs).bfloat16(), mask)
+    assert loss.dtype == torch.float32
