@@ -25,22 +25,31 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# torch: the x86_64 wheels these machines serve locally; aarch64 gets a CPU build. Override with TORCH_SPEC.
+# Python packages: on x86_64 from requirements.lock (every package pinned, torch included; regenerate it
+# with scripts/lock.sh). Elsewhere (aarch64 gets a CPU build of torch) or with TORCH_SPEC set, from
+# pyproject.toml's ranges, unlocked.
 case "$(uname -m)" in
   aarch64) default_torch="torch==2.9.1 torchvision==0.24.1" ;;
-  *)       default_torch="torch==2.14.1 torchvision==0.29.1" ;;
+  *)       default_torch="" ;;
 esac
 torch_spec=${TORCH_SPEC:-$default_torch}
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)-$what"
+stamp=".venv/.installed-$(cat pyproject.toml requirements.lock scripts/setup.sh | sha1sum | cut -c1-12)-$what"
 # A `test` install includes everything `main` needs.
 if [ ! -f "$stamp" ] && ! { [ "$what" = main ] && [ -f "${stamp%-main}-test" ]; }; then
   echo "setup: installing Python packages into .venv (first time: a few minutes)"
-  extras=""; [ "$what" = test ] && extras="[test]"
-  # shellcheck disable=SC2086
-  .venv/bin/pip install -q --disable-pip-version-check $torch_spec
-  .venv/bin/pip install -q --disable-pip-version-check -e ".$extras"
+  pip=(.venv/bin/pip install -q --disable-pip-version-check)
+  if [ -z "$torch_spec" ]; then
+    "${pip[@]}" -r requirements.lock          # the test tools are in the lock too
+    "${pip[@]}" --no-deps -e .
+    stamp="${stamp%-$what}-test"
+  else
+    extras=""; [ "$what" = test ] && extras="[test]"
+    # shellcheck disable=SC2086
+    "${pip[@]}" $torch_spec
+    "${pip[@]}" -e ".$extras"
+  fi
   rm -f .venv/.installed-*; touch "$stamp"
 fi
