@@ -96,6 +96,8 @@ def plot_series(ax: plt.Axes, x: np.ndarray, values: list[dict[int, float]], lab
     counts = np.array([len(v) for v in values])
     line, = ax.plot(x, means, label=label, **{**style, "marker": None})  # NaN breaks the line
     for xi, seed_values in zip(x, values):
+        if not seed_values:
+            continue
         ax.scatter([xi] * len(seed_values), list(seed_values.values()), s=14, color=color, alpha=0.45,
                    linewidths=0, zorder=3)
     several = counts > 1

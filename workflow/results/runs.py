@@ -230,7 +230,7 @@ def write_runs_tables(manifest_path: str | Path, runs_csv: str | Path, runs_dir:
 
 def manifest_from_runs(runs: pd.DataFrame, ablations: dict[str, dict]) -> list[dict]:
     """The manifest entries runs.csv stands for, {ablation, paper_ref, row, default, seed, stage, run_id,
-    run_dir}, sorted as the workflow's manifest; memberships of ablations or rows not in `ablations`
+    run_dir}, sorted by ablation, row, seed and stage (pretrain, finetune, linprobe); memberships of ablations or rows not in `ablations`
     (a renamed row, a removed file) are left out with a warning."""
     entries, unknown = [], set()
     for _, run in runs.drop_duplicates("run_id").iterrows():
@@ -246,4 +246,5 @@ def manifest_from_runs(runs: pd.DataFrame, ablations: dict[str, dict]) -> list[d
                             "stage": str(run["stage"]), "run_id": str(run["run_id"]), "run_dir": str(run["run_dir"])})
     if unknown:
         log.warning("runs.csv names rows that no ablation file has (left out): %s", sorted(unknown))
-    return sorted(entries, key=lambda e: (e["ablation"], e["row"], e["seed"], e["stage"]))
+    stages = {"pretrain": 0, "finetune": 1, "linprobe": 2}  # a row's notes read in pipeline order
+    return sorted(entries, key=lambda e: (e["ablation"], e["row"], e["seed"], stages.get(e["stage"], 3)))
