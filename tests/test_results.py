@@ -556,7 +556,6 @@ def test_scripts_run_under_snakemake_script_directive(tmp_path, ablations):
         rule collect_runs:
             input: manifest="runs/{{preset}}/manifest.json"
             output: runs="results/{{preset}}/runs.csv"
-            params: runs_dir="results/{{preset}}/runs"
             log: "logs/{{preset}}/collect_runs.log"
             script: "{scripts}/collect_runs.py"
         rule make_tables:

@@ -11,8 +11,6 @@ rule collect_runs:
     output:
         runs=report(f"results/{PRESET}/runs.csv", caption="../report/runs.rst", category="Runs"),
         ablation_runs=get_ablation_runs(),
-    params:
-        runs_dir=f"results/{PRESET}/runs",
     log:
         f"{RUNS}/logs/collect_runs.log",
     conda:
