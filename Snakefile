@@ -41,5 +41,6 @@ onerror:
 rule all:
     input:
         get_tables(),
+        get_findings(),
         get_figures(),
     default_target: True

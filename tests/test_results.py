@@ -130,15 +130,23 @@ def test_table1a_values_seeds_and_missing_rows(manifest, runs, ablations):
     assert rows.at["8", "ours_ft_n"] == 3
     assert rows.at["8", "ours_lin_mean"] == pytest.approx(255.5 / 3)
     assert rows.at["8", "ours_lin_std"] == pytest.approx(math.sqrt((1.1667**2 + 0.1667**2 + 1.3333**2) / 2), abs=1e-3)
-    assert rows.at["8", "diff_lin"] == pytest.approx(255.5 / 3 - 73.5)
-    assert rows.at["1", "diff_ft"] == pytest.approx(89.0 - 84.8)
+    # Δ vs the default row (issue #16 replaced "ours − paper" across data sets): ours paired by seed
+    # (row 1 has seed 0 only: 89.0 − 90.1, 80.0 − 84.0), the paper's from its own numbers
+    assert rows.at["1", "delta_ours_ft_mean"] == pytest.approx(89.0 - 90.1)
+    assert rows.at["1", "delta_ours_ft_n"] == 1 and math.isnan(rows.at["1", "delta_ours_ft_std"])
+    assert rows.at["1", "delta_paper_lin"] == pytest.approx(65.5 - 73.5)
+    assert math.isnan(rows.at["8", "delta_paper_ft"])  # the default row is the reference
+    assert "diff_ft" not in rows.columns
     assert math.isnan(rows.at["12", "ours_ft_mean"]) and rows.at["12", "ours_ft_n"] == 0
     assert table_lines(render_markdown(summary)) == [
-        "| 1 | 84.8 | 89.00 (n=1) | +4.20 | 65.5 | 80.00 (n=1) | +14.50 |",
-        "| 4 | 84.9 | — | — | 71.9 | — | — |",
-        "| **8** (default) | 84.9 | 90.30 ± 0.20 (n=3) | +5.40 | 73.5 | 85.17 ± 1.26 (n=3) | +11.67 |",
-        "| 12 | 84.4 | — | — | 73.3 | — | — |",
+        "| 1 | 84.8 | 89.00 (n=1) | -0.1 | -1.10 (n=1) | 65.5 | 80.00 (n=1) | -8.0 | -4.00 (n=1) |",
+        "| 4 | 84.9 | — | +0.0 | — | 71.9 | — | -1.6 | — |",
+        "| **8** (default) | 84.9 | 90.30 ± 0.20 (n=3) | reference | reference | 73.5 | 85.17 ± 1.26 (n=3) | reference "
+        "| reference |",
+        "| 12 | 84.4 | — | -0.5 | — | 73.3 | — | -0.2 | — |",
     ]
+    assert render_markdown(summary).splitlines()[2] == (
+        "| Decoder depth | paper ft | ours ft | paper Δft | ours Δft | paper lin | ours lin | paper Δlin | ours Δlin |")
 
 
 def test_missing_cells_are_explained_under_the_table(manifest, runs, ablations):
@@ -159,8 +167,10 @@ def test_table1c_shows_training_flops_ratio_next_to_papers(manifest, runs, ablat
     assert summary.has_flops and not summary.has_wallclock
     lines = table_lines(render_markdown(summary))
     assert lines == [
-        "| w/ [M] | 84.2 | 88.00 (n=1) | +3.80 | 59.6 | 70.00 (n=1) | +10.40 | 3.3× | 2.5 M | 2.50× |",
-        "| **w/o [M]** (default) | 84.9 | 90.10 (n=1) | +5.20 | 73.5 | 84.00 (n=1) | +10.50 | 1× | 1 M | 1.00× |",
+        "| w/ [M] | 84.2 | 88.00 (n=1) | -0.7 | -2.10 (n=1) | 59.6 | 70.00 (n=1) | -13.9 | -14.00 (n=1) | 3.3× | 2.5 M "
+        "| 2.50× |",
+        "| **w/o [M]** (default) | 84.9 | 90.10 (n=1) | reference | reference | 73.5 | 84.00 (n=1) | reference "
+        "| reference | 1× | 1 M | 1.00× |",
     ]
     header = render_markdown(summary).splitlines()[2]
     assert header.endswith("| paper FLOPs (rel.) | ours FLOPs/image | ours FLOPs (rel.) |")
@@ -175,9 +185,10 @@ def test_table2_reports_wallclock_and_speedup_vs_mask_token_row(manifest, runs, 
     assert rows.at["w/o [M], dec 1", "ours_speedup"] == pytest.approx(5.0)
     assert summary.time_unit == ("min", 60.0)
     assert table_lines(render_markdown(summary)) == [
-        "| w/ [M], dec 8 | 84.2 | 88.00 (n=1) | +3.80 | 42.4 | 5.0 (n=1) | reference | reference |",
-        "| **w/o [M], dec 8** (default) | 84.9 | 90.30 ± 0.20 (n=3) | +5.40 | 15.4 | 1.8 ± 0.2 (n=3) | 2.8× | 2.73× |",
-        "| w/o [M], dec 1 | 84.8 | 89.00 (n=1) | +4.20 | 11.6 | 1.0 (n=1) | 3.7× | 5.00× |",
+        "| w/ [M], dec 8 | 84.2 | 88.00 (n=1) | -0.7 | -2.10 (n=1) | 42.4 | 5.0 (n=1) | reference | reference |",
+        "| **w/o [M], dec 8** (default) | 84.9 | 90.30 ± 0.20 (n=3) | reference | reference | 15.4 | 1.8 ± 0.2 (n=3) "
+        "| 2.8× | 2.73× |",
+        "| w/o [M], dec 1 | 84.8 | 89.00 (n=1) | -0.1 | -1.10 (n=1) | 11.6 | 1.0 (n=1) | 3.7× | 5.00× |",
     ]
     assert "paper lin" not in render_markdown(summary)  # Table 2 evaluates fine-tuning only
 
@@ -198,8 +209,9 @@ def test_table2_speedup_is_per_encoder_and_per_epoch(manifest, runs):
     assert speedup["ViT-L w/o [M]"] == pytest.approx(300 / 100)  # both 8 epochs: 300 s vs 100 s
     assert speedup["ViT-H w/o [M]"] == pytest.approx((50 / 4) / (60 / 8))  # 12.5 s/epoch vs 7.5 s/epoch
     lines = table_lines(render_markdown(summary))
-    assert lines[3] == "| ViT-H w/o [M] | 85.8 | — | — | 34.5 | 1.0 (n=1) | 3.5× | 1.67× |"
-    assert lines[2] == "| ViT-H w/ [M] | — | — | — | 119.6 | 0.8 (n=1) | reference | reference |"
+    # no default row in this ablation: no Δ columns
+    assert lines[3] == "| ViT-H w/o [M] | 85.8 | — | 34.5 | 1.0 (n=1) | 3.5× | 1.67× |"
+    assert lines[2] == "| ViT-H w/ [M] | — | — | 119.6 | 0.8 (n=1) | reference | reference |"
     assert "time per pretraining epoch" in caption(summary)
     figure = figure_wallclock(summary)
     assert [p.get_width() for p in figure.axes[2].patches[:4]] == pytest.approx([1.0, 3.0, 1.0, 12.5 / 7.5])
@@ -211,22 +223,25 @@ def test_rows_of_other_presets_are_explained(manifest, runs, ablations):
                                             "blocks_finetuned": "12"}, "presets": ["paper"]}]
     summary = summarize_ablation("fig9_partial_ft", ablation, manifest, runs, PAPER_DIR, PRESET)
     assert summary.notes == ["12: this row runs only under presets ['paper']"]
-    assert table_lines(render_markdown(summary))[-1] == "| 12 | 84.6 | — | — |"
+    assert table_lines(render_markdown(summary))[-1] == "| 12 | 84.6 | — |"
 
 
 def test_table3_fig5_fig7_fig9_values(manifest, runs, ablations):
     expected = {
-        "table3_imagenet": ["| scratch | 82.6 | 85.00 (n=1) | +2.40 |",
-                            "| **MAE** (default) | 85.9 | 90.10 (n=1) | +4.20 |"],
-        "fig5_mask_ratio": ["| 50 | 84.9 | 89.50 (n=1) | +4.60 | 69.9 | 82.00 (n=1) | +12.10 |",
-                            "| **75** (default) | 84.9 | 90.10 (n=1) | +5.20 | 73.5 | 84.00 (n=1) | +10.50 |",
-                            "| 90 | 83.0 | — | — | 66.1 | — | — |"],
-        "fig7_schedule": ["| 400 | 84.3 | 88.50 (n=1) | +4.20 | 69.7 | 78.00 (n=1) | +8.30 |",
-                          "| **800** (default) | 84.9 | 90.10 (n=1) | +5.20 | 73.5 | 84.00 (n=1) | +10.50 |",
-                          "| 1600 | 85.1 | — | — | 75.1 | — | — |"],
-        "fig9_partial_ft": ["| 0 | 73.5 | 84.50 (n=1) | +11.00 |",
-                            "| 1 | 81.0 | 87.00 (n=1) | +6.00 |",
-                            "| 24 | 84.9 | 90.00 (n=1) | +5.10 |"],
+        "table3_imagenet": ["| scratch | 82.6 | 85.00 (n=1) | -3.3 | -5.10 (n=1) |",
+                            "| **MAE** (default) | 85.9 | 90.10 (n=1) | reference | reference |"],
+        "fig5_mask_ratio": ["| 50 | 84.9 | 89.50 (n=1) | +0.0 | -0.60 (n=1) | 69.9 | 82.00 (n=1) | -3.6 | -2.00 (n=1) |",
+                            "| **75** (default) | 84.9 | 90.10 (n=1) | reference | reference | 73.5 | 84.00 (n=1) "
+                            "| reference | reference |",
+                            "| 90 | 83.0 | — | -1.9 | — | 66.1 | — | -7.4 | — |"],
+        "fig7_schedule": ["| 400 | 84.3 | 88.50 (n=1) | -0.6 | -1.60 (n=1) | 69.7 | 78.00 (n=1) | -3.8 | -6.00 (n=1) |",
+                          "| **800** (default) | 84.9 | 90.10 (n=1) | reference | reference | 73.5 | 84.00 (n=1) "
+                          "| reference | reference |",
+                          "| 1600 | 85.1 | — | +0.2 | — | 75.1 | — | +1.6 | — |"],
+        # no default row in this fixture: no Δ columns, only the levels
+        "fig9_partial_ft": ["| 0 | 73.5 | 84.50 (n=1) |",
+                            "| 1 | 81.0 | 87.00 (n=1) |",
+                            "| 24 | 84.9 | 90.00 (n=1) |"],
     }
     for name, lines in expected.items():
         assert table_lines(render_markdown(summary_of(name, manifest, runs, ablations))) == lines, name
@@ -245,9 +260,11 @@ def test_caption_states_preset_scale_paper_setting_and_citation(manifest, runs, 
 def test_latex_table_escapes_and_cites(manifest, runs, ablations):
     latex = render_latex(summary_of("table2_wallclock", manifest, runs, ablations))
     assert r"\cite{he2022masked}" in latex and r"\label{tab:table2_wallclock-tiny}" in latex
-    assert r"\textbf{w/o {[}M{]}, dec 8} (default) & 84.9 & 90.30 $\pm$ 0.20 (n=3) & +5.40 & 15.4" in latex
+    assert (r"\textbf{w/o {[}M{]}, dec 8} (default) & 84.9 & 90.30 $\pm$ 0.20 (n=3) & reference & reference & 15.4"
+            in latex)
+    assert r"w/o {[}M{]}, dec 1 & 84.8 & 89.00 (n=1) & -0.1 & -1.10 (n=1) & 11.6" in latex
     assert r"2.8$\times$ & 2.73$\times$ \\" in latex
-    assert r"\begin{tabular}{lrrrrrrr}" in latex and latex.rstrip().endswith(r"\end{table}")
+    assert r"\begin{tabular}{lrrrrrrrr}" in latex and latex.rstrip().endswith(r"\end{table}")
     assert "train\\_time\\_s" in latex and "—" not in latex.split(r"\begin{tabular}")[1]
 
 
@@ -284,7 +301,7 @@ def test_unmatched_paper_row_shows_dash_and_note(manifest, runs, ablations):
     broken = {**ablations["fig5_mask_ratio"]}
     broken["rows"] = [{**broken["rows"][0], "paper_where": {"mask_ratio_pct": "55"}}]
     summary = summarize_ablation("fig5_mask_ratio", broken, manifest, runs, PAPER_DIR, PRESET)
-    assert table_lines(render_markdown(summary)) == ["| 50 | — | 89.50 (n=1) | — | — | 82.00 (n=1) | — |"]
+    assert table_lines(render_markdown(summary)) == ["| 50 | — | 89.50 (n=1) | — | 82.00 (n=1) |"]  # no default row
     assert summary.notes == ["50: paper_where {'mask_ratio_pct': '55'} matches no row of paper/fig5_mask_ratio.csv"]
 
 
@@ -301,7 +318,7 @@ def test_empty_manifest_gives_dashes_not_a_crash(ablations):
     empty_runs = collect_runs([], base_dir=FIXTURE)
     summary = summarize_ablation("table2_wallclock", ablations["table2_wallclock"], [], empty_runs, PAPER_DIR,
                                  PRESET)
-    assert table_lines(render_markdown(summary))[0] == "| w/ [M], dec 8 | 84.2 | — | — | 42.4 | — | reference | — |"
+    assert table_lines(render_markdown(summary))[0] == "| w/ [M], dec 8 | 84.2 | — | -0.7 | — | 42.4 | — | reference | — |"
     assert "no run configs found" in caption(summary)
 
 
@@ -339,32 +356,92 @@ def data_lines(ax):
     return list(lines_by_label(ax).values())
 
 
-def test_fig5_plots_ours_and_paper_against_mask_ratio(figures):
+def seed_points(ax):
+    """(x, y) of every seed's own point (the scatter collections of a panel)."""
+    from matplotlib.collections import PathCollection
+
+    return [tuple(map(float, point)) for collection in ax.collections if isinstance(collection, PathCollection)
+            for point in collection.get_offsets()]
+
+
+def hollow_points(ax):
+    """(x, y) of the hollow single-seed markers (white face) in a panel."""
+    points = []
+    for line in ax.get_lines():
+        if line.get_markerfacecolor() == "white" and line.get_linestyle() == "None":
+            points += list(zip(line.get_xdata(), line.get_ydata()))
+    return points
+
+
+def test_fig5_draws_ours_and_the_paper_in_separate_panels_with_seeds(figures):
+    """Issue #16 item 7: no twin y axes (ours and the paper each get their own panel); every seed is a
+    point; a single-seed mean is a hollow marker with a legend entry; the model is named as what ran."""
     figure = figures[0]["fig5_mask_ratio"]
-    assert len(figure.axes) == 4  # fine-tuning and linear probing, each with the paper on a twin axis
-    ft_ax, lin_ax, ft_paper_ax, lin_paper_ax = figure.axes  # panels first, then their twin axes
-    assert [ft_ax.get_title(), lin_ax.get_title()] == ["fine-tuning", "linear probing"]
+    assert len(figure.axes) == 4  # fine-tuning and linear probing, ours and the paper each
+    positions = [tuple(ax.get_position().bounds) for ax in figure.axes]
+    assert len(set(positions)) == 4  # a twin axis would sit on its host's position
+    ft_ax, ft_paper_ax, lin_ax, lin_paper_ax = figure.axes
+    assert ft_ax.get_title() == "fine-tuning, ours: ViT-micro/7 on Fashion-MNIST 28×28"
+    assert ft_paper_ax.get_title().startswith("fine-tuning, paper: ImageNet-1K 224×224, ViT-L/16")
     (ours,) = data_lines(ft_ax)
     (paper,) = data_lines(ft_paper_ax)
-    assert ours.get_label() == "ours (tiny preset, Fashion-MNIST 28×28)"
-    assert paper.get_label() == "paper (Fig. 5, ImageNet-1K)"
-    assert list(ours.get_xdata()) == [50.0, 75.0]  # row 90 has no result: left out of our line
-    assert list(ours.get_ydata()) == [89.5, 90.1]
+    assert ours.get_label() == "ours: mean ± sample std over seeds"
+    assert list(ours.get_xdata()) == [50.0, 75.0, 90.0]
+    assert list(ours.get_ydata())[:2] == [89.5, 90.1] and math.isnan(ours.get_ydata()[2])  # 90: no result
     assert list(paper.get_xdata()) == [50.0, 75.0, 90.0]
     assert list(paper.get_ydata()) == [84.9, 84.9, 83.0]
     assert list(data_lines(lin_paper_ax)[0].get_ydata()) == [69.9, 73.5, 66.1]
-    assert ours.get_linestyle() == "-" and paper.get_linestyle() == "--"
-    assert paper.get_markerfacecolor() == "none"
+    assert hollow_points(ft_ax) == [(50.0, 89.5), (75.0, 90.1)]  # one seed each in this fixture
+    seeds = seed_points(ft_ax)
+    assert sorted(seeds) == [(50.0, 89.5), (75.0, 90.1)]  # every seed's own point
+    assert ft_ax.get_ylabel() == ft_paper_ax.get_ylabel() == "top-1 accuracy (%)"
     assert ft_ax.get_xlabel() == "masking ratio (%)  (bold: paper default)"
-    assert ft_ax.get_ylabel() == "ours: top-1 accuracy (%)"
-    assert ft_paper_ax.get_ylabel() == "paper: top-1 accuracy (%)"
     assert [t.get_text() for t in ft_ax.get_xticklabels()] == ["50", "75", "90"]
-    assert figure._suptitle.get_text() == "Fig. 5: masking ratio, ours vs paper"
-    assert [t.get_text() for t in figure.legends[0].get_texts()] == [ours.get_label(), paper.get_label()]
+    assert "ours (left) and the paper (right)" in figure._suptitle.get_text()
+    assert all(len(line) <= 70 for line in figure._suptitle.get_text().splitlines())  # long titles wrap
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == [
+        "ours: mean ± sample std over seeds", "ours: a single seed (no spread)", "ours: one seed's run",
+        "paper (Fig. 5, as printed)"]
+
+
+def test_several_seeds_get_error_bars_and_filled_markers(manifest, runs, ablations):
+    """Table 1a's default row has seeds 0, 1, 2: a filled mean with a sample-std error bar and three seed
+    points; row 4 (not run) and row 12 (failed) break the line instead of being bridged."""
+    from workflow.results.plots import accuracy_curves
+
+    summary = summary_of("table1a_decoder_depth", manifest, runs, ablations)
+    figure = accuracy_curves(summary, ablations["table1a_decoder_depth"], "decoder depth", categorical=True)
+    ours_ax = figure.axes[0]
+    (mean,) = data_lines(ours_ax)
+    y = mean.get_ydata()
+    assert y[0] == 89.0 and math.isnan(y[1]) and y[2] == pytest.approx(90.3) and math.isnan(y[3])
+    assert hollow_points(ours_ax) == [(0.0, 89.0)]  # row 1: one seed
+    (bars,) = [c for c in ours_ax.containers if c.has_yerr]
+    segment = bars.lines[2][0].get_segments()[0]
+    assert [p[1] for p in segment] == pytest.approx([90.3 - 0.2, 90.3 + 0.2])
+    seeds = sorted(seed_points(ours_ax))
+    assert seeds == [(0.0, 89.0), (2.0, 90.1), (2.0, 90.3), (2.0, 90.5)]
+
+
+def test_rows_of_other_presets_are_left_out_of_our_panel(manifest, runs, ablations):
+    """A paper-only row between two measured ones (Fig. 9's 12 blocks under tiny) is not an x position of
+    ours, so our line does not run through a point nobody measured; the paper's panel keeps it."""
+    from workflow.results.plots import accuracy_curves
+
+    ablation = {**ablations["fig9_partial_ft"]}
+    ablation["rows"] = ablation["rows"][:2] + [{"label": "12", "presets": ["paper"], "paper_where": {
+        "method": "MAE baseline*", "blocks_finetuned": "12"}}] + ablation["rows"][2:]
+    summary = summarize_ablation("fig9_partial_ft", ablation, manifest, runs, PAPER_DIR, PRESET)
+    figure = accuracy_curves(summary, ablation, "blocks", categorical=True)
+    ours_ax, paper_ax = figure.axes
+    assert [t.get_text() for t in ours_ax.get_xticklabels()] == ["0", "1", "24\n(ours 4)"]
+    assert list(data_lines(ours_ax)[0].get_ydata()) == [84.5, 87.0, 90.0]
+    assert [t.get_text() for t in paper_ax.get_xticklabels()] == ["0", "1", "12", "24"]
+    assert list(data_lines(paper_ax)[0].get_ydata()) == [73.5, 81.0, 84.6, 84.9]
 
 
 def test_fig5_draws_the_all_images_rows_as_a_second_series_of_ours(tmp_path, manifest, runs, ablations):
-    """An ablation with paper_ref 'Fig. 5 (all images)' in the run adds its rows to Fig. 5's panels of
+    """An ablation with paper_ref 'Fig. 5 (all images)' in the run adds its rows to Fig. 5's ours panel of
     the evaluations it has (here the linear probe), with its own legend entry; fine-tuning is untouched."""
     all_images = {**ablations["fig5_mask_ratio"], "paper_ref": "Fig. 5 (all images)", "evaluations": ["linprobe"],
                   "title": "Masking ratio, pre-trained and probed on the whole training set"}
@@ -373,23 +450,23 @@ def test_fig5_draws_the_all_images_rows_as_a_second_series_of_ours(tmp_path, man
     built = make_figures(manifest + companion_entries, runs, {**ablations, "fig5_all_images": all_images},
                          PAPER_DIR, PRESET, [tmp_path / "fig5_mask_ratio.png"], base_dir=FIXTURE)
     figure = built["fig5_mask_ratio"]
-    ft_ax, lin_ax = figure.axes[:2]
+    ft_ax, _, lin_ax, _ = figure.axes
     assert len(data_lines(ft_ax)) == 1
     lin_lines = lines_by_label(lin_ax)
     companion = lin_lines["ours, pre-trained and probed on the whole training set"]
-    ours = lin_lines["ours (tiny preset, Fashion-MNIST 28×28)"]
-    assert list(companion.get_xdata()) == list(ours.get_xdata()) == [50.0, 75.0]
-    assert list(companion.get_ydata()) == list(ours.get_ydata())  # the same runs, listed twice here
-    assert companion.get_marker() == "D" and companion.get_color() != ours.get_color()
-    assert [t.get_text() for t in figure.legends[0].get_texts()][-1] == companion.get_label()
+    ours = lin_lines["ours: mean ± sample std over seeds"]
+    assert list(companion.get_xdata()) == list(ours.get_xdata()) == [50.0, 75.0, 90.0]
+    assert list(companion.get_ydata())[:2] == list(ours.get_ydata())[:2]  # the same runs, listed twice here
+    assert companion.get_color() != ours.get_color()
+    assert "ours, pre-trained and probed on the whole training set" in [t.get_text() for t in figure.legends[0].get_texts()]
 
 
 def test_fig7_spaces_epochs_evenly_and_names_our_epochs(figures):
     figure = figures[0]["fig7_schedule"]
-    ft_ax, paper_ax = figure.axes[0], figure.axes[2]
+    ft_ax, paper_ax = figure.axes[0], figure.axes[1]
     (ours,) = data_lines(ft_ax)
-    assert list(ours.get_xdata()) == [0, 1]
-    assert list(ours.get_ydata()) == [88.5, 90.1]
+    assert list(ours.get_xdata()) == [0, 1, 2]
+    assert list(ours.get_ydata())[:2] == [88.5, 90.1] and math.isnan(ours.get_ydata()[2])
     assert list(data_lines(paper_ax)[0].get_xdata()) == [0, 1, 2]
     assert list(data_lines(paper_ax)[0].get_ydata()) == [84.3, 84.9, 85.1]
     assert [t.get_text() for t in ft_ax.get_xticklabels()] == ["400\n(ours 4)", "800\n(ours 8)", "1600\n(ours 16)"]
@@ -483,7 +560,8 @@ def test_scripts_run_under_snakemake_script_directive(tmp_path, ablations):
             script: "{scripts}/collect_runs.py"
         rule make_tables:
             input: manifest="runs/{{preset}}/manifest.json", runs="results/{{preset}}/runs.csv"
-            output: expand("results/{{{{preset}}}}/tables/{{name}}.{{ext}}", name=ABLATIONS, ext=["md", "tex", "csv"])
+            output: expand("results/{{{{preset}}}}/tables/{{name}}.{{ext}}", name=ABLATIONS, ext=["md", "tex", "csv"]),
+                    "results/{{preset}}/findings.md", "results/{{preset}}/findings.csv"
             params: ablations=ABLATIONS, preset=lambda wildcards: wildcards.preset, paper_dir="{PAPER_DIR}"
             log: "logs/{{preset}}/make_tables.log"
             script: "{scripts}/make_tables.py"
@@ -502,6 +580,8 @@ def test_scripts_run_under_snakemake_script_directive(tmp_path, ablations):
     results = workdir / "results" / PRESET
     assert (results / "tables" / "table1a_decoder_depth.md").read_text().count("| **8** (default) |") == 1
     assert (results / "runs.csv").stat().st_size > 1000
+    assert (results / "runs" / "table1a_decoder_depth.csv").stat().st_size > 1000  # per-ablation runs files
+    assert "| mae_beats_scratch |" in (results / "findings.md").read_text()
     assert (results / "figures" / "loss_curves.png").stat().st_size > 5000
     assert "missing 12: pretrain run pre-d12-s0" in (workdir / "logs" / PRESET / "make_tables.log").read_text()
 

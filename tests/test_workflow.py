@@ -313,3 +313,59 @@ def test_partial_grid_still_aggregates(tmp_path):
     assert "(n=1)" in default.split("|")[3], table  # ours ft: the default row finished
     assert "no run folder" in table  # the note says what is missing
     assert (workdir / "results/smoke/figures/loss_curves.png").stat().st_size > 0
+
+
+# A stand-in for `mae` that finishes every job at once: config.yaml, a two-step metrics.jsonl and a
+# metrics.json whose top-1 depends on the stage, so the aggregation has real files to read.
+INSTANT_MAE = """#!/usr/bin/env bash
+stage=$1; config=$3; out=$5
+mkdir -p "$out"
+cp "$config" "$out/config.yaml"
+printf '{"step": 0, "loss": 1.0}\\n{"step": 10, "loss": 0.5}\\n' > "$out/metrics.jsonl"
+[ "$stage" = linprobe ] || echo model > "$out/model.pth"
+case "$stage" in pretrain) top1="";; finetune) top1='"top1": 80.5, ';; *) top1='"top1": 60.25, ';; esac
+echo "{\\"status\\": \\"completed\\", \\"stage\\": \\"$stage\\", \\"run_id\\": \\"$(basename "$out")\\", ${top1}\\"train_time_s\\": 1.0, \\"train_flops_per_image\\": 1000.0}" > "$out/metrics.json"
+"""
+
+
+def test_a_subset_run_keeps_the_aggregates_of_other_ablations(tmp_path):
+    """Issue #16 item 10: a second run with another subset of ablations rewrites only its own runs file,
+    tables and the shared outputs (runs.csv, findings, loss curves, reconstruction), and says so; the
+    first subset's tables and runs files are left as they were, and runs.csv keeps its runs."""
+    workdir = copy_workflow(tmp_path / "wf")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mae").write_text(INSTANT_MAE)
+    (bin_dir / "mae").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+    def run(ablations: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([SNAKEMAKE, "--config", "preset=smoke", f"ablations=[{ablations}]"], cwd=workdir,
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    results = workdir / "results/smoke"
+    first = run("table1c_mask_token")
+    assert "updated table1c_mask_token; kept from earlier runs: nothing" in first.stderr
+    kept = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in
+            [results / "runs/table1c_mask_token.csv", *sorted((results / "tables").glob("table1c_mask_token.*"))]}
+    assert len(kept) == 4
+    findings = (results / "findings.md").read_text()
+    assert "table1c_mask_token: encoder w/o [M] − encoder w/ [M]" in findings
+
+    second = run("table1d_target")
+    assert "updated table1d_target; kept from earlier runs: table1c_mask_token" in second.stderr
+    for path, (content, mtime) in kept.items():
+        assert path.read_bytes() == content and path.stat().st_mtime_ns == mtime, path
+    runs = pd.read_csv(results / "runs.csv", dtype=str).drop_duplicates("run_id")
+    members = ";".join(runs["ablations"])
+    assert "table1c_mask_token:encoder w/ [M]" in members and "table1d_target:PCA" in members
+    # the shared baseline pretraining belongs to both tables: one run, both memberships
+    shared = runs[runs["ablations"].str.contains("table1c_mask_token:encoder w/o") & (runs["stage"] == "pretrain")]
+    assert shared["ablations"].tolist() == ["table1c_mask_token:encoder w/o [M];table1d_target:pixel (w/o norm)"]
+    findings = pd.read_csv(results / "findings.csv").set_index("finding")
+    # both subsets' findings are computed (one seed each under smoke: inconclusive, with the reason)
+    assert findings.at["mask_token_ft", "n_seeds"] == 1 and findings.at["norm_pixel_ft", "n_seeds"] == 1
+    assert "has 1 seed" in findings.at["mask_token_ft", "reason"]
+    assert (results / "tables/table1d_target.md").exists() and (results / "figures/loss_curves.png").exists()

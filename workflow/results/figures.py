@@ -5,6 +5,9 @@ grid produces. Free of matplotlib, so the workflow imports it at parse time; plo
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+import yaml
 
 # Figure stem (results/{preset}/figures/{stem}.{png,pdf}) -> the paper item it mirrors (an ablation's
 # paper_ref). The workflow requests a figure when one of its selected ablations has that paper_ref.
@@ -35,3 +38,16 @@ def find_ablation(ablations: dict[str, dict], paper_ref: str) -> str | None:
         if paper_ref_key(ablation.get("paper_ref", "")) == key:
             return name
     return None
+
+
+def read_ablation_files(folder: str | Path) -> dict[str, dict]:
+    """{stem: parsed YAML} of every ablations/*.yaml that parses to a mapping with rows (others skipped)."""
+    ablations = {}
+    for path in sorted(Path(folder).glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("rows"), list):
+            ablations[path.stem] = data
+    return ablations

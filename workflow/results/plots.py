@@ -2,11 +2,13 @@
 reconstruction grid, pretraining loss curves (names and paper items: figures.py). Every builder returns
 the matplotlib Figure (tests inspect it); make_figures() saves each requested file.
 
-Style (style.py): one seaborn theme and palette; ours = solid line, filled markers, left axis; paper =
-dashed line, hollow markers, right (twin) axis, because the scales differ (our small preset vs
-ImageNet-1K ViT-L). Bars: ours filled, paper hatched. Error bars are drawn by hand from the summary's
-sample std rather than by seaborn's estimators: the tables print those same numbers, and seaborn's
-error bands would change the published figures.
+Style (style.py): one seaborn theme and palette. Ours and the paper never share a y axis (no twin
+axes: the data and scales differ): each evaluation gets an "ours" panel and a "paper" panel. Ours shows
+every seed as a small point and the mean ± sample std (error bars drawn by hand from the same numbers
+the tables print); a mean of one seed is a hollow marker with its own legend entry. A line joins only
+neighbouring measured rows of one series; ours' panel lists only the rows the preset runs, the paper's
+only the rows it reports. Models are named as what ran (ViT-micro/7 on Fashion-MNIST), the paper's
+setting as the paper states it. Bars: ours filled, paper hatched. Long titles wrap.
 
 The run folders (recon.png, metrics.jsonl) are read through the manifest's run_dir paths, relative to
 `base_dir` (the working directory).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -24,13 +27,14 @@ matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mae.run_folder import METRICS_JSONL, RECON_PNG, read_jsonl  # noqa: E402
 from workflow.results.figures import FIG5_ALL_IMAGES, FIGURE_NAMES, FIGURES, find_ablation  # noqa: E402
-from workflow.results.paper import parse_speedup  # noqa: E402
+from workflow.results.paper import paper_setting, parse_speedup  # noqa: E402
 from workflow.results.style import (EVALUATION_NAMES, OURS_BAR, OURS_COLOR, OURS_LINE, PALETTE,  # noqa: E402
-                                    PAPER_BAR, PAPER_COLOR, PAPER_LINE, apply_theme, dataset_display,
+                                    PAPER_BAR, PAPER_LINE, apply_theme, arch_display, dataset_display,
                                     format_number, format_ratio, save_figure)
 from workflow.results.summary import EVALUATION_SHORT, AblationSummary, summarize_ablation  # noqa: E402
 
@@ -61,9 +65,56 @@ def preset_overrides(ablation: dict, preset: str) -> list[str]:
     return texts
 
 
+def wrap(text: str, width: int = 70) -> str:
+    """A long title on several lines (each given line wrapped on its own)."""
+    return "\n".join(textwrap.fill(line, width) for line in str(text).splitlines())
+
+
+def runs_under(ablation: dict, preset: str) -> list[bool]:
+    """Per row, whether the preset runs it (a row's `presets` names the presets it runs under)."""
+    return [preset in row.get("presets", [preset]) for row in ablation["rows"]]
+
+
+def row_positions(labels: list[str], categorical: bool) -> np.ndarray:
+    """x of each row: its index (categorical, as the paper spaces Fig. 7 and 9) or its label as a number."""
+    if not categorical:
+        try:
+            return np.asarray([float(label) for label in labels], float)
+        except ValueError:
+            pass
+    return np.arange(len(labels), dtype=float)
+
+
+def plot_series(ax: plt.Axes, x: np.ndarray, values: list[dict[int, float]], label: str,
+                style: dict) -> tuple[plt.Line2D, bool]:
+    """One series of ours: every seed as a small point, the mean with sample-std error bars (filled
+    marker; hollow when one seed), joined by a line only between neighbouring measured rows (a row
+    without a result breaks the line). Returns (the mean line, whether a single-seed point was drawn)."""
+    color = style["color"]
+    means = np.array([np.mean(list(v.values())) if v else np.nan for v in values])
+    stds = np.array([np.std(list(v.values()), ddof=1) if len(v) > 1 else np.nan for v in values])
+    counts = np.array([len(v) for v in values])
+    line, = ax.plot(x, means, label=label, **{**style, "marker": None})  # NaN breaks the line
+    for xi, seed_values in zip(x, values):
+        if not seed_values:
+            continue
+        ax.scatter([xi] * len(seed_values), list(seed_values.values()), s=14, color=color, alpha=0.45,
+                   linewidths=0, zorder=3)
+    several = counts > 1
+    ax.errorbar(x[several], means[several], yerr=stds[several], fmt=style.get("marker", "o"), color=color,
+                markersize=style.get("markersize", 6), capsize=3, elinewidth=1, zorder=4)
+    single = counts == 1
+    ax.plot(x[single], means[single], linestyle="none", marker=style.get("marker", "o"),
+            markersize=style.get("markersize", 6) + 1, markerfacecolor="white", markeredgecolor=color,
+            markeredgewidth=1.5, zorder=5)
+    return line, bool(single.any())
+
+
 def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, categorical: bool,
-                    companion: AblationSummary | None = None) -> plt.Figure:
-    """One panel per evaluation: ours (left axis) and the paper (right axis) against the ablated setting.
+                    companion: AblationSummary | None = None, companion_ablation: dict | None = None) -> plt.Figure:
+    """Per evaluation two panels, ours and the paper, each on its own y axis (different data and scale:
+    never one twin axis). Ours shows every seed, the mean ± sample std, hollow single-seed means and
+    only the rows this preset runs; the paper shows the rows it reports.
 
     Args:
         categorical: rows evenly spaced in their listed order (Fig. 7, 9, as the paper draws them);
@@ -74,61 +125,63 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
     apply_theme()
     rows = summary.rows
     labels = rows["row"].astype(str).tolist()
-    try:
-        x = list(range(len(labels))) if categorical else [float(label) for label in labels]
-    except ValueError:
-        x = list(range(len(labels)))
-    x = np.asarray(x, float)
+    ours_rows = [i for i, runs in enumerate(runs_under(ablation, summary.preset)) if runs]
     overrides = preset_overrides(ablation, summary.preset)
-    tick_labels = [f"{label}\n(ours {ours})" if ours else label for label, ours in zip(labels, overrides)]
+    ours_labels = [labels[i] for i in ours_rows]
+    ours_x = row_positions(ours_labels, categorical)
+    ours_ticks = [f"{labels[i]}\n(ours {overrides[i]})" if overrides[i] else labels[i] for i in ours_rows]
+    ours_name = f"ours: {summary.scale.arch or 'unknown model'} on {summary.scale.data or 'unknown data'}"
+    paper_name = f"paper: {paper_setting(summary.paper_file)}"
 
-    panel_width = max(5.2, 0.62 * len(labels)) if categorical else 5.8
-    figure, axes = plt.subplots(1, len(summary.evaluations), figsize=(panel_width * len(summary.evaluations), 4.4),
+    width = max(5.0, 0.6 * len(labels)) if categorical else 5.6
+    figure, axes = plt.subplots(len(summary.evaluations), 2, figsize=(2 * width, 3.9 * len(summary.evaluations) + 1.2),
                                 squeeze=False, layout="constrained")
-    handles, companion_line = [], None
-    for ax, evaluation in zip(axes[0], summary.evaluations):
+    handles: dict[str, object] = {}
+    for (ours_ax, paper_ax), evaluation in zip(axes, summary.evaluations):
         short = EVALUATION_SHORT[evaluation]
-        ours_line = plot_ours(ax, x, rows, short, f"ours ({summary.scale.headline()})", OURS_LINE)
-        drawn = [ours_line]
+        values = [summary.values(label, evaluation) for label in ours_labels]
+        line, single = plot_series(ours_ax, ours_x, values, "ours: mean ± sample std over seeds", OURS_LINE)
+        handles.setdefault("mean", line)
+        if single:
+            handles["single"] = Line2D([], [], linestyle="none", marker="o", markerfacecolor="white",
+                                       markeredgecolor=OURS_COLOR, markeredgewidth=1.5, markersize=7,
+                                       label="ours: a single seed (no spread)")
+        if any(values):
+            handles.setdefault("seeds", Line2D([], [], linestyle="none", marker="o", color=OURS_COLOR, alpha=0.45,
+                                               markersize=4, label="ours: one seed's run"))
         if companion is not None and evaluation in companion.evaluations:
-            companion_line = plot_ours(ax, companion.rows["row"].astype(float).to_numpy(), companion.rows, short,
-                                       f"ours, {companion.title.split(', ', 1)[-1]}", ALL_IMAGES_LINE)
-            drawn.append(companion_line)
-        ax.set_ylabel("ours: top-1 accuracy (%)", color=OURS_COLOR)
-        ax.tick_params(axis="y", colors=OURS_COLOR)
-        if not any(len(line.get_xdata()) for line in drawn):
-            say_no_finished_run(ax)
-        paper_ax = ax.twinx()
-        paper_ax.grid(False)
-        paper_line, = paper_ax.plot(x, rows[f"paper_{short}"].to_numpy(float),
-                                    label=f"paper ({summary.paper_ref}, ImageNet-1K)", **PAPER_LINE)
-        paper_ax.set_ylabel("paper: top-1 accuracy (%)", color=PAPER_COLOR)
-        paper_ax.tick_params(axis="y", colors=PAPER_COLOR)
-        ax.set_zorder(paper_ax.get_zorder() + 1)  # ours drawn over the paper where points coincide
-        ax.patch.set_visible(False)
-        ax.set_xticks(x, tick_labels)
-        for tick, is_default in zip(ax.get_xticklabels(), rows["default"]):
-            if is_default:
-                tick.set_fontweight("bold")
-        ax.set_xlabel(x_label + ("  (bold: paper default)" if rows["default"].any() else ""))
-        ax.set_title(EVALUATION_NAMES[evaluation])
-        handles = [ours_line, paper_line]
-    if companion_line is not None:
-        handles.append(companion_line)
-    figure.suptitle(f"{summary.paper_ref}: {summary.title.lower()}, ours vs paper")
-    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+            companion_labels = companion.rows["row"].astype(str).tolist()
+            under = runs_under(companion_ablation or {"rows": [{}] * len(companion_labels)}, summary.preset)
+            companion_labels = [label for label, runs in zip(companion_labels, under) if runs]
+            handles["companion"], _ = plot_series(
+                ours_ax, row_positions(companion_labels, False),
+                [companion.values(label, evaluation) for label in companion_labels],
+                f"ours, {companion.title.split(', ', 1)[-1]}", ALL_IMAGES_LINE)
+        if not any(values):
+            say_no_finished_run(ours_ax)
+        ours_ax.set_xticks(ours_x, ours_ticks)
+        ours_ax.set_ylabel("top-1 accuracy (%)")
+        ours_ax.set_title(wrap(f"{EVALUATION_NAMES[evaluation]}, {ours_name}", 55), fontsize="medium")
+
+        paper_values = rows[f"paper_{short}"].to_numpy(float)
+        measured = np.isfinite(paper_values)
+        paper_labels = [label for label, keep in zip(labels, measured) if keep]
+        paper_x = row_positions(paper_labels, categorical)
+        handles["paper"], = paper_ax.plot(paper_x, paper_values[measured],
+                                          label=f"paper ({summary.paper_ref}, as printed)", **PAPER_LINE)
+        paper_ax.set_xticks(paper_x, paper_labels)
+        paper_ax.set_ylabel("top-1 accuracy (%)")
+        paper_ax.set_title(wrap(f"{EVALUATION_NAMES[evaluation]}, {paper_name}", 55), fontsize="medium")
+        for ax, shown in ((ours_ax, ours_rows), (paper_ax, [i for i, keep in enumerate(measured) if keep])):
+            for tick, index in zip(ax.get_xticklabels(), shown):
+                if rows["default"].iloc[index]:
+                    tick.set_fontweight("bold")
+            ax.set_xlabel(x_label + ("  (bold: paper default)" if rows["default"].any() else ""))
+    figure.suptitle(wrap(f"{summary.paper_ref}: {summary.title.lower()}: ours (left) and the paper (right) on "
+                         "their own axes: different data and scale, compare the shapes"))
+    order = [handles[key] for key in ("mean", "single", "seeds", "companion", "paper") if key in handles]
+    figure.legend(handles=order, loc="outside lower center", ncols=min(3, len(order)))
     return figure
-
-
-def plot_ours(ax: plt.Axes, x: np.ndarray, rows: pd.DataFrame, short: str, label: str, style: dict) -> plt.Line2D:
-    """One series of ours: the mean per row joined by a line, sample-std error bars where seeds give one."""
-    mean, std = rows[f"ours_{short}_mean"].to_numpy(float), rows[f"ours_{short}_std"].to_numpy(float)
-    measured = np.isfinite(mean)  # rows without a result are left out; the line joins measured rows
-    line, = ax.plot(x[measured], mean[measured], label=label, **style)
-    with_spread = np.isfinite(std)  # error bars (sample std) only where several seeds give one
-    ax.errorbar(x[with_spread], mean[with_spread], yerr=std[with_spread], fmt="none",
-                ecolor=style["color"], capsize=3, elinewidth=1)
-    return line
 
 
 def say_no_finished_run(ax: plt.Axes) -> None:
@@ -137,11 +190,12 @@ def say_no_finished_run(ax: plt.Axes) -> None:
     ax.text(0.5, 0.5, "no finished run yet", transform=ax.transAxes, ha="center", va="center", color="gray")
 
 
-def figure_mask_ratio(summary: AblationSummary, ablation: dict,
-                      all_images: AblationSummary | None = None) -> plt.Figure:
+def figure_mask_ratio(summary: AblationSummary, ablation: dict, all_images: AblationSummary | None = None,
+                      all_images_ablation: dict | None = None) -> plt.Figure:
     """Fig. 5: masking ratio (%) against fine-tuning and linear-probing accuracy; with `all_images`,
     the rows pretrained and probed on the whole training set as a second series of ours."""
-    return accuracy_curves(summary, ablation, "masking ratio (%)", categorical=False, companion=all_images)
+    return accuracy_curves(summary, ablation, "masking ratio (%)", categorical=False, companion=all_images,
+                           companion_ablation=all_images_ablation)
 
 
 def figure_schedule(summary: AblationSummary, ablation: dict) -> plt.Figure:
@@ -151,7 +205,7 @@ def figure_schedule(summary: AblationSummary, ablation: dict) -> plt.Figure:
 
 def figure_partial_ft(summary: AblationSummary, ablation: dict) -> plt.Figure:
     """Fig. 9: number of fine-tuned Transformer blocks against accuracy."""
-    return accuracy_curves(summary, ablation, "fine-tuned blocks (paper, ViT-L has 24)", categorical=True)
+    return accuracy_curves(summary, ablation, "fine-tuned blocks (the paper's rows; 24 = all blocks)", categorical=True)
 
 
 def figure_wallclock(summary: AblationSummary) -> plt.Figure:
@@ -173,9 +227,12 @@ def figure_wallclock(summary: AblationSummary) -> plt.Figure:
     with_spread = np.isfinite(ours_std)  # error bars only where several seeds give a spread
     ours_ax.errorbar(ours_time[with_spread], positions[with_spread], xerr=ours_std[with_spread], fmt="none",
                      ecolor="black", capsize=4, elinewidth=1)
-    ours_ax.bar_label(bars, labels=[format_number(v, 1) for v in ours_time], padding=3)
+    counts = rows["ours_train_time_s_n"].to_numpy(int)
+    ours_ax.bar_label(bars, labels=[f"{format_number(v, 1)} (n={n})" if n else format_number(v, 1)
+                                    for v, n in zip(ours_time, counts)], padding=3)
     ours_ax.set_xlabel(f"pretraining wall-clock ({unit_name})")
-    ours_ax.set_title(f"ours ({summary.preset} preset)")
+    ours_ax.set_title(wrap(f"ours: {summary.scale.arch or 'unknown model'}-sized stand-ins on "
+                           f"{summary.scale.data or 'unknown data'} (n = seeds)", 40))
 
     paper_hours = rows["paper_wallclock_hours"].to_numpy(float)
     bars = paper_ax.barh(positions, np.nan_to_num(paper_hours), label="paper", **PAPER_BAR)
@@ -202,7 +259,8 @@ def figure_wallclock(summary: AblationSummary) -> plt.Figure:
     for ax in (ours_ax, paper_ax, speed_ax):
         ax.margins(x=0.22)
         ax.grid(axis="y", visible=False)
-    figure.suptitle(f"{summary.paper_ref}: pre-training wall-clock and speedup, ours vs paper")
+    figure.suptitle(wrap(f"{summary.paper_ref}: pre-training wall-clock and speedup, ours and the paper on "
+                         "separate axes (row names are the paper's; ours ran the stand-ins named above)", 90))
     return figure
 
 
@@ -269,16 +327,21 @@ def figure_loss_curves(manifest: list[dict], ablations: dict[str, dict], runs: p
                 label += f" (mean of {line['n_runs']} seeds)"
             if line["unfinished"]:
                 label += " (unfinished)"
+            if line["n_runs"] > 1:  # every seed's own curve, faint, under the mean
+                for _, seed_curve in curve.groupby("run_id"):
+                    ax.plot(seed_curve["step"].to_numpy(float), seed_curve["loss"].to_numpy(float), color=color,
+                            linewidth=0.7, alpha=0.35)
             ax.plot(mean.index.to_numpy(float), mean.to_numpy(float), color=color,
                     linestyle="--" if line["unfinished"] else "-", linewidth=2 if line["default"] else 1.5,
                     label=label)
-        ax.set_title(f"{ablation.get('paper_ref', '')}: {ablation.get('title', '')}")
+        ax.set_title(wrap(f"{ablation.get('paper_ref', '')}: {ablation.get('title', '')}", 45))
         ax.set_xlabel("step")
         ax.set_ylabel("pretraining loss")
         ax.legend(title=None, fontsize="small")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_axis_off()
-    figure.suptitle("Pretraining loss per ablation row (ours; dashed: run without metrics.json)")
+    figure.suptitle("Pretraining loss per ablation row (ours; faint: each seed, solid: their mean; "
+                    "dashed: run without metrics.json)")
     return figure
 
 
@@ -305,13 +368,15 @@ def figure_reconstruction(manifest: list[dict], ablations: dict[str, dict], runs
         details = []
         if run_id in per_run.index:
             config = per_run.loc[run_id]
+            if isinstance(config.get("model.arch"), str):
+                details.append(arch_display(config["model.arch"]))
             if "data.name" in config and isinstance(config["data.name"], str):
                 details.append(dataset_display(config["data.name"]))
             ratio = config.get("model.mask_ratio")
             if ratio is not None and not pd.isna(ratio):
                 details.append(f"pretrained with mask ratio {float(ratio) * 100:g}%")
         ax.set_title(f"MAE reconstructions, {preset} preset, paper-default run {run_id} (seed {entry.get('seed')})"
-                     + (f"\n{', '.join(details)}" if details else ""))
+                     + (f"\n{wrap(', '.join(details), 90)}" if details else ""))
         log.info("reconstruction grid from %s", image_path)
         return figure
     return message_figure("MAE reconstructions",
@@ -334,7 +399,8 @@ def ablation_figure(stem: str, manifest: list[dict], runs: pd.DataFrame, ablatio
         return figure_wallclock(summary)
     if stem == "fig5_mask_ratio":
         all_images = find_ablation(ablations, FIG5_ALL_IMAGES)
-        return figure_mask_ratio(summary, ablation, None if all_images is None else summarize(all_images))
+        return figure_mask_ratio(summary, ablation, None if all_images is None else summarize(all_images),
+                                 None if all_images is None else ablations[all_images])
     return {"fig7_schedule": figure_schedule, "fig9_partial_ft": figure_partial_ft}[stem](summary, ablation)
 
 

@@ -4,6 +4,11 @@ The run folders are the record (config.yaml, metrics.json; see mae/run_folder.py
 them and is not read. One CSV row per (run, metric). A run without a readable metrics.json is listed
 once with status "missing" (no metrics.json: failed, preempted or not finished) or "invalid"
 (unreadable), and an empty metric, so a partial grid never stops the aggregation.
+
+A workflow run that selects only some ablations must not erase the others' results: each selected
+ablation's runs go to results/{preset}/runs/{ablation}.csv, and runs.csv is the merge of every such file
+on disk (this run's and earlier runs'). The aggregation then reads runs.csv alone: manifest_from_runs
+rebuilds the (ablation, row, seed, stage, run) entries from it and the ablation files.
 """
 
 from __future__ import annotations
@@ -165,3 +170,81 @@ def write_runs_table(manifest_path: str | Path, output_path: str | Path, base_di
     # nullable dtypes keep integer settings (decoder_depth 8) integers next to runs that lack them
     frame.convert_dtypes().to_csv(output_path, index=False)
     return frame
+
+
+def memberships(text) -> list[tuple[str, str]]:
+    """runs.csv's `ablations` cell ("name:row;name:row") as [(name, row)]."""
+    if not isinstance(text, str) or not text:
+        return []
+    return [tuple(member.split(":", 1)) for member in text.split(";") if ":" in member]
+
+
+def ablation_runs(frame: pd.DataFrame, ablation: str) -> pd.DataFrame:
+    """The rows of runs.csv whose run belongs to `ablation`, their `ablations` cell cut to that ablation."""
+    cut = frame["ablations"].map(lambda text: ";".join(f"{name}:{row}" for name, row in memberships(text)
+                                                       if name == ablation))
+    return frame[cut != ""].assign(ablations=cut[cut != ""])
+
+
+def merge_runs_tables(paths: list[str | Path]) -> pd.DataFrame:
+    """One runs.csv from per-ablation files: each run's rows from the newest file (mtime) that has it,
+    its `ablations` cell the union of every file's memberships (sorted, as the manifest is)."""
+    frames = []
+    for order, path in enumerate(sorted(map(Path, paths), key=lambda p: p.stat().st_mtime_ns)):
+        frame = read_runs_table(path)
+        frames.append(frame.assign(_order=order))
+    if not frames:
+        return pd.DataFrame(columns=LEADING_COLUMNS)
+    every = pd.concat(frames, ignore_index=True)
+    members = {run_id: ";".join(sorted({f"{n}:{r}" for text in group for n, r in memberships(text)}))
+               for run_id, group in every.groupby("run_id")["ablations"]}
+    newest = every.groupby("run_id")["_order"].transform("max")
+    merged = every[every["_order"] == newest].drop(columns="_order")
+    merged = merged.assign(ablations=merged["run_id"].map(members))
+    config_names = sorted(c for c in merged.columns if c not in LEADING_COLUMNS)
+    return merged.reindex(columns=LEADING_COLUMNS + config_names).reset_index(drop=True)
+
+
+def write_runs_tables(manifest_path: str | Path, runs_csv: str | Path, runs_dir: str | Path,
+                      base_dir: str | Path = ".") -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Write runs_dir/{ablation}.csv for every ablation of the manifest, then runs.csv as the merge of
+    every file in runs_dir (earlier runs' ablations kept as they are).
+
+    Returns (the merged frame, the ablations updated from the manifest, the ablations kept from disk).
+    """
+    frame = collect_runs(read_manifest(manifest_path), base_dir=base_dir)
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    updated = sorted({name for text in frame.get("ablations", pd.Series(dtype=str)) for name, _ in memberships(text)})
+    for name in updated:
+        ablation_runs(frame, name).convert_dtypes().to_csv(runs_dir / f"{name}.csv", index=False)
+    files = sorted(runs_dir.glob("*.csv"))
+    kept = sorted(path.stem for path in files if path.stem not in updated)
+    merged = merge_runs_tables(files)
+    Path(runs_csv).parent.mkdir(parents=True, exist_ok=True)
+    merged.convert_dtypes().to_csv(runs_csv, index=False)
+    log.info("runs.csv: updated %s from this run's manifest; kept %s from %s", updated or "nothing",
+             kept or "nothing", runs_dir)
+    return merged, updated, kept
+
+
+def manifest_from_runs(runs: pd.DataFrame, ablations: dict[str, dict]) -> list[dict]:
+    """The manifest entries runs.csv stands for, {ablation, paper_ref, row, default, seed, stage, run_id,
+    run_dir}, sorted by ablation, row, seed and stage (pretrain, finetune, linprobe); memberships of ablations or rows not in `ablations`
+    (a renamed row, a removed file) are left out with a warning."""
+    entries, unknown = [], set()
+    for _, run in runs.drop_duplicates("run_id").iterrows():
+        for name, label in memberships(run["ablations"]):
+            rows = {str(row["label"]): row for row in ablations.get(name, {}).get("rows", [])}
+            if label not in rows:
+                unknown.add(f"{name}:{label}")
+                continue
+            seed = run["seed"]
+            entries.append({"ablation": name, "paper_ref": ablations[name].get("paper_ref", name), "row": label,
+                            "default": bool(rows[label].get("default", False)),
+                            "seed": int(seed) if seed == seed and seed is not None else 0,
+                            "stage": str(run["stage"]), "run_id": str(run["run_id"]), "run_dir": str(run["run_dir"])})
+    if unknown:
+        log.warning("runs.csv names rows that no ablation file has (left out): %s", sorted(unknown))
+    stages = {"pretrain": 0, "finetune": 1, "linprobe": 2}  # a row's notes read in pipeline order
+    return sorted(entries, key=lambda e: (e["ablation"], e["row"], e["seed"], stages.get(e["stage"], 3)))

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 MISSING = "—"
+REFERENCE = "reference"  # the row a table's differences and speedups are taken against
 
 DATASET_NAMES = {"imagenet": "ImageNet-1K", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
                  "cifar100": "CIFAR-100", "synthetic": "synthetic images", "image_folder": "image folder"}
@@ -63,13 +64,14 @@ def format_signed(value: float | None, decimals: int = 2) -> str:
     return f"{value:+.{decimals}f}"
 
 
-def format_mean_std(mean: float | None, std: float | None, n: int, decimals: int = 2) -> str:
-    """'90.30 ± 0.20 (n=3)'; one seed: '89.00 (n=1)'; no seed: '—'."""
+def format_mean_std(mean: float | None, std: float | None, n: int, decimals: int = 2, signed: bool = False) -> str:
+    """'90.30 ± 0.20 (n=3)'; one seed: '89.00 (n=1)'; no seed: '—'; signed: '+1.20 ± 0.30 (n=2)'."""
     if not n or mean is None or mean != mean:
         return MISSING
+    sign = "+" if signed else ""
     if n > 1 and std == std and std is not None:
-        return f"{mean:.{decimals}f} ± {std:.{decimals}f} (n={n})"
-    return f"{mean:.{decimals}f} (n={n})"
+        return f"{mean:{sign}.{decimals}f} ± {std:.{decimals}f} (n={n})"
+    return f"{mean:{sign}.{decimals}f} (n={n})"
 
 
 def format_ratio(value: float, spec: str = ".2f") -> str:

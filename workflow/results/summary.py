@@ -1,7 +1,10 @@
 """One ablation's runs joined with the paper's numbers: the AblationSummary that tables and figures draw.
 
 Per ablation row: the paper's ft / lin (paper/<paper_file>, row chosen by the ablation row's paper_where
-glob match), ours (mean ± sample std over seeds, n), ours − paper. Table 2 adds our pretraining
+glob match), ours (mean ± sample std over seeds, n), and each row's difference from the table's default
+row, ours (paired by seed) beside the paper's (its own numbers): levels on different data and scales are
+not comparable, effects are. The per-seed values behind every mean are kept (`seed_values`) for the
+figures' seed points and the findings' intervals (findings.py). Table 2 adds our pretraining
 wall-clock and speedup vs the w/ [M] row; a table whose paper rows carry relative_training_FLOPs
 (Table 1c) adds our training-FLOPs ratio. A missing cell is NaN and a note says which run is missing and why.
 """
@@ -63,6 +66,17 @@ class AblationSummary:
     has_wallclock: bool = False              # Table 2 columns
     has_flops: bool = False                  # Table 1c columns
     time_unit: tuple[str, float] = ("s", 1.0)
+    # (row label, stage, metric) -> {seed: value} of every completed run behind the row's numbers
+    seed_values: dict[tuple[str, str, str], dict[int, float]] = field(default_factory=dict)
+
+    @property
+    def has_default(self) -> bool:
+        """Whether exactly one row is the paper's default: the reference of the Δ columns."""
+        return int(self.rows["default"].sum()) == 1 if len(self.rows) else False
+
+    def values(self, row: str, stage: str, metric: str = "top1") -> dict[int, float]:
+        """{seed: value} of `metric` of the row's `stage` runs ({} when none finished)."""
+        return self.seed_values.get((str(row), stage, metric), {})
 
 
 def mean_std_n(values: list[float]) -> tuple[float, float, int]:
@@ -134,7 +148,8 @@ def summarize_ablation(name: str, ablation: dict, manifest: list[dict], runs: pd
     """Join one ablation's runs with the paper's numbers.
 
     Returns an AblationSummary whose `rows` frame has, per ablation row: row, default, paper_found,
-    for ft and lin: paper_<e>, ours_<e>_mean, ours_<e>_std, ours_<e>_n, diff_<e>; Table 2 adds
+    for ft and lin: paper_<e>, ours_<e>_mean, ours_<e>_std, ours_<e>_n, delta_paper_<e>,
+    delta_ours_<e>_mean/_std/_n (vs the default row: add_deltas); Table 2 adds
     paper_wallclock_hours, paper_speedup (as printed), paper_group (encoder), paper_is_reference,
     ours_train_time_s_mean/_std/_n, ours_time_per_epoch_s, ours_speedup (per-epoch time of the group's
     reference row / the row's, so a reference estimated from fewer epochs, as the paper's ViT-H w/ [M], works);
@@ -154,7 +169,13 @@ def summarize_ablation(name: str, ablation: dict, manifest: list[dict], runs: pd
         return [float(metric_table.at[i, metric]) for i in run_ids if i in metric_table.index
                 and metric_table.at[i, metric] == metric_table.at[i, metric]]
 
-    records, notes = [], []
+    def by_seed(run_ids: list[str], seeds: dict[str, int], metric: str) -> dict[int, float]:
+        if metric not in metric_table.columns:
+            return {}
+        return {seeds[i]: float(metric_table.at[i, metric]) for i in run_ids if i in metric_table.index
+                and metric_table.at[i, metric] == metric_table.at[i, metric]}
+
+    records, notes, seed_values = [], [], {}
     has_wallclock = "wallclock_hours" in paper.columns
     run_ids_by_stage: dict[str, set[str]] = {}
     for row in ablation["rows"]:
@@ -170,12 +191,14 @@ def summarize_ablation(name: str, ablation: dict, manifest: list[dict], runs: pd
         elif not row_entries:
             row_notes.append("not in the manifest (not scheduled in this workflow run)")
         stage_ids: dict[str, list[str]] = {}
+        run_seeds: dict[str, int] = {}
         for entry in row_entries:
             run_id = str(entry["run_id"])
             ids = stage_ids.setdefault(entry["stage"], [])
             if run_id in ids:
                 continue  # the same run listed twice (shared cell): count it once
             ids.append(run_id)
+            run_seeds[run_id] = int(entry.get("seed") or 0)
             run_ids_by_stage.setdefault(entry["stage"], set()).add(run_id)
             problem = run_problem(run_id, entry, per_run)
             if problem:
@@ -184,11 +207,15 @@ def summarize_ablation(name: str, ablation: dict, manifest: list[dict], runs: pd
         for evaluation in evaluations:
             short = EVALUATION_SHORT[evaluation]
             paper_value = paper_number(paper_row, PAPER_COLUMNS[evaluation])
-            mean, std, n = mean_std_n(metric_values(stage_ids.get(evaluation, []), ACCURACY_METRIC))
+            values = by_seed(stage_ids.get(evaluation, []), run_seeds, ACCURACY_METRIC)
+            seed_values[(label, evaluation, ACCURACY_METRIC)] = values
+            mean, std, n = mean_std_n(list(values.values()))
             record.update({f"paper_{short}": paper_value, f"ours_{short}_mean": mean,
-                           f"ours_{short}_std": std, f"ours_{short}_n": n, f"diff_{short}": mean - paper_value})
+                           f"ours_{short}_std": std, f"ours_{short}_n": n})
 
         pretrain_ids = stage_ids.get("pretrain", [])
+        seed_values[(label, "pretrain", "train_flops_per_image")] = by_seed(pretrain_ids, run_seeds,
+                                                                            "train_flops_per_image")
         if has_wallclock:
             mean, std, n = mean_std_n(metric_values(pretrain_ids, "train_time_s"))
             per_epoch = [metric_table.at[i, "train_time_s"] / metric_table.at[i, "epochs"]
@@ -211,6 +238,7 @@ def summarize_ablation(name: str, ablation: dict, manifest: list[dict], runs: pd
         records.append(record)
 
     frame = pd.DataFrame(records)
+    add_deltas(frame, evaluations, seed_values)
     if has_wallclock:
         notes += add_speedup(frame)
     has_flops = bool(frame["paper_flops_ratio"].notna().any())
@@ -225,8 +253,33 @@ def summarize_ablation(name: str, ablation: dict, manifest: list[dict], runs: pd
         name=name, title=str(ablation.get("title", name)), paper_ref=str(ablation.get("paper_ref", name)),
         paper_file=paper_file, preset=preset, evaluations=evaluations, rows=frame,
         scale=scale_of(runs, run_ids_by_stage, preset), notes=notes, has_wallclock=has_wallclock,
-        has_flops=has_flops,
+        has_flops=has_flops, seed_values=seed_values,
         time_unit=choose_time_unit(frame["ours_train_time_s_mean"].tolist()) if has_wallclock else ("s", 1.0))
+
+
+def add_deltas(frame: pd.DataFrame, evaluations: list[str],
+               seed_values: dict[tuple[str, str, str], dict[int, float]]) -> None:
+    """Each row's difference from the table's one default row, per evaluation: delta_paper_<e> (the
+    paper's row − its default row) and delta_ours_<e>_mean/_std/_n (mean and sample std of the per-seed
+    differences, over the seeds both rows have). NaN for the default row itself and without one default."""
+    defaults = frame.index[frame["default"]] if len(frame) else []
+    for evaluation in evaluations:
+        short = EVALUATION_SHORT[evaluation]
+        columns = [f"delta_paper_{short}", f"delta_ours_{short}_mean", f"delta_ours_{short}_std",
+                   f"delta_ours_{short}_n"]
+        for column in columns:
+            frame[column] = math.nan
+        frame[f"delta_ours_{short}_n"] = 0
+        if len(defaults) != 1:
+            continue
+        default = frame.loc[defaults[0]]
+        reference = seed_values.get((default["row"], evaluation, ACCURACY_METRIC), {})
+        for index, row in frame.iterrows():
+            if index == defaults[0]:
+                continue
+            values = seed_values.get((row["row"], evaluation, ACCURACY_METRIC), {})
+            mean, std, n = mean_std_n([values[s] - reference[s] for s in sorted(values) if s in reference])
+            frame.loc[index, columns] = [row[f"paper_{short}"] - default[f"paper_{short}"], mean, std, n]
 
 
 def add_speedup(frame: pd.DataFrame) -> list[str]:

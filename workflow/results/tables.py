@@ -1,7 +1,8 @@
 """Paper-vs-ours tables (Table 1a-f, 2, 3, Fig. 5, 7, 9 as tables) in Markdown, LaTeX and CSV.
 
 One table per ablation, drawn from its AblationSummary: the paper's ft / lin, ours (mean ± sample std
-over seeds, n), ours − paper, the paper's default row in bold, Table 2's wall-clock and Table 1c's
+over seeds, n), each row's difference from the default row (ours paired by seed beside the paper's own),
+the paper's default row in bold, Table 2's wall-clock and Table 1c's
 FLOPs columns where the summary has them. Missing cells are "—" and a note under the table says
 which run is missing and why. The file stem names the ablation, the suffix the format.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from workflow.results.paper import PAPER_BIBKEY, PAPER_CITATION, paper_setting
-from workflow.results.style import (EVALUATION_NAMES, MISSING, format_flops, format_mean_std, format_number,
+from workflow.results.style import (EVALUATION_NAMES, MISSING, REFERENCE, format_flops, format_mean_std, format_number,
                                     format_ratio, format_signed)
 from workflow.results.summary import EVALUATION_SHORT, AblationSummary, summarize_ablation
 
@@ -29,9 +30,14 @@ def caption(summary: AblationSummary) -> str:
     """What ours and the paper measured, how to read the columns, where the paper's numbers come from."""
     metric_names = " and ".join(EVALUATION_NAMES[e] for e in summary.evaluations)
     text = (f"Ours: {summary.scale.describe()}. Paper: {paper_setting(summary.paper_file)}. "
-            f"Top-1 accuracy (%) after {metric_names}; ours = mean ± sample std over seeds (n seeds); "
-            f"Δ = ours − paper (different data and scale: compare trends, not levels). "
-            f"Bold: the paper's default setting. ")
+            f"Top-1 accuracy (%) after {metric_names}; ours = mean ± sample std over seeds (n seeds). ")
+    if summary.has_default:
+        text += ("Δ = the row − the default (bold) row of the same table, each on its own data: the paper's from "
+                 "its own numbers, ours the mean ± sample std of the per-seed differences (n = seeds both rows "
+                 "have); compare effects, not levels (different data and scale). ")
+    else:
+        text += "Different data and scale: compare the ordering of rows, not levels. "
+    text += "Bold: the paper's default setting. "
     if summary.has_wallclock:
         text += ("Wall-clock: our pretraining train_time_s; our speedup = time per pretraining epoch of the "
                  "encoder's w/ [M] row / that of the row (paper: hours on 128 TPU-v3 cores and its printed "
@@ -46,7 +52,9 @@ def table_cells(summary: AblationSummary) -> tuple[list[str], list[list[str]]]:
     header = [summary.title]
     for evaluation in summary.evaluations:
         short = EVALUATION_SHORT[evaluation]
-        header += [f"paper {short}", f"ours {short}", f"Δ {short}"]
+        header += [f"paper {short}", f"ours {short}"]
+        if summary.has_default:
+            header += [f"paper Δ{short}", f"ours Δ{short}"]
     unit_name, unit_seconds = summary.time_unit
     if summary.has_wallclock:
         header += ["paper wall-clock (h)", f"ours wall-clock ({unit_name})", "paper speedup", "ours speedup"]
@@ -59,15 +67,20 @@ def table_cells(summary: AblationSummary) -> tuple[list[str], list[list[str]]]:
         for evaluation in summary.evaluations:
             short = EVALUATION_SHORT[evaluation]
             cells += [format_number(r[f"paper_{short}"], 1),
-                      format_mean_std(r[f"ours_{short}_mean"], r[f"ours_{short}_std"], int(r[f"ours_{short}_n"])),
-                      format_signed(r[f"diff_{short}"])]
+                      format_mean_std(r[f"ours_{short}_mean"], r[f"ours_{short}_std"], int(r[f"ours_{short}_n"]))]
+            if summary.has_default and r["default"]:
+                cells += [REFERENCE, REFERENCE]
+            elif summary.has_default:
+                cells += [format_signed(r[f"delta_paper_{short}"], 1),
+                          format_mean_std(r[f"delta_ours_{short}_mean"], r[f"delta_ours_{short}_std"],
+                                          int(r[f"delta_ours_{short}_n"]), signed=True)]
         if summary.has_wallclock:
             printed = str(r["paper_speedup"]).strip()
             cells += [format_number(r["paper_wallclock_hours"], 1),
                       format_mean_std(r["ours_train_time_s_mean"] / unit_seconds,
                                       r["ours_train_time_s_std"] / unit_seconds, int(r["ours_train_time_s_n"]), 1),
-                      "reference" if r["paper_is_reference"] else (printed.replace("x", "×") if printed else MISSING),
-                      "reference" if r["paper_is_reference"] and r["ours_speedup"] == r["ours_speedup"]
+                      REFERENCE if r["paper_is_reference"] else (printed.replace("x", "×") if printed else MISSING),
+                      REFERENCE if r["paper_is_reference"] and r["ours_speedup"] == r["ours_speedup"]
                       else format_ratio(r["ours_speedup"])]
         if summary.has_flops:
             cells += [format_ratio(r["paper_flops_ratio"], "g"), format_flops(r["ours_flops_per_image"]),

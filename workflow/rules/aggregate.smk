@@ -1,5 +1,7 @@
-# Results: one long table of every run in the manifest, then paper-vs-ours tables and figures
-# (workflow/scripts/, see results/README.md). Inputs are the manifest and every run's metrics.json.
+# Results: one long table of every run, then paper-vs-ours tables, the findings and figures
+# (workflow/scripts/, see results/README.md). A run of some ablations rewrites only their
+# results/{preset}/runs/{ablation}.csv; runs.csv merges every such file on disk, and the tables,
+# findings and figures are drawn from it, so other ablations' results stay as they were.
 
 
 rule collect_runs:
@@ -8,6 +10,7 @@ rule collect_runs:
         metrics=get_metrics(),
     output:
         runs=report(f"results/{PRESET}/runs.csv", caption="../report/runs.rst", category="Runs"),
+        ablation_runs=get_ablation_runs(),
     log:
         f"{RUNS}/logs/collect_runs.log",
     conda:
@@ -22,8 +25,9 @@ rule make_tables:
         runs=f"results/{PRESET}/runs.csv",
     output:
         get_tables(for_report=True),
+        get_findings(for_report=True),
     params:
-        ablations=ABLATIONS,
+        ablations=ALL_ABLATIONS,
         preset=PRESET,
         paper_dir=str(ROOT / "paper"),
     log:
@@ -41,7 +45,7 @@ rule make_figures:
     output:
         get_figures(for_report=True),
     params:
-        ablations=ABLATIONS,
+        ablations=ALL_ABLATIONS,
         preset=PRESET,
         paper_dir=str(ROOT / "paper"),
     log:
@@ -50,4 +54,3 @@ rule make_figures:
         "../../environment.yml"
     script:
         "../scripts/make_figures.py"
-

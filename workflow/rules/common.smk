@@ -11,7 +11,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from workflow.grid import GridError, build_grid
-from workflow.results.figures import figure_stems
+from workflow.results.figures import figure_stems, read_ablation_files
 
 ROOT = Path(workflow.main_snakefile).parent  # the repository: presets, ablations, paper numbers
 
@@ -32,6 +32,10 @@ try:
 except GridError as err:
     raise WorkflowError(str(err)) from None
 PRESET, RUNS, ABLATIONS = GRID.preset, GRID.runs_dir, GRID.ablations
+# Every ablation file, for the aggregation: runs.csv keeps earlier runs of ablations not selected now,
+# and their rows need titles and default flags (unreadable files are skipped: the selected ones were
+# validated by build_grid).
+ALL_ABLATIONS = {**read_ablation_files(ROOT / "ablations"), **ABLATIONS}
 
 
 def get_rendered_config(wildcards):
@@ -104,6 +108,19 @@ def get_tables(for_report=False):
                    subcategory=ABLATIONS[name]["paper_ref"]) for name, path in paths]
 
 
+def get_ablation_runs():
+    """results/{preset}/runs/{ablation}.csv of the selected ablations (merged into runs.csv)."""
+    return [f"results/{PRESET}/runs/{name}.csv" for name in ABLATIONS]
+
+
+def get_findings(for_report=False):
+    """results/{preset}/findings.{md,csv}: the paper's findings with intervals and verdicts."""
+    paths = [f"results/{PRESET}/findings.{ext}" for ext in ("md", "csv")]
+    if not for_report:
+        return paths
+    return [report(path, caption="../report/findings.rst", category="Findings") for path in paths]
+
+
 def get_figures(for_report=False):
     """results/{preset}/figures/{name}.{png,pdf}: the selected paper figures, reconstructions, losses."""
     names = figure_stems(a["paper_ref"] for a in ABLATIONS.values())
@@ -121,6 +138,7 @@ def aggregate_partial_results():
         return
     from workflow.results.aggregate import aggregate  # pandas and matplotlib: not at parse time
 
-    aggregate(manifest, f"results/{PRESET}/runs.csv", ABLATIONS, ROOT / "paper", PRESET, get_tables(), get_figures())
+    aggregate(manifest, f"results/{PRESET}/runs.csv", ALL_ABLATIONS, ROOT / "paper", PRESET, get_tables(),
+              get_figures(), get_findings())
     logger.warning(f"Some jobs failed: results/{PRESET}/ holds the tables and figures of the runs that "
                    "finished (missing cells show '—' with a note). Rerun the same command to complete them.")
