@@ -283,7 +283,8 @@ def open_store(uri: str, experiments: Sequence[str] = ()):
         from mlflow.tracking import MlflowClient
         client = MlflowClient(tracking_uri=uri)
         with _store_lock(uri):
-            client.search_experiments(max_results=1)  # builds (creates / migrates) the store here
+            if path is not None:
+                client.search_experiments(max_results=1)  # builds (creates / migrates) the sqlite store here
             for name in experiments:
                 ensure_experiment(client, uri, name, locked=True)
     return client
@@ -469,9 +470,6 @@ class Tracker:
             self._warn(f"MLflow did not take the queued calls within {self.drain_timeout_s:.0f} s; giving up "
                        f"(the run folder has everything: `{self._replay_command()}` sends it later)")
             self._failed = True
-        elif self._failed:
-            self._warn(f"this run is NOT complete in MLflow at {self.uri}; the run folder has everything: "
-                       f"`{self._replay_command()}` sends it")
         self._thread = None
 
     def _replay_command(self) -> str:

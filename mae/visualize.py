@@ -123,8 +123,8 @@ def save_reconstruction_grid(model: nn.Module, images: torch.Tensor, path: str |
 def check_request(mask_ratios: Sequence[float], num_images: int, seed: int, device: str) -> None:
     """Refuse, in one line, a grid that cannot be drawn or would not fit a figure (before anything is loaded)."""
     if not 1 <= len(mask_ratios) <= MAX_MASK_RATIOS:
-        raise UserError("--mask-ratios", ",".join(map(str, mask_ratios)),
-                        f"1 to {MAX_MASK_RATIOS} comma-separated numbers in [0, 1)")
+        raise UserError("--mask-ratios", f"{len(mask_ratios)} ratios", f"1 to {MAX_MASK_RATIOS} comma-separated "
+                        f"numbers in [0, 1) (three columns each)")
     for r in mask_ratios:
         if not 0 <= r < 1:
             raise UserError("--mask-ratios", r, "numbers in [0, 1)")
