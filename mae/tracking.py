@@ -281,10 +281,10 @@ def open_store(uri: str, experiments: Sequence[str] = ()):
         _probe_sqlite(path)
     with _client_settings():
         from mlflow.tracking import MlflowClient
-        client = MlflowClient(tracking_uri=uri)
         with _store_lock(uri):
+            client = MlflowClient(tracking_uri=uri)  # an sqlite store is created / migrated here or at the next call
             if path is not None:
-                client.search_experiments(max_results=1)  # builds (creates / migrates) the sqlite store here
+                client.search_experiments(max_results=1)
             for name in experiments:
                 ensure_experiment(client, uri, name, locked=True)
     return client
