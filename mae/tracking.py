@@ -15,7 +15,8 @@ same MLflow run when it exists on that server, and logs only the (metric, step) 
     tracker.finish("FINISHED")
 
 The MLflow client is set to fail fast and stay quiet (`MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`,
-`MLFLOW_HTTP_REQUEST_TIMEOUT=5`, `MLFLOW_DISABLE_TELEMETRY=true`, each unless already set). MLflow
+`MLFLOW_HTTP_REQUEST_TIMEOUT=5`, `MLFLOW_DISABLE_TELEMETRY=true`, `MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true`, each
+unless already set). MLflow
 reads these only from the environment, so they are set while an MLflow session is open (the tracker's
 thread, a replay) and removed again after it; importing this module changes nothing. URI: the `uri`
 argument, else `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`. Params and tags pass through `redact`;
@@ -66,8 +67,10 @@ STORE_LOCK_TIMEOUT_S = 120.0  # a store whose lock is held longer than this is r
 
 # MLflow client settings it reads only from the environment: the HTTP ones at every request, telemetry
 # when mlflow is first imported. A value the user set is left alone.
+# MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT: MLflow prints "View run ... at: <tracking URI>/#/..." on stdout when
+# a run ends, with any password the URI holds (the run id is in the run folder's mlflow_run_id).
 _CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-               "MLFLOW_DISABLE_TELEMETRY": "true"}
+               "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 _client_env_lock = threading.Lock()
 _client_env_users = 0
 _client_env_added: list[str] = []
