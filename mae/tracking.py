@@ -15,9 +15,9 @@ same MLflow run when it exists on that server, and logs only the (metric, step) 
     tracker.finish("FINISHED")
 
 The MLflow client is set to fail fast and stay quiet (`MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`,
-`MLFLOW_HTTP_REQUEST_TIMEOUT=5`, `MLFLOW_DISABLE_TELEMETRY=true`, `MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true`, each
-unless already set). MLflow
-reads these only from the environment, so they are set while an MLflow session is open (the tracker's
+`MLFLOW_HTTP_REQUEST_TIMEOUT=5`, `MLFLOW_DISABLE_TELEMETRY=true`, `MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true`,
+each unless already set). MLflow reads these only from the environment, so they are set while an MLflow
+session is open (the tracker's
 thread, a replay) and removed again after it; importing this module changes nothing. URI: the `uri`
 argument, else `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`. Params and tags pass through `redact`;
 `redact_text` / `redact_tree` clean the config, the command line and log lines that the run writes.
