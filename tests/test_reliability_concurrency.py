@@ -4,7 +4,6 @@ jobs race to create and migrate the store and to create the experiment; no run a
 lost, no job warns that tracking failed, and each run's MLflow history equals its metrics.jsonl."""
 from __future__ import annotations
 
-
 import pytest
 
 from test_reliability_common import (LONG_SMOKE, fault, mae_env, pretrain_cmd, read_jsonl,  # noqa: F401
