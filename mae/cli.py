@@ -4,11 +4,13 @@
     mae finetune --config C.yaml finetune.checkpoint=runs/x/model.pth --out runs/y
     mae linprobe --config C.yaml linprobe.checkpoint=runs/x/model.pth --out runs/z
     mae visualize --checkpoint runs/x/model.pth --out recon.png [--mask-ratios 0.75,0.85,0.95] [--num-images 4]
-    mae replay runs/x
+    mae replay runs/x [--uri http://host:5000]      # default: env MLFLOW_TRACKING_URI, then the run's tracking.uri
     torchrun --standalone --nproc_per_node=2 -m mae.cli pretrain --config C.yaml --out runs/x
 
 Exit codes: 0 done; 2 user error (one line on stderr, nothing written that looks finished);
 3 non-finite loss; 75 checkpointed on SIGTERM / SIGUSR1 or run.stop_after_steps (run again to resume).
+The SIGTERM / SIGUSR1 handlers are installed before anything else (mae.signals): a signal before
+training has state to save also exits 75, with one line and nothing written that looks finished.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 
 from mae.errors import UserError
+from mae.signals import STOP_SIGNALS, StopRequested, install_stop_handlers
 
 EXIT_USER_ERROR = 2
 
@@ -48,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     vis.add_argument("--device", default="cpu")
     replay = commands.add_parser("replay", help="push a run folder's metrics.jsonl into MLflow (idempotent)")
     replay.add_argument("run_dir")
+    replay.add_argument("--uri", help="tracking URI (default: env MLFLOW_TRACKING_URI, then the run's tracking.uri)")
     return parser
 
 
@@ -88,31 +93,53 @@ def run(argv: list[str]) -> int:
         from mae.tracking import replay
         if not os.path.isdir(args.run_dir):
             raise UserError("run_dir", args.run_dir, "an existing run folder")
-        replay(args.run_dir)
+        result = replay(args.run_dir, uri=args.uri)
+        print(f"{args.run_dir}: MLflow run {result['run_id']}, {result['metrics_logged']} metric points logged, "
+              f"{result['metrics_skipped']} already there")
         return 0
     raise UserError("command", args.command, "pretrain, finetune, linprobe, visualize or replay")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: maps UserError to exit 2 and training stops to their exit codes."""
-    from mae.engine import TrainingStopped
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    install_stop_handlers()  # first of all: a SIGTERM during the imports below is exit 75 with one line, not 143
     argv = sys.argv[1:] if argv is None else argv
     try:
         code = run(argv)
     except UserError as exc:
-        message = " ".join(str(exc).split())  # one line, always
+        from mae.tracking import redact_text
+        message = redact_text(" ".join(str(exc).split()))  # one line, always, and no credential in it
         print(f"error: {message}", file=sys.stderr)
         code = EXIT_USER_ERROR
-    except TrainingStopped as exc:
-        print(f"stopped: {' '.join(str(exc).split())}", file=sys.stderr)
+    except StopRequested as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    except Exception as exc:
+        engine = sys.modules.get("mae.engine")  # never imported: it cannot be a TrainingStopped
+        if engine is None or not isinstance(exc, engine.TrainingStopped):
+            raise
+        print(f"stopped: {' '.join(str(exc).split())}", file=sys.stderr)
+        code = exc.exit_code
     finally:
-        from mae import distributed
-        distributed.cleanup()
+        for sig in STOP_SIGNALS:  # the outcome is decided: a late signal must not turn it into a traceback
+            _set_signal(sig, signal.SIG_IGN)
+        distributed = sys.modules.get("mae.distributed")
+        if distributed is not None:
+            distributed.cleanup()
+        for sig, handler in previous.items():
+            _set_signal(sig, handler)
     return code
+
+
+def _set_signal(sig: int, handler) -> None:
+    try:
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    except ValueError:  # not the main thread
+        pass
 
 
 if __name__ == "__main__":

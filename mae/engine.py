@@ -27,11 +27,11 @@ import torch.distributed as dist
 from torch import nn
 
 from mae.distributed import all_reduce_max, all_reduce_mean
+from mae.signals import EXIT_PREEMPTED, STOP_SIGNALS  # noqa: F401 - EXIT_PREEMPTED is re-exported
 
 log = logging.getLogger("mae")
 
 EXIT_NON_FINITE = 3
-EXIT_PREEMPTED = 75
 
 
 class TrainingStopped(Exception):
@@ -45,7 +45,7 @@ class TrainingStopped(Exception):
 class PreemptionFlag:
     """Sets `requested` on SIGTERM / SIGUSR1; the loop checkpoints at the next step boundary and exits 75."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self) -> None:
         self.requested = False

@@ -15,14 +15,23 @@ same MLflow run when it exists on that server, and logs only the (metric, step) 
     tracker.finish("FINISHED")
 
 The MLflow client is set to fail fast and stay quiet (`MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`,
-`MLFLOW_HTTP_REQUEST_TIMEOUT=5`, `MLFLOW_DISABLE_TELEMETRY=true`, each unless already set). MLflow
-reads these only from the environment, so they are set while an MLflow session is open (the tracker's
+`MLFLOW_HTTP_REQUEST_TIMEOUT=5`, `MLFLOW_DISABLE_TELEMETRY=true`, `MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true`,
+each unless already set). MLflow reads these only from the environment, so they are set while an MLflow
+session is open (the tracker's
 thread, a replay) and removed again after it; importing this module changes nothing. URI: the `uri`
-argument, else `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`. Params and tags pass through `redact`.
+argument, else `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`. Params and tags pass through `redact`;
+`redact_text` / `redact_tree` clean the config, the command line and log lines that the run writes.
+
+An embedded sqlite store is opened through `open_store`: a quick probe (a store that cannot be used
+is reported in well under a second, not after MLflow's 10 connection retries) and, around the first
+creation or migration of its tables and the creation of experiments, an exclusive lock on
+`<db>.lock` next to the file, so that parallel first writers (four `mae pretrain` started at once on
+a new store, or the workflow's `prepare_mlflow`) neither lose runs nor race the schema migration.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -34,12 +43,13 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import UserError
 from .run_folder import ARTIFACTS, CONFIG_YAML, METRICS_JSONL, MLFLOW_RUN_ID, flatten, read_jsonl, read_metrics
 
-__all__ = ["Tracker", "replay", "redact", "run_tags", "default_uri", "REDACTED"]
+__all__ = ["Tracker", "replay", "redact", "redact_text", "redact_tree", "RedactingFilter", "run_tags", "default_uri",
+           "open_store", "ensure_experiment", "StoreUnusable", "REDACTED"]
 
 _log = logging.getLogger(__name__)
 
@@ -52,11 +62,15 @@ _SECRET_KEY = re.compile(
 _SECRET_ENV = re.compile(r"(token|secret|password|passwd|api_?key|access_?key|private_?key|credential)", re.I)
 _SECRET_VALUE = re.compile(r"^(ghp_|gho_|ghs_|github_pat_|hf_|sk-|xox[abprs]-|AKIA)[A-Za-z0-9_\-]{12,}$")
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]+):[^/@\s]+@")
+_TOKEN_WORD = re.compile(r"(?<![A-Za-z0-9_\-])(ghp_|gho_|ghs_|github_pat_|hf_|sk-|xox[abprs]-|AKIA)[A-Za-z0-9_\-]{12,}")
+STORE_LOCK_TIMEOUT_S = 120.0  # a store whose lock is held longer than this is reported as unusable
 
 # MLflow client settings it reads only from the environment: the HTTP ones at every request, telemetry
 # when mlflow is first imported. A value the user set is left alone.
+# MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT: MLflow prints "View run ... at: <tracking URI>/#/..." on stdout when
+# a run ends, with any password the URI holds (the run id is in the run folder's mlflow_run_id).
 _CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-               "MLFLOW_DISABLE_TELEMETRY": "true"}
+               "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 _client_env_lock = threading.Lock()
 _client_env_users = 0
 _client_env_added: list[str] = []
@@ -121,6 +135,44 @@ def redact(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _env_secrets() -> list[str]:
+    return sorted((v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 6), key=len, reverse=True)
+
+
+def redact_text(text: str) -> str:
+    """`text` with every credential cut out: URL passwords, `secret_key=value` words, values of
+    secret-looking environment variables and known token formats (for command lines and log lines)."""
+    text = _URL_PASSWORD.sub(r"\1:" + REDACTED + "@", _redact_assignments(text))
+    for secret in _env_secrets():
+        text = text.replace(secret, REDACTED)
+    return _TOKEN_WORD.sub(REDACTED, text)
+
+
+def redact_tree(value: Any, key: str = "") -> Any:
+    """A copy of a config-like tree (dicts, lists, scalars) with `redact` applied to every leaf under its
+    dotted key and `redact_text` to every string: what the run writes into config.yaml, checkpoints and
+    model.pth (the live config keeps the real values)."""
+    if isinstance(value, dict):
+        return {k: redact_tree(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_tree(v, key) for v in value)
+    if isinstance(value, str):
+        value = redact_text(value)
+        return redact({key: value})[key] if key else value
+    return REDACTED if key and _SECRET_KEY.search(key) and value is not None else value
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that passes every record through `redact_text` (train.log, stdout)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
 def _redact_assignments(text: str) -> str:
     """`... tracking.tags.api_token=abc ...` -> `... tracking.tags.api_token=<redacted> ...` (command lines)."""
     words = []
@@ -131,17 +183,9 @@ def _redact_assignments(text: str) -> str:
 
 
 def _redacted_yaml(text: str) -> str:
-    """A YAML document with every leaf passed through `redact` under its dotted key."""
+    """A YAML document with every leaf passed through `redact_tree`."""
     import yaml
-
-    def walk(value: Any, key: str) -> Any:
-        if isinstance(value, dict):
-            return {k: walk(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
-        if isinstance(value, str):
-            value = _redact_assignments(value)
-        return redact({key: value})[key]
-
-    return yaml.safe_dump(walk(yaml.safe_load(text), ""), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(redact_tree(yaml.safe_load(text)), sort_keys=False, default_flow_style=None)
 
 
 def run_tags(run_id: str, stage: str, git_revision: str | None = None,
@@ -164,30 +208,123 @@ def _numeric(value: Any) -> float | None:
     return float(value)
 
 
+# ---------------------------------------------------------------- the store
+
+
+class StoreUnusable(RuntimeError):
+    """The tracking store cannot be used (found by the probe, before MLflow is imported)."""
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///path` URI (None for other URIs and in-memory databases)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _probe_sqlite(path: Path) -> None:
+    """Fail in milliseconds, with the reason, when `path` cannot hold an sqlite database."""
+    import sqlite3
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_file():
+            raise StoreUnusable(f"sqlite store {path} is not a file")
+        con = sqlite3.connect(str(path), timeout=5)
+        try:
+            con.execute("pragma schema_version").fetchone()
+        finally:
+            con.close()
+    except (OSError, sqlite3.Error) as e:
+        raise StoreUnusable(f"sqlite store {path} cannot be used ({type(e).__name__}: {e})") from None
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Exclusive lock on `<db>.lock` next to an sqlite store (nothing for other stores)."""
+    path = _sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock_path, "a")
+    except OSError as e:
+        raise StoreUnusable(f"cannot create the lock file {lock_path} ({e.strerror})") from None
+    with handle:
+        deadline = time.monotonic() + STORE_LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreUnusable(f"{lock_path} held by another process for {STORE_LOCK_TIMEOUT_S:.0f} s")
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_store(uri: str, experiments: Sequence[str] = ()):
+    """An `MlflowClient` on `uri` whose store exists and is migrated, with `experiments` created.
+
+    For an sqlite store: probe the file first (`StoreUnusable` at once when it cannot work), then create
+    or migrate the tables and create the experiments under the store's lock, so that concurrent first
+    users are serialised. A tracking server needs neither. The one route for training, `mae replay` and
+    the workflow's `prepare_mlflow`.
+
+    Args:
+        uri: tracking URI (`sqlite:///abs/path/mlflow.db`, `http://host:5000`, ...).
+        experiments: experiment names to create when missing.
+    """
+    path = _sqlite_path(uri)
+    if path is not None:
+        _probe_sqlite(path)
+    with _client_settings():
+        from mlflow.tracking import MlflowClient
+        with _store_lock(uri):
+            client = MlflowClient(tracking_uri=uri)  # an sqlite store is created / migrated here or at the next call
+            if path is not None:
+                client.search_experiments(max_results=1)
+            for name in experiments:
+                ensure_experiment(client, uri, name, locked=True)
+    return client
+
+
+def ensure_experiment(client, uri: str, name: str, locked: bool = False) -> str:
+    """The id of experiment `name`, created when missing (artifacts of an sqlite store next to the database)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    if not locked and _sqlite_path(uri) is not None:
+        with _store_lock(uri):
+            return ensure_experiment(client, uri, name, locked=True)
+    location = None
+    path = _sqlite_path(uri)
+    if path is not None:
+        # keep artifacts next to the database, not in whatever folder the job was started from
+        location = (path.parent / "mlartifacts" / name).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        exp = client.get_experiment_by_name(name)  # created by a concurrent job (a tracking server)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 class _Session:
     """The MLflow side: a client bound to one run. Every method may raise."""
 
     def __init__(self, uri: str):
-        from mlflow.tracking import MlflowClient
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = open_store(uri)
         self.run_id: str | None = None
 
     def _experiment_id(self, name: str) -> str:
-        exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        location = None
-        if self.uri.startswith("sqlite:///"):
-            # keep artifacts next to the database, not in whatever folder the job was started from
-            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts" / name).resolve().as_uri()
-        try:
-            return self.client.create_experiment(name, artifact_location=location)
-        except Exception:
-            exp = self.client.get_experiment_by_name(name)  # created by a concurrent job
-            if exp is None:
-                raise
-            return exp.experiment_id
+        return ensure_experiment(self.client, self.uri, name)
 
     def open(self, run_dir: Path, experiment: str, run_name: str | None, tags: Mapping[str, str]) -> str:
         """Resume the run named in `run_dir/mlflow_run_id` if this server has it, else create one."""
@@ -280,6 +417,7 @@ class Tracker:
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._failed = False
+        self._run_dir: Path | None = None
 
     @property
     def active(self) -> bool:
@@ -301,10 +439,11 @@ class Tracker:
         if not self.enabled or self._thread is not None:
             return self.run_id
         self.uri = default_uri(uri)
+        self._run_dir = Path(run_dir)
         self._thread = threading.Thread(target=self._worker, name="mae-mlflow", daemon=True)
         self._thread.start()
         self._queue.put(("start", Path(run_dir), redact(params), redact({k: str(v) for k, v in tags.items()}),
-                         experiment, run_name))
+                         experiment, redact_text(run_name) if run_name else run_name))
         self._started.wait(self.start_timeout_s)
         return self.run_id
 
@@ -332,14 +471,17 @@ class Tracker:
         self._thread.join(self.drain_timeout_s)
         if self._thread.is_alive():
             self._warn(f"MLflow did not take the queued calls within {self.drain_timeout_s:.0f} s; giving up "
-                       f"(the run folder has everything: `mae replay <run dir>` sends it later)")
+                       f"(the run folder has everything: `{self._replay_command()}` sends it later)")
             self._failed = True
         self._thread = None
+
+    def _replay_command(self) -> str:
+        return f"mae replay {self._run_dir or '<run dir>'} --uri {self.uri}"
 
     # ---------------------------------------------------------------- background thread
 
     def _warn(self, text: str) -> None:
-        _log.warning("tracking: %s", text)
+        _log.warning("tracking: %s", redact_text(text))
 
     def _worker(self) -> None:
         with _client_settings():
@@ -390,7 +532,7 @@ class Tracker:
             self._failed = True
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             self._warn(f"MLflow at {self.uri} failed ({type(e).__name__}: {msg[:200]}); tracking is off for the "
-                       f"rest of this run, the run folder stays complete")
+                       f"rest of this run, the run folder stays complete (`{self._replay_command()}` sends it later)")
         finally:
             self._started.set()
 
@@ -408,7 +550,8 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
 
     Args:
         run_dir: the run folder.
-        uri: tracking URI; default `tracking.uri` of the config, then `default_uri()`.
+        uri: tracking URI; default env `MLFLOW_TRACKING_URI`, then `tracking.uri` of the config (unless its
+            password was redacted when the run wrote it), then `sqlite:///<cwd>/mlflow.db`.
         experiment: experiment for a new run; default `tracking.experiment` of the config, then `mae`.
 
     Returns:
@@ -458,7 +601,11 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
         if v is not None and not math.isnan(v):
             points.setdefault((f"final/{key}", last_step), (v, now_ms))
 
-    uri = uri or tracking.get("uri") or default_uri()
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("uri") or default_uri()
+    if REDACTED in uri:
+        raise UserError.message("--uri", f"tracking.uri={uri!r} of {run_dir / CONFIG_YAML} had its password "
+                                         f"redacted: pass the real one with `mae replay {run_dir} --uri URI` "
+                                         f"(or MLFLOW_TRACKING_URI)")
     try:
         with _client_settings():
             session = _Session(uri)
@@ -479,8 +626,8 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
         raise
     except Exception as e:  # noqa: BLE001 - report the server problem in one line
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError.message("tracking.uri", f"tracking.uri={uri!r}: replay of {run_dir} failed: "
-                                                f"{type(e).__name__}: {msg[:300]}") from None
+        raise UserError.message("tracking.uri", redact_text(f"tracking.uri={uri!r}: replay of {run_dir} failed: "
+                                                            f"{type(e).__name__}: {msg[:300]}")) from None
     if conflicts:
         _log.warning("tracking: params already logged with other values, kept as they were: %s",
                      ", ".join(sorted(conflicts)[:10]))

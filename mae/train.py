@@ -40,6 +40,8 @@ from mae.errors import UserError
 from mae.optim import build_scheduler
 from mae.recipes import RECIPES, Recipe, Run
 from mae.seeding import mix_seed, seed_all
+from mae.signals import StopRequested
+from mae.tracking import RedactingFilter, redact_text, redact_tree
 from mae.run_folder import (ARTIFACTS, CHECKPOINT_PTH, CONFIG_YAML, METRICS_JSON, METRICS_JSONL, MODEL_PTH,
                             TRAIN_LOG, flatten, read_jsonl, read_metrics)
 
@@ -81,7 +83,11 @@ def train(stage: str, cfg: Config, out_dir: str | Path, command: str | None = No
     if finished is not None:
         return finished
     with _run_logging(run.out_dir / TRAIN_LOG if run.is_main else None, run.is_main):
-        return _train(run, RECIPES[stage], command)
+        try:
+            return _train(run, RECIPES[stage], command)
+        except StopRequested as stop:  # a signal before the loop took over (mae.signals): nothing to save
+            log.warning("%s", stop)
+            raise
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,10 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
     resumed_from = state.global_step if resume is not None else None
     extra_metrics = recipe.extra_metrics(model)
     if run.is_main:
-        dump_config(cfg, run.out_dir / CONFIG_YAML, meta={
-            "git_revision": git_revision(), "stage": run.stage, "run_id": run.run_id, "command": command})
+        # Credentials (a password in tracking.uri, a token in tracking.tags) never reach a file.
+        dump_config(Config.from_dict(_shareable_config(cfg)), run.out_dir / CONFIG_YAML, meta={
+            "git_revision": git_revision(), "stage": run.stage, "run_id": run.run_id,
+            "command": redact_text(command)})
         _truncate_records(run.out_dir / METRICS_JSONL, state.global_step)
     tracker = _start_tracker(run)
     records = None  # metrics.jsonl, appended to by the main process
@@ -200,7 +208,7 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
         metrics = _final_metrics(run, model, state, eval_result, train_time_s, extra_metrics, tracker, resumed_from)
         if run.is_main:
             if recipe.saves_model:
-                ckpt.save_model(run.out_dir / MODEL_PTH, model, cfg.to_dict())
+                ckpt.save_model(run.out_dir / MODEL_PTH, model, _shareable_config(cfg))
             recipe.save_outputs(run, model)
             if tracker is not None:
                 for name in ARTIFACTS:  # metrics.json goes when the tracker finishes
@@ -247,6 +255,7 @@ def _run_logging(log_file: Path | None, is_main: bool):
         handlers.append(logging.FileHandler(log_file))
     for handler in handlers:
         handler.setFormatter(formatter)
+        handler.addFilter(RedactingFilter())  # train.log and stdout never show a credential
         log.addHandler(handler)
     previous_level, previous_propagate = log.level, log.propagate
     log.setLevel(logging.INFO if is_main else logging.WARNING)
@@ -259,6 +268,11 @@ def _run_logging(log_file: Path | None, is_main: bool):
             handler.close()
         log.setLevel(previous_level)
         log.propagate = previous_propagate
+
+
+def _shareable_config(cfg: Config) -> dict[str, Any]:
+    """The config as every file of the run folder carries it: credentials redacted (`mae.tracking.redact_tree`)."""
+    return redact_tree(cfg.to_dict())
 
 
 def _batch_geometry(run: Run) -> tuple[int, int]:
@@ -328,7 +342,7 @@ def _checkpoint_payload(run: Run, parts: _Trainable, state: LoopState, train_tim
         "rng_per_rank": rng_per_rank,
         "train_time_s": train_time_s,
         "world_size": run.dist.world_size,
-        "config": run.cfg.to_dict(),
+        "config": _shareable_config(run.cfg),
     }
 
 

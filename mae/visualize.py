@@ -19,6 +19,11 @@ from torch import nn
 
 from mae.errors import UserError
 
+# What one figure can hold: each row is 1.6 inches at 120 dpi (32 rows = a 6144-pixel-high PNG), each
+# ratio three columns. Larger requests are refused before anything is built (5000 rows took 18.5 GB).
+MAX_IMAGES = 32
+MAX_MASK_RATIOS = 8
+
 
 @torch.no_grad()
 def reconstruct(model: nn.Module, images: torch.Tensor, mask_ratio: float, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -115,6 +120,27 @@ def save_reconstruction_grid(model: nn.Module, images: torch.Tensor, path: str |
     return path
 
 
+def check_request(mask_ratios: Sequence[float], num_images: int, seed: int, device: str) -> None:
+    """Refuse, in one line, a grid that cannot be drawn or would not fit a figure (before anything is loaded)."""
+    if not 1 <= len(mask_ratios) <= MAX_MASK_RATIOS:
+        raise UserError("--mask-ratios", f"{len(mask_ratios)} ratios", f"1 to {MAX_MASK_RATIOS} comma-separated "
+                        f"numbers in [0, 1) (three columns each)")
+    for r in mask_ratios:
+        if not 0 <= r < 1:
+            raise UserError("--mask-ratios", r, "numbers in [0, 1)")
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= MAX_IMAGES:
+        raise UserError("--num-images", num_images, f"an integer from 1 to {MAX_IMAGES} (the rows of one figure)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise UserError("--seed", seed, "an integer in [0, 2**63)")
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise UserError("--device", device, "'cpu', 'cuda' or 'cuda:N'")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device", device, "'cpu' (no CUDA device is visible)")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise UserError("--device", device, f"'cpu' or cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
 def visualize_checkpoint(checkpoint: str | Path, out: str | Path, *, mask_ratios: Sequence[float] = (0.75, 0.85, 0.95),
                          num_images: int = 4, seed: int = 0, device: str = "cpu") -> Path:
     """Rebuild the model stored in a pretraining `model.pth`, take `num_images` validation images of
@@ -133,11 +159,7 @@ def visualize_checkpoint(checkpoint: str | Path, out: str | Path, *, mask_ratios
     from mae.data import build_dataset, build_loader
     from mae.recipes import build_mae
 
-    for r in mask_ratios:
-        if not 0 <= r < 1:
-            raise UserError("--mask-ratios", r, "numbers in [0, 1)")
-    if num_images < 1:
-        raise UserError("--num-images", num_images, "a positive integer")
+    check_request(mask_ratios, num_images, seed, device)
     state_dict, config = load_model_state(checkpoint)
     if not config or "model" not in config:
         raise UserError.message("--checkpoint", f"{checkpoint} carries no config: use a model.pth written by `mae pretrain`")

@@ -146,3 +146,41 @@ def test_secrets_do_not_reach_mlflow_params_or_tags(tmp_path, fault):
     assert not in_artifacts, f"secret values in MLflow artifacts: {in_artifacts}"
     fault.observe(f"{len(params)} params, {len(tags)} tags read back from sqlite and {len(artifacts)} artifacts: "
                   f"no secret value; redacted: {', '.join(redacted)}")
+
+
+PLANTED = {"password": "Pw-planted-7f3a9c", "env_token": "tok_planted_51d2e8b6a0"}
+
+
+@pytest.mark.slow
+def test_credentials_never_reach_any_file_output_or_the_mlflow_store(tmp_path, fault):
+    fault.describe("security", "a password in tracking.uri (http://mae:PW@127.0.0.1:port, a live MLflow server) "
+                   "and an env-var token (MAE_SERVICE_TOKEN) also pasted into tracking.tags",
+                   "neither value in any file of the run folder (config.yaml, train.log, checkpoints, model.pth: "
+                   "binary grep), stdout / stderr, the server's store or its artifacts; the run is tracked")
+    script, port, state = REPO / "scripts" / "mlflow_server.sh", free_port(), tmp_path / "server"
+    started = subprocess.run([str(script), "start", "--port", str(port), "--state-dir", str(state)],
+                             capture_output=True, text=True, timeout=300, env=mae_env())
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        out = tmp_path / "run"
+        result = run(pretrain_cmd(out, "tracking.enabled=true", "run.threads=1",
+                                  f"tracking.uri=http://mae:{PLANTED['password']}@127.0.0.1:{port}",
+                                  f"tracking.tags.note={PLANTED['env_token']}"),
+                     env=mae_env(MAE_SERVICE_TOKEN=PLANTED["env_token"]))
+    finally:
+        subprocess.run([str(script), "stop", "--state-dir", str(state)], capture_output=True, timeout=120)
+    assert result.returncode == 0, result.explain()
+    assert (out / "mlflow_run_id").is_file(), "the run was not tracked: the check below would prove nothing"
+    files = [p for p in [*out.rglob("*"), *state.rglob("*")] if p.is_file()]
+    names = {p.name for p in files}
+    assert {"config.yaml", "train.log", "checkpoint.pth", "model.pth", "mlflow.db"} <= names, names
+    secrets = [s.encode() for s in PLANTED.values()]
+    leaks = sorted(str(p.relative_to(tmp_path)) for p in files for s in secrets if s in p.read_bytes())
+    leaks += [name for name, text in (("stdout", result.stdout), ("stderr", result.stderr))
+              if any(s.decode() in text for s in secrets)]
+    assert not leaks, f"planted secrets found in: {leaks}"
+    config = (out / "config.yaml").read_text()
+    assert "<redacted>" in config and f"127.0.0.1:{port}" in config, config  # redacted, not dropped
+    fault.observe(f"exit 0, tracked (MLflow run {(out / 'mlflow_run_id').read_text().strip()}); {len(files)} files "
+                  f"grepped as bytes (run folder incl. checkpoint.pth / model.pth, server's mlflow.db and artifacts) "
+                  f"and stdout / stderr: no planted value; config.yaml keeps the URI with the password <redacted>")

@@ -50,3 +50,65 @@ def test_signal_checkpoints_exits_75_and_rerun_completes_equal(sig, after, tmp_p
     tensors = assert_same_run(reference, out)
     fault.observe(f"{sig.name} after step {after}: checkpoint at step {saved} written {to_checkpoint:.1f} s later, exit 75 after {took:.1f} s; rerun resumed "
                   f"at step {saved} and matched the undisturbed run ({tensors} tensors torch.equal, metrics equal)")
+
+
+def _wait_until(predicate, proc, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, "the process ended before the moment to signal it"
+        assert time.monotonic() < deadline, "the moment to signal never came"
+        time.sleep(0.005)
+
+
+def _importing_torch(pid: int) -> bool:
+    try:
+        return "libtorch" in open(f"/proc/{pid}/maps").read()
+    except OSError:
+        return False
+
+
+# (moment, signal, extra overrides): during the imports (torch is being loaded; nothing parsed or built
+# yet), during the build of a large synthetic training set (train.log exists: the run folder is set up).
+EARLY = {
+    "SIGTERM-during-import": (signal.SIGTERM, ()),
+    "SIGUSR1-during-import": (signal.SIGUSR1, ()),
+    "SIGTERM-during-dataset-build": (signal.SIGTERM, ("data.train_subset=400000",)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", list(EARLY))
+def test_signal_before_training_exits_75_with_one_line_and_nothing_half_written(moment, tmp_path, tmp_path_factory,
+                                                                                  fault):
+    sig, extra = EARLY[moment]
+    fault.describe("signals", f"{sig.name} {moment.split('-', 1)[1].replace('-', ' ')} (before the model, the "
+                   "tracker and the loop's own handler exist)",
+                   "exit 75 (was 143 and no message); one 'stopped:' line; no checkpoint, metrics.json, "
+                   "model.pth or temporary file; rerun completes equal to undisturbed")
+    out = tmp_path / "run"
+    cmd = pretrain_cmd(out, *LONG_SMOKE, *extra)
+    proc = start(cmd, tmp_path / "signalled.log")
+    if "import" in moment:
+        _wait_until(lambda: _importing_torch(proc.pid), proc)
+    else:
+        _wait_until(lambda: (out / "train.log").exists(), proc)
+    t0 = time.monotonic()
+    kill_group(proc, sig)
+    code = proc.wait(120)
+    took = time.monotonic() - t0
+    log = (tmp_path / "signalled.log").read_text()
+    assert code == 75, log[-3000:]
+    stopped = [line for line in log.splitlines() if line.startswith("stopped:")]
+    assert len(stopped) == 1 and f"received {sig.name}" in stopped[0] and "Traceback" not in log, log[-3000:]
+    left = sorted(p.name for p in out.rglob("*") if p.is_file()) if out.exists() else []
+    assert set(left) <= {"train.log"}, f"left behind: {left}"
+    if left:
+        assert f"received {sig.name}" in (out / "train.log").read_text()
+    note = ""
+    if not extra:  # the small run: the same command again completes and equals an undisturbed run
+        reference, _ = reference_run(tmp_path_factory, *LONG_SMOKE)
+        rerun = run(cmd)
+        assert rerun.returncode == 0, rerun.explain()
+        tensors = assert_same_run(reference, out)
+        note = f"; rerun completed equal to undisturbed ({tensors} tensors torch.equal)"
+    fault.observe(f"exit 75 {took:.1f} s after {sig.name}; '{stopped[0][:110]}'; files left: {left or 'none'}{note}")

@@ -86,3 +86,47 @@ def test_tracking_server_very_slow(tmp_path, tmp_path_factory, slow_server, faul
                    f"training completes; extra time < {MAX_EXTRA_S:.0f} s; local records complete")
     _check("slow", f"http://127.0.0.1:{slow_server.server_address[1]}", tmp_path, tmp_path_factory, fault)
     assert slow_server.hits >= 1, "the slow server was never asked"
+
+
+UNUSABLE = "sqlite:////proc/mae-reliability/x.db"  # /proc takes no new files or folders, even for root
+MAX_UNUSABLE_EXTRA_S = 20.0  # generous on a shared 2-core machine; it cost 40 s before the probe
+
+
+@pytest.mark.slow
+def test_unusable_sqlite_store_warns_at_once_and_replay_takes_uri_and_env(tmp_path, tmp_path_factory, fault):
+    fault.describe("tracking", f"tracking.uri={UNUSABLE} (a path where no file can be created); then "
+                   "`mae replay DIR --uri <good store>` and `MLFLOW_TRACKING_URI=<other store> mae replay DIR`",
+                   f"exit 0, one tracking warning naming `mae replay`, extra time < {MAX_UNUSABLE_EXTRA_S:.0f} s, run "
+                   "folder equal to an untracked run; replay honours --uri and MLFLOW_TRACKING_URI")
+    from mlflow.tracking import MlflowClient
+
+    from test_reliability_common import MAE, mae_env
+    reference, reference_s = reference_run(tmp_path_factory, *LONG_SMOKE)
+    out = tmp_path / "run"
+    result = run(pretrain_cmd(out, *LONG_SMOKE, "tracking.enabled=true", f"tracking.uri={UNUSABLE}"))
+    assert result.returncode == 0, result.explain()
+    extra = result.seconds - reference_s
+    print(f"[reliability] unusable store: wall {result.seconds:.1f} s vs {reference_s:.1f} s untracked (+{extra:.1f} s)")
+    assert extra < MAX_UNUSABLE_EXTRA_S, f"an unusable store cost {extra:.1f} s"
+    assert records(out) == records(reference) and metrics(out) == metrics(reference)
+    assert_same_weights(reference / "model.pth", out / "model.pth")
+    warnings = [line for line in (out / "train.log").read_text().splitlines() if "WARNING" in line and "tracking" in line]
+    assert len(warnings) == 1 and "mae replay" in warnings[0] and "/proc/mae-reliability" in warnings[0], warnings
+
+    # the run folder has everything: replay it where the user says
+    good, other = tmp_path / "good.db", tmp_path / "other.db"
+    by_flag = run([MAE, "replay", str(out), "--uri", f"sqlite:///{good}"])
+    assert by_flag.returncode == 0, by_flag.explain()
+    by_env = run([MAE, "replay", str(out)], env=mae_env(MLFLOW_TRACKING_URI=f"sqlite:///{other}"))
+    assert by_env.returncode == 0, by_env.explain()
+    logged = {}
+    for db in (good, other):
+        client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+        run_ids = [r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+        assert len(run_ids) == 1, f"{db.name}: {run_ids}"
+        history = client.get_metric_history(run_ids[0], "loss")
+        assert sorted(m.step for m in history) == [r["step"] for r in records(out) if "loss" in r]
+        logged[db.name] = len(history)
+    fault.observe(f"exit 0; wall +{extra:.1f} s (was +40 s; bound {MAX_UNUSABLE_EXTRA_S:.0f} s); run folder equal to an "
+                  f"untracked run; 1 warning: '{warnings[0].split('WARNING ', 1)[-1][:150]}'; replay --uri and "
+                  f"MLFLOW_TRACKING_URI each got every loss point ({logged})")

@@ -226,3 +226,61 @@ def test_client_settings_only_while_a_session_is_open(monkeypatch):
         assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+
+
+def test_unusable_sqlite_store_is_reported_within_seconds(tmp_path, caplog):
+    """sqlite:////proc/...: one warning in well under 5 s (MLflow itself retries for about 40 s)."""
+    import time
+    from mae.tracking import Tracker
+    tracker = Tracker(enabled=True)
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="mae.tracking"):
+        tracker.start(tmp_path, params={"a": 1}, tags={}, uri="sqlite:////proc/mae-test/x.db")
+        deadline = time.monotonic() + 30
+        while tracker.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        took = time.monotonic() - t0
+        tracker.log_metrics({"loss": 1.0}, step=1)
+        tracker.finish()
+    warnings = [r.getMessage() for r in caplog.records if "tracking" in r.getMessage()]
+    print(f"unusable store reported after {took:.2f} s")
+    assert not tracker.active and took < 5.0, f"{took:.1f} s"
+    assert len(warnings) == 1 and "/proc/mae-test/x.db" in warnings[0] and "mae replay" in warnings[0], warnings
+
+
+def test_redaction_of_text_and_trees(monkeypatch):
+    from mae.tracking import REDACTED, redact_text, redact_tree
+    monkeypatch.setenv("MAE_API_TOKEN", "tok-0123456789-secret")
+    line = ("mae pretrain tracking.uri=http://me:pw123@host:5000 tracking.tags.api_token=abc "
+            "tracking.tags.note=tok-0123456789-secret x=ghp_abcdefghijklmnop1234")
+    cleaned = redact_text(line)
+    for secret in ("pw123", "=abc", "tok-0123456789-secret", "ghp_abcdefghijklmnop1234"):
+        assert secret not in cleaned, cleaned
+    assert cleaned.startswith("mae pretrain tracking.uri=http://me:" + REDACTED + "@host:5000")
+    tree = {"tracking": {"uri": "http://me:pw123@host", "tags": {"api_token": "x", "note": "ok", "seed": 3}},
+            "model": {"tokenizer": "pkg.mod:make", "encoder_mask_tokens": False, "ratios": [0.5, 0.75]}}
+    out = redact_tree(tree)
+    assert out["tracking"] == {"uri": f"http://me:{REDACTED}@host", "tags": {"api_token": REDACTED, "note": "ok", "seed": 3}}
+    assert out["model"] == tree["model"]  # tokenizer / mask_tokens are not secrets; numbers untouched
+    assert tree["tracking"]["uri"] == "http://me:pw123@host"  # a copy
+
+
+def test_open_store_creates_a_new_store_once_under_concurrency(tmp_path):
+    """Four processes open a store that does not exist yet at the same moment: all succeed, one schema."""
+    import subprocess
+    import sys
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    code = ("import sys; from mae.tracking import open_store; c = open_store(sys.argv[1], ['exp']); "
+            "e = c.get_experiment_by_name('exp'); r = c.create_run(e.experiment_id); "
+            "c.log_metric(r.info.run_id, 'x', 1.0, step=0); print(r.info.run_id)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert not any("already exists" in err or "duplicate column" in err for _, err in outs), outs
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("exp")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4 and all(r.data.metrics == {"x": 1.0} for r in runs)
+    assert exp.artifact_location.endswith("/new/mlartifacts/exp")

@@ -34,6 +34,11 @@ _STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 SYNTHETIC_SIZES = {"train": 4096, "val": 1024}
+# A synthetic set is generated in memory: at most this many bytes of uint8 pixels (data.*_subset x
+# in_chans x img_size^2), generated in chunks of about _SYNTHETIC_CHUNK_BYTES so the float64 work
+# arrays stay small. 2 GiB = 2.7 M images of 28x28x1, 14 k of 224x224x3.
+SYNTHETIC_MAX_BYTES = 2 * 2**30
+_SYNTHETIC_CHUNK_BYTES = 16 * 2**20
 SYNTHETIC_CLASSES = 10
 
 
@@ -143,7 +148,12 @@ def _load_cifar(name: str, root: Path, split: str, download: bool) -> tuple[torc
 
 def _synthetic(n: int, img_size: int, in_chans: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Oriented sinusoidal gratings, one orientation per class, with random frequency, phase,
-    contrast, colour tint and pixel noise: learnable, not trivially separable per pixel."""
+    contrast, colour tint and pixel noise: learnable, not trivially separable per pixel.
+
+    The pixel noise is drawn chunk by chunk from the same generator; chunks of a multiple of 16 values
+    give exactly the values of one draw of the whole tensor (torch's CPU normal sampler works in blocks
+    of 16), so the images do not depend on the chunk size.
+    """
     g = generator(seed, n, img_size, in_chans)
     labels = torch.randint(0, SYNTHETIC_CLASSES, (n,), generator=g)
     theta = labels.double() * math.pi / SYNTHETIC_CLASSES + torch.randn(n, generator=g).double() * math.radians(4)
@@ -152,12 +162,21 @@ def _synthetic(n: int, img_size: int, in_chans: int, seed: int) -> tuple[torch.T
     contrast = 0.25 + 0.2 * torch.rand(n, generator=g).double()
     coords = (torch.arange(img_size, dtype=torch.float64) + 0.5) / img_size
     y, x = torch.meshgrid(coords, coords, indexing="ij")
-    proj = x[None] * torch.cos(theta)[:, None, None] + y[None] * torch.sin(theta)[:, None, None]
-    wave = torch.sin(2 * math.pi * freq[:, None, None] * proj + phase[:, None, None])
     tint = 0.6 + 0.4 * torch.rand(n, in_chans, 1, 1, generator=g).double()
-    img = 0.5 + contrast[:, None, None, None] * wave[:, None] * tint
-    img = img + 0.08 * torch.randn(n, in_chans, img_size, img_size, generator=g).double()
-    images = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    images = torch.empty(n, in_chans, img_size, img_size, dtype=torch.uint8)
+    per_image = in_chans * img_size * img_size
+    chunk = max(16, _SYNTHETIC_CHUNK_BYTES // per_image // 16 * 16)
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        if 0 < n - b < 16:  # the last chunk keeps at least 16 images, as one draw would end
+            b = n
+        proj = x[None] * torch.cos(theta[a:b])[:, None, None] + y[None] * torch.sin(theta[a:b])[:, None, None]
+        wave = torch.sin(2 * math.pi * freq[a:b, None, None] * proj + phase[a:b, None, None])
+        img = 0.5 + contrast[a:b, None, None, None] * wave[:, None] * tint[a:b]
+        img = img + 0.08 * torch.randn(b - a, in_chans, img_size, img_size, generator=g).double()
+        images[a:b] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+        if b == n:
+            break
     return images, labels
 
 
@@ -204,6 +223,10 @@ def build_dataset(
 
     if name == "synthetic":
         n = subset or SYNTHETIC_SIZES[split]
+        if n * in_chans * img_size * img_size > SYNTHETIC_MAX_BYTES:
+            most = SYNTHETIC_MAX_BYTES // (in_chans * img_size * img_size)
+            raise UserError(f"data.{split}_subset", n, f"at most {most} synthetic images of {in_chans}x{img_size}x"
+                            f"{img_size} ({SYNTHETIC_MAX_BYTES // 2**30} GiB generated in memory)")
         images, labels = _synthetic(n, img_size, in_chans, seed=mix_seed(seed, 0 if split == "train" else 1))
         mean, std = _synthetic_stats(img_size, in_chans)
         return InMemoryDataset(images, labels, SYNTHETIC_CLASSES, mean, std, name)
@@ -224,6 +247,7 @@ def build_dataset(
         except (FileNotFoundError, RuntimeError) as e:
             raise _missing_root(name, root, f"class sub-folders with images in {split}/ ({e})") from None
         indices = None
+        _check_subset(subset, len(folder), name, split)
         if subset is not None and subset < len(folder):
             indices = np.linspace(0, len(folder) - 1, subset).round().astype(int).tolist()
         return FolderDataset(folder, indices, IMAGENET_MEAN, IMAGENET_STD)
@@ -236,7 +260,15 @@ def build_dataset(
     else:
         images, labels = _load_cifar(name, root, split, download)
         num_classes = 10 if name == "cifar10" else 100
+    _check_subset(subset, len(images), name, split)
     if subset is not None:
         images, labels = images[:subset], labels[:subset]
     mean, std = _STATS[name]
     return InMemoryDataset(images, labels, num_classes, mean, std, name)
+
+
+def _check_subset(subset: int | None, size: int, name: str, split: str) -> None:
+    """A subset larger than the split is an error, not a silent clamp (the run would not be what it says)."""
+    if subset is not None and subset > size:
+        raise UserError(f"data.{split}_subset", subset, f"at most the {size} images of {name}'s {split} split "
+                        f"(or null for all of them)")

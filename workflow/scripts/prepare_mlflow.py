@@ -1,7 +1,9 @@
 """Create the embedded MLflow store and the experiments once, before training jobs run in parallel.
 
-A fresh sqlite store breaks under concurrent first writers (schema migration races), and two jobs
-creating the same experiment race too. A tracking server (http://...) needs nothing: it is skipped.
+The store is opened through `mae.tracking.open_store`, the same route every `mae` job takes: under a
+lock next to the sqlite file, so a job started by hand at the same moment cannot race the schema
+migration either, and experiments get the same artifact location (next to the database) as when a
+job creates them. A tracking server (http://...) needs nothing: it is skipped.
 
 Snakemake rule prepare_mlflow (workflow/rules/grid.smk): params uri, experiments; output a marker.
 By hand: python workflow/scripts/prepare_mlflow.py sqlite:////abs/path/mlflow.db mae-tiny
@@ -9,7 +11,6 @@ By hand: python workflow/scripts/prepare_mlflow.py sqlite:////abs/path/mlflow.db
 
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -22,14 +23,9 @@ def prepare(uri: str, experiments: list[str]) -> str:
         return "tracking disabled in every run: nothing to prepare"
     if not uri.startswith("sqlite:"):
         return f"{uri} is not an embedded sqlite store: nothing to prepare"
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.tracking import MlflowClient
+    from mae.tracking import open_store
 
-    client = MlflowClient(tracking_uri=uri)  # the sqlite store creates and migrates its tables here
-    for name in experiments:
-        if client.get_experiment_by_name(name) is None:
-            client.create_experiment(name)
-            log.info("created experiment %s", name)
+    open_store(uri, experiments)
     return f"{uri} ready with experiments {', '.join(experiments)}"
 
 

@@ -1,0 +1,45 @@
+"""Stop signals from the first moment of a `mae` command (torch-free, installed before anything is imported).
+
+SLURM sends SIGTERM on preemption and SIGUSR1 before the time limit (`--signal=USR1@300`), often to a
+job that has only just started. `install_stop_handlers()` is the first thing `mae.cli.main` does:
+from then on SIGTERM / SIGUSR1 raise `StopRequested` in the main thread, so a signal during imports,
+argument parsing, the dataset or model build ends the command with exit 75 (`EXIT_PREEMPTED`: run it
+again) and one line, having written nothing that looks finished. The training loop replaces these
+handlers by its own flag (`mae.engine.PreemptionFlag`), which checkpoints at the next step boundary
+and also exits 75, and puts them back when the loop ends.
+"""
+
+from __future__ import annotations
+
+import signal
+
+__all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "StopRequested", "install_stop_handlers"]
+
+EXIT_PREEMPTED = 75  # checkpointed (or nothing started yet): run the same command again
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequested(BaseException):
+    """A stop signal arrived outside the training loop (a BaseException, like KeyboardInterrupt, so that
+    no `except Exception` on the way swallows it)."""
+
+    exit_code = EXIT_PREEMPTED
+
+    def __init__(self, signal_name: str):
+        self.signal_name = signal_name
+        super().__init__(f"received {signal_name} before training started: nothing to save, nothing "
+                         f"written that looks finished; run the same command again")
+
+
+def _raise_stop(signum, frame) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def install_stop_handlers() -> bool:
+    """SIGTERM / SIGUSR1 raise `StopRequested` from now on; False when not in the main thread (left alone)."""
+    try:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _raise_stop)
+    except ValueError:
+        return False
+    return True

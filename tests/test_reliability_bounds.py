@@ -1,0 +1,82 @@
+"""Inputs of a few bytes that used to make `mae` allocate gigabytes (`mae visualize --num-images 5000`
+reached 18.5 GB; a synthetic `data.train_subset=1e8` tried hundreds of GB) and other out-of-range
+requests: each is refused before anything large is built, with one line naming the field, the value and
+what is allowed, exit 2, a small peak memory and nothing half-written."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from test_reliability_common import MAE, SMOKE, assert_no_finished_outputs, fault, mae_env  # noqa: F401
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+MAX_RSS_MB = 2048  # torch + timm + a micro model is ~0.5-1 GB; the refused requests needed 18 GB and more
+
+
+
+
+def _run_rss(cmd: list[str], timeout: float = 300) -> tuple[int, str, float, float]:
+    """(exit code, stderr, seconds, peak RSS MB) of one child, measured with os.wait4."""
+    t0 = time.monotonic()
+    err_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"mae-bounds-{os.getpid()}-{time.monotonic_ns()}.err"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=mae_env())
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"{cmd} ran longer than {timeout} s")
+            time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    text = err_path.read_text()
+    err_path.unlink()
+    return proc.returncode, text, time.monotonic() - t0, usage.ru_maxrss / 1024
+
+
+CASES = {
+    "visualize_num_images_5000": (["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}/out/recon.png",
+                                   "--num-images", "5000"], "--num-images=5000", "mae visualize --num-images 5000"),
+    "visualize_200_mask_ratios": (["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}/out/recon.png",
+                                   "--mask-ratios", ",".join(["0.75"] * 200)], "--mask-ratios='200 ratios'",
+                                  "mae visualize --mask-ratios with 200 ratios (600 columns)"),
+    "visualize_seed_2_64": (["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}/out/recon.png",
+                             "--seed", str(2**64)], "--seed=18446744073709551616", "mae visualize --seed 2**64"),
+    "visualize_device_tpu": (["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}/out/recon.png",
+                              "--device", "tpu"], "--device='tpu'", "mae visualize --device tpu"),
+    "synthetic_subset_1e8": (["pretrain", "--config", str(SMOKE), "--out", "{tmp}/out", "data.train_subset=100000000"],
+                             "data.train_subset=100000000", "synthetic data.train_subset=100000000 (78 GB of pixels)"),
+    "synthetic_val_subset_huge": (["pretrain", "--config", str(SMOKE), "--out", "{tmp}/out",
+                                   "model.img_size=224", "model.patch_size=16", "data.train_subset=100000"],
+                                  "data.train_subset=100000", "synthetic 224x224 data.train_subset=100000 (15 GB)"),
+    "fashion_mnist_subset_larger_than_dataset": (
+        ["pretrain", "--config", str(SMOKE), "--out", "{tmp}/out", "data.name=fashion_mnist",
+         f"data.root={FMNIST}", "data.train_subset=70000"], "data.train_subset=70000",
+        "fashion_mnist data.train_subset=70000 (the split has 60000): refused, not silently clamped"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_small_input_cannot_allocate_gigabytes(case, tmp_path, fault):
+    args, words, what = CASES[case]
+    fault.describe("memory bounds", what, f"exit 2, one line naming the field, value and what is allowed; "
+                   f"peak RSS < {MAX_RSS_MB} MB; nothing half-written")
+    if "fashion_mnist" in case and not FMNIST.is_dir():
+        pytest.skip(f"{FMNIST} not installed")
+    code, err, seconds, rss = _run_rss([MAE, *[a.replace("{tmp}", str(tmp_path)) for a in args]])
+    lines = err.strip().splitlines()
+    assert code == 2, err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[-3000:]
+    assert words in lines[0], lines[0]
+    assert "allowed" in lines[0], lines[0]
+    assert rss < MAX_RSS_MB, f"peak RSS {rss:.0f} MB"
+    assert_no_finished_outputs(tmp_path)
+    written = [p.name for p in tmp_path.rglob("*") if p.is_file() and p.name != "train.log"]
+    assert not written, f"files written: {written}"
+    fault.observe(f"exit 2 after {seconds:.1f} s, peak RSS {rss:.0f} MB: {lines[0][:200]}")
