@@ -69,13 +69,14 @@ class Run:
         return self.dist.is_main
 
     def dataset(self, split: str):
-        """The config's dataset split ('train' or 'val'), subset as the config says."""
+        """The config's dataset split ('train' or 'val'), subset as the config says; with data.val_split
+        'val' is the held-out part of the training images, not the test set."""
         from mae.data import build_dataset
         cfg = self.cfg
         return build_dataset(cfg.data.name, cfg.data.root, split, img_size=cfg.model.img_size,
                              in_chans=cfg.model.in_chans,
                              subset=cfg.data.train_subset if split == "train" else cfg.data.val_subset,
-                             download=cfg.data.download)
+                             download=cfg.data.download, val_split=cfg.data.val_split)
 
     def loader(self, dataset, kind: str, batch_size: int):
         """This rank's loader over `dataset` with the augmentation of `kind` (a stage, or 'eval')."""
