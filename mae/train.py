@@ -197,11 +197,8 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
                                       f"({ctx.last_checkpoint}); run the same command again to resume")
         train_time_s = prior_time_s + (time.perf_counter() - started)
         # Measured on the trained model, outside train_time_s (pretraining: k-NN of the frozen encoder).
-        final = recipe.final_metrics(run, model)
-        if final and run.is_main:
-            write_record({"step": state.global_step, "epoch": section.epochs - 1,
-                          **{k: v for k, v in final.items() if not k.endswith("_time_s")}})
-        extra_metrics = {**extra_metrics, **final}
+        # They reach MLflow as final/<key> with metrics.json; metrics.jsonl keeps one loss record per step.
+        extra_metrics = {**extra_metrics, **recipe.final_metrics(run, model)}
 
         # ---- save: model.pth, the recipe's outputs, metrics.json last (its presence means the run is complete)
         metrics = _final_metrics(run, model, state, eval_result, train_time_s, extra_metrics, tracker, resumed_from)
