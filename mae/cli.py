@@ -5,6 +5,8 @@
     mae linprobe --config C.yaml linprobe.checkpoint=runs/x/model.pth --out runs/z
     mae visualize --checkpoint runs/x/model.pth --out recon.png [--mask-ratios 0.75,0.85,0.95] [--num-images 4]
     mae replay runs/x [--uri http://host:5000]      # default: env MLFLOW_TRACKING_URI, then the run's tracking.uri
+    mae features --checkpoint runs/x/model.pth --config C.yaml --out feats.pth [--pool token|avg] [--raw-pixels]
+    mae knn --checkpoint runs/x/model.pth|random --config C.yaml [--raw-pixels] [--linprobe] [key=value ...]
     torchrun --standalone --nproc_per_node=2 -m mae.cli pretrain --config C.yaml --out runs/x
 
 Exit codes: 0 done; 2 user error (one line on stderr, nothing written that looks finished);
@@ -50,6 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     vis.add_argument("--num-images", type=int, default=4)
     vis.add_argument("--seed", type=int, default=0)
     vis.add_argument("--device", default="cpu")
+    for name, text in (("features", "frozen-encoder features of the config's train and val splits, to a file"),
+                       ("knn", "k-NN accuracy (k 20, cosine, T 0.07) of a frozen encoder, printed as JSON")):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--config", help="YAML file (model: gives the encoder, data: the splits)")
+        sub.add_argument("--checkpoint", help="model.pth, or 'random' (the arch's seeded initialisation)")
+        sub.add_argument("--raw-pixels", action="store_true", help="the normalised pixels instead of an encoder")
+        sub.add_argument("--pool", default="token", help="token (cls, the paper's probe feature) or avg")
+        sub.add_argument("--device", default="cpu")
+        if name == "features":
+            sub.add_argument("--out", required=True, help="file to write (torch, weights_only-loadable)")
+        else:
+            sub.add_argument("--linprobe", action="store_true",
+                             help="also train the cached linear probe with the config's linprobe recipe")
+        sub.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.train_subset=1000")
     replay = commands.add_parser("replay", help="push a run folder's metrics.jsonl into MLflow (idempotent)")
     replay.add_argument("run_dir")
     replay.add_argument("--uri", help="tracking URI (default: env MLFLOW_TRACKING_URI, then the run's tracking.uri)")
@@ -66,7 +82,7 @@ def _parse_ratios(text: str) -> list[float]:
 def run(argv: list[str]) -> int:
     """Run one command; returns the exit code (UserError and training stops are raised to `main`)."""
     args, extra = _parser().parse_known_args(argv)
-    if args.command in ("pretrain", "finetune", "linprobe"):
+    if args.command in ("pretrain", "finetune", "linprobe", "features", "knn"):
         # Overrides may also come after `--out DIR`; argparse hands those back as unknown arguments.
         args.overrides = [*args.overrides, *extra]
         extra = [e for e in extra if e.startswith("-")]
@@ -83,6 +99,8 @@ def run(argv: list[str]) -> int:
         command = shlex.join(["mae", *argv])
         getattr(train, args.command)(cfg, args.out, command=command)
         return 0
+    if args.command in ("features", "knn"):
+        return _features_command(args)
     if args.command == "visualize":
         from mae.visualize import visualize_checkpoint
         path = visualize_checkpoint(args.checkpoint, args.out, mask_ratios=_parse_ratios(args.mask_ratios),
@@ -97,7 +115,44 @@ def run(argv: list[str]) -> int:
         print(f"{args.run_dir}: MLflow run {result['run_id']}, {result['metrics_logged']} metric points logged, "
               f"{result['metrics_skipped']} already there")
         return 0
-    raise UserError("command", args.command, "pretrain, finetune, linprobe, visualize or replay")
+    raise UserError("command", args.command, "pretrain, finetune, linprobe, features, knn, visualize or replay")
+
+
+def _features_command(args) -> int:
+    """`mae features` / `mae knn`: one JSON line on stdout with the numbers and their cost."""
+    import json
+
+    from mae import features as feats
+    from mae.choices import GLOBAL_POOLS
+    from mae.config import load_config
+    from mae.errors import check_choice
+    stray = [o for o in args.overrides if "=" not in o]
+    if stray:
+        raise UserError("override", stray[0], "'section.key=value' (e.g. data.train_subset=1000)")
+    check_choice("--pool", args.pool, GLOBAL_POOLS)
+    if args.raw_pixels == (args.checkpoint is not None):
+        raise UserError.message("--checkpoint", f"mae {args.command}: give --checkpoint (a model.pth or "
+                                "'random') or --raw-pixels, exactly one")
+    if args.command == "features" and os.path.isdir(args.out):
+        raise UserError("--out", args.out, "a file path (it is a folder)")
+    cfg = load_config(args.config, args.overrides).resolved()
+    features = feats.compute_features(cfg, args.checkpoint, pool=args.pool, raw_pixels=args.raw_pixels,
+                                      device=args.device)
+    result = {"source": features.source, "pool": features.pool, "dim": features.train.shape[1],
+              "train_images": len(features.train_labels), "val_images": len(features.val_labels),
+              "feature_time_s": round(features.extract_s, 3)}
+    if args.command == "features":
+        feats.save_features(args.out, features)
+        result["out"] = args.out
+    else:
+        knn = feats.knn_of_features(features)
+        result.update(knn_top1=knn["top1"], knn_top5=knn["top5"], knn_time_s=round(knn["time_s"], 3))
+        if args.linprobe:
+            probe = feats.probe_of_features(features, cfg)
+            result.update(linprobe_top1=probe.top1, linprobe_top5=probe.top5, linprobe_epochs=probe.epochs,
+                          linprobe_converged=probe.converged, linprobe_time_s=round(probe.time_s, 3))
+    print(json.dumps(result))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

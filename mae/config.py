@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Union
 import yaml
 
 from mae.choices import (
-    AUGMENTATIONS, DATASETS, GLOBAL_POOLS, MASK_SAMPLINGS, OFFICIAL_CROP_MIN_SCALE, PRECISIONS, STAGES, TARGETS,
+    AUGMENTATIONS, DATASETS, GLOBAL_POOLS, LINPROBE_FEATURES, MASK_SAMPLINGS, OFFICIAL_CROP_MIN_SCALE, PRECISIONS, STAGES, TARGETS,
     check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_width,
 )
 from mae.errors import UserError, check_choice, check_range
@@ -41,6 +41,9 @@ ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_
 IGNORED_TOP_LEVEL_KEYS = ("meta",)
 # Data keys that do not change what is computed, so they stay out of the run identity.
 DATA_KEYS_OUTSIDE_IDENTITY = ("num_workers", "download")
+# Keys added after run ids were published: at their default they stay out of the identity, so every
+# config that does not set them keeps its run id (a set value changes the id as any other key does).
+KEYS_OUTSIDE_IDENTITY_AT_DEFAULT = {"data.val_split": None, "linprobe.features": "augmented"}
 
 
 @dataclass
@@ -97,13 +100,14 @@ class DataConfig:
     num_classes: int | None = None
     train_subset: int | None = None
     val_subset: int | None = None
+    val_split: int | None = None  # hold out N training images as the "val" split (the test set is not read)
     crop_min_scale: float | None = None
     num_workers: int = 8
     download: bool = False
 
     def validate(self) -> None:
         check_choice("data.name", self.name, DATASETS)
-        for name in ("num_classes", "train_subset", "val_subset"):
+        for name in ("num_classes", "train_subset", "val_subset", "val_split"):
             if getattr(self, name) is not None:
                 _check_positive(f"data.{name}", getattr(self, name))
         _check_non_negative("data.num_workers", self.num_workers)
@@ -190,9 +194,11 @@ class LinprobeConfig:
     lr: float | None = None
     weight_decay: float = 0.0
     min_lr: float = 0.0
+    features: str = "augmented"  # cached: frozen features computed once, probe trained to convergence (mae.features)
 
     def validate(self) -> None:
         _validate_schedule("linprobe", self)
+        check_choice("linprobe.features", self.features, LINPROBE_FEATURES)
 
 
 @dataclass
@@ -356,10 +362,15 @@ def identity(cfg: Config, stage: str) -> str:
 
     Covers the resolved `model`, `data` without the keys that do not change results
     (num_workers, download), the stage's section and `run.seed`. Other `run` and `tracking` keys
-    (device, logging, tracking URI) do not change the identity.
+    (device, logging, tracking URI) do not change the identity. Keys of
+    `KEYS_OUTSIDE_IDENTITY_AT_DEFAULT` enter it only when set to another value than their default.
     """
     check_choice("stage", stage, STAGES)
     data = cfg.resolved().to_dict()
+    for key, default in KEYS_OUTSIDE_IDENTITY_AT_DEFAULT.items():
+        section, name = key.split(".")
+        if data[section][name] == default:
+            del data[section][name]
     content = {
         "model": data["model"],
         "data": {k: v for k, v in data["data"].items() if k not in DATA_KEYS_OUTSIDE_IDENTITY},

@@ -178,6 +178,15 @@ def load_encoder_weights(vit: VisionTransformer, state_dict_or_path: Mapping[str
                       pos_embed_resampled=resampled)
 
 
+def linear_probe_head(dim: int, num_classes: int) -> nn.Sequential:
+    """BatchNorm1d(dim, affine=False, eps=1e-6) + Linear(dim, num_classes) (trunc_normal std 0.01, bias 0)."""
+    linear = nn.Linear(dim, num_classes)
+    with torch.no_grad():
+        trunc_normal_(linear.weight, std=0.01)
+        nn.init.zeros_(linear.bias)
+    return nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear)
+
+
 def attach_linear_probe(vit: VisionTransformer, num_classes: int) -> VisionTransformer:
     """Linear probe: head = BatchNorm1d(D, affine=False, eps=1e-6) + Linear(D, K) (std 0.01, bias 0); encoder frozen.
 
@@ -188,12 +197,7 @@ def attach_linear_probe(vit: VisionTransformer, num_classes: int) -> VisionTrans
     Returns:
         the same model, only `head.*` trainable.
     """
-    dim = vit.embed_dim
-    linear = nn.Linear(dim, num_classes)
-    with torch.no_grad():
-        trunc_normal_(linear.weight, std=0.01)
-        nn.init.zeros_(linear.bias)
-    vit.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear)
+    vit.head = linear_probe_head(vit.embed_dim, num_classes)
     vit.num_classes = num_classes
     for name, p in vit.named_parameters():
         p.requires_grad = name.startswith("head.")

@@ -37,6 +37,16 @@ PCA_FIT_IMAGES = 4096
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
 
+def config_dataset(cfg: Config, split: str):
+    """The config's dataset split ('train' or 'val'), subset as the config says; with data.val_split
+    'val' is the held-out part of the training images, not the test set. `cfg` is resolved."""
+    from mae.data import build_dataset
+    return build_dataset(cfg.data.name, cfg.data.root, split, img_size=cfg.model.img_size,
+                         in_chans=cfg.model.in_chans,
+                         subset=cfg.data.train_subset if split == "train" else cfg.data.val_subset,
+                         download=cfg.data.download, val_split=cfg.data.val_split)
+
+
 @dataclass(frozen=True)
 class Run:
     """Where and how this process trains; fixed before anything is built.
@@ -69,13 +79,8 @@ class Run:
         return self.dist.is_main
 
     def dataset(self, split: str):
-        """The config's dataset split ('train' or 'val'), subset as the config says."""
-        from mae.data import build_dataset
-        cfg = self.cfg
-        return build_dataset(cfg.data.name, cfg.data.root, split, img_size=cfg.model.img_size,
-                             in_chans=cfg.model.in_chans,
-                             subset=cfg.data.train_subset if split == "train" else cfg.data.val_subset,
-                             download=cfg.data.download)
+        """The config's dataset split ('train' or 'val'): `config_dataset`."""
+        return config_dataset(self.cfg, split)
 
     def loader(self, dataset, kind: str, batch_size: int):
         """This rank's loader over `dataset` with the augmentation of `kind` (a stage, or 'eval')."""
@@ -126,6 +131,10 @@ class Recipe:
 
     def save_outputs(self, run: Run, model: nn.Module) -> None:
         """Extra files of the run folder, written by the main process after model.pth."""
+
+    def final_metrics(self, run: Run, model: nn.Module) -> dict[str, Any]:
+        """Numbers measured on the trained model after the loop, by every process (collective)."""
+        return {}
 
 
 # ---- pretraining ---------------------------------------------------------------------------------
@@ -212,6 +221,22 @@ class Pretrain(Recipe):
         except (ImportError, TypeError, RuntimeError) as exc:
             log.warning("train_flops_per_image not measured: %s", exc)
             return {}
+
+    def final_metrics(self, run: Run, model: nn.Module) -> dict[str, Any]:
+        """k-NN accuracy of the frozen encoder (cls token; k 20, cosine, T 0.07) of the config's 'val'
+        split against its 'train' split: `knn_top1`, `knn_top5`, `knn_time_s` (extraction + votes)."""
+        from mae.features import KNN_K, KNN_TEMPERATURE, compute_features, knn_of_features
+        try:
+            features = compute_features(run.cfg, model.state_dict(), device=run.device, rank=run.dist.rank,
+                                        world_size=run.dist.world_size)
+        except UserError as exc:  # e.g. an image folder without val/: the pretraining itself is fine
+            log.warning("knn not measured: %s", exc)
+            return {}
+        knn = knn_of_features(features)
+        log.info("knn: top1 %.2f top5 %.2f (k %d, cosine, T %.2f; %d train / %d val images): features %.1f s, "
+                 "votes %.1f s", knn["top1"], knn["top5"], KNN_K, KNN_TEMPERATURE, len(features.train_labels),
+                 len(features.val_labels), features.extract_s, knn["time_s"])
+        return {"knn_top1": knn["top1"], "knn_top5": knn["top5"], "knn_time_s": features.extract_s + knn["time_s"]}
 
     def save_outputs(self, run: Run, model: nn.Module) -> None:
         """recon.png: reconstructions of a few validation (else training) images; token ids cannot be drawn."""

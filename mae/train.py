@@ -73,8 +73,7 @@ def train(stage: str, cfg: Config, out_dir: str | Path, command: str | None = No
     run_id = identity(cfg, stage)
     device = distributed.resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = distributed.init_distributed(device)
-    if cfg.run.threads is not None:
-        torch.set_num_threads(cfg.run.threads)
+    _make_repeatable(cfg, device)
     run = Run(stage, cfg, Path(out_dir), run_id, device, dist_info, autocast_dtype(cfg.run.precision, device))
     if run.is_main:
         run.out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +83,8 @@ def train(stage: str, cfg: Config, out_dir: str | Path, command: str | None = No
         return finished
     with _run_logging(run.out_dir / TRAIN_LOG if run.is_main else None, run.is_main):
         try:
+            if stage == "linprobe" and cfg.linprobe.features == "cached":
+                return _train_cached_probe(run, command)
             return _train(run, RECIPES[stage], command)
         except StopRequested as stop:  # a signal before the loop took over (mae.signals): nothing to save
             log.warning("%s", stop)
@@ -203,6 +204,9 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
                 raise TrainingStopped(EXIT_PREEMPTED, f"{stop_reason}: checkpointed at step {state.global_step} "
                                       f"({ctx.last_checkpoint}); run the same command again to resume")
         train_time_s = prior_time_s + (time.perf_counter() - started)
+        # Measured on the trained model, outside train_time_s (pretraining: k-NN of the frozen encoder).
+        # They reach MLflow as final/<key> with metrics.json; metrics.jsonl keeps one loss record per step.
+        extra_metrics = {**extra_metrics, **recipe.final_metrics(run, model)}
 
         # ---- save: model.pth, the recipe's outputs, metrics.json last (its presence means the run is complete)
         metrics = _final_metrics(run, model, state, eval_result, train_time_s, extra_metrics, tracker, resumed_from)
@@ -233,7 +237,75 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
     return metrics
 
 
+def _train_cached_probe(run: Run, command: str) -> dict[str, Any]:
+    """`linprobe.features: cached`: the frozen encoder's features once, then the probe to convergence
+    (`mae.features.train_cached_probe`). No checkpoints: a killed run starts again (seconds); every
+    process computes the same probe (features gathered), the main one writes."""
+    from mae.features import compute_features, probe_of_features
+    cfg = run.cfg
+    if run.is_main:
+        dump_config(cfg, run.out_dir / CONFIG_YAML, meta={
+            "git_revision": git_revision(), "stage": run.stage, "run_id": run.run_id, "command": command})
+        _truncate_records(run.out_dir / METRICS_JSONL, 0)
+    tracker = _start_tracker(run)
+    try:
+        with open(run.out_dir / METRICS_JSONL, "a") if run.is_main else open(os.devnull, "w") as records:
+            def write_record(record: dict[str, Any]) -> None:
+                records.write(json.dumps(record) + "\n")
+                records.flush()
+                if tracker is not None:
+                    _never_fatal(tracker.log_metrics, {k: v for k, v in record.items() if k not in ("step", "epoch")},
+                                 step=record["step"])
+
+            features = compute_features(cfg, cfg.linprobe.checkpoint, device=run.device, rank=run.dist.rank,
+                                        world_size=run.dist.world_size)
+            log.info("linprobe %s: cached features of %d train / %d val images (%s, %d-d) in %.1f s", run.run_id,
+                     len(features.train_labels), len(features.val_labels), features.source, features.train.shape[1],
+                     features.extract_s)
+            probe = probe_of_features(features, cfg, on_epoch=write_record if run.is_main else None)
+            write_record({"step": probe.steps, "epoch": probe.epochs - 1, "val_loss": probe.val_loss,
+                          "top1": probe.top1, "top5": probe.top5})
+            log.info("cached probe: %s after %d epochs (%d steps, %.1f s): train loss %.4f, val top1 %.2f top5 %.2f",
+                     "converged" if probe.converged else "stopped at linprobe.epochs", probe.epochs, probe.steps,
+                     probe.time_s, probe.final_loss, probe.top1, probe.top5)
+        state = LoopState(epoch=probe.epochs, global_step=probe.steps, last_loss=probe.final_loss)
+        extra = {"probe_epochs": probe.epochs, "probe_converged": probe.converged,
+                 "feature_time_s": features.extract_s}
+        frozen = nn.ModuleList([build_encoder_for_count(cfg), probe.head])
+        metrics = _final_metrics(run, frozen, state, {"top1": probe.top1, "top5": probe.top5},
+                                 features.extract_s + probe.time_s, extra, tracker, None)
+        if run.is_main:
+            ckpt.atomic_write_text(run.out_dir / METRICS_JSON, json.dumps(metrics, indent=2) + "\n")
+        distributed.barrier()
+    except BaseException:
+        _finish_tracker(tracker, "FAILED")
+        raise
+    _finish_tracker(tracker, "FINISHED", {**metrics, "run_dir": str(run.out_dir)})
+    return metrics
+
+
+def build_encoder_for_count(cfg: Config) -> nn.Module:
+    """The frozen encoder's modules, only to count parameters (built on the meta device)."""
+    from mae.features import build_encoder
+    with torch.device("meta"):
+        return build_encoder(cfg, None)
+
+
 # ---- set-up --------------------------------------------------------------------------------------
+
+
+def _make_repeatable(cfg: Config, device: torch.device) -> None:
+    """Same command, same machine -> bitwise-identical weights and metrics.
+
+    The thread count changes the order of floating-point sums in the CPU kernels, so it is fixed for the
+    whole run: `run.threads`, else the count torch chose at start (OMP_NUM_THREADS, else the cores),
+    recorded in metrics.json (`threads`). On the CPU, deterministic algorithms are requested (warn
+    only: no CPU kernel used here lacks one); on CUDA they are not (slow), so GPU runs are repeatable
+    only up to the atomics of their kernels. Every random stream is seeded from run.seed (mae.seeding).
+    """
+    torch.set_num_threads(cfg.run.threads or torch.get_num_threads())
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def git_revision() -> str:
@@ -393,6 +465,7 @@ def _final_metrics(run: Run, model: nn.Module, state: LoopState, eval_result: di
         "num_params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "world_size": run.dist.world_size,
+        "threads": torch.get_num_threads(),
         "git_revision": git_revision(),
         "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),

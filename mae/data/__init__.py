@@ -48,14 +48,14 @@ from mae.choices import AUGMENTATIONS, DATASETS, TRANSFORM_KINDS
 
 from .batch_transforms import EVAL_CROP_PCT, TensorTransform, build_tensor_transform, rrc_scale
 from .datasets import (
-    DEFAULT_ROOTS, IMAGENET_MEAN, IMAGENET_STD, SYNTHETIC_CLASSES, SYNTHETIC_SIZES, FolderDataset, InMemoryDataset,
-    build_dataset,
+    DEFAULT_ROOTS, IMAGENET_MEAN, IMAGENET_STD, SYNTHETIC_CLASSES, SYNTHETIC_SIZES, VAL_SPLIT_SEED, FolderDataset,
+    InMemoryDataset, build_dataset, held_out_indices,
 )
 from .image_transforms import build_folder_transform, build_mixup
 from .loaders import FolderLoader, InMemoryLoader, build_loader
 
 __all__ = [
     "DATASETS", "AUGMENTATIONS", "TRANSFORM_KINDS", "DEFAULT_ROOTS", "InMemoryDataset", "FolderDataset",
-    "build_dataset", "TensorTransform", "build_tensor_transform", "build_folder_transform", "build_mixup",
+    "build_dataset", "held_out_indices", "TensorTransform", "build_tensor_transform", "build_folder_transform", "build_mixup",
     "InMemoryLoader", "FolderLoader", "build_loader",
 ]

@@ -40,6 +40,9 @@ SYNTHETIC_SIZES = {"train": 4096, "val": 1024}
 SYNTHETIC_MAX_BYTES = 2 * 2**30
 _SYNTHETIC_CHUNK_BYTES = 16 * 2**20
 SYNTHETIC_CLASSES = 10
+# The held-out permutation of `data.val_split` depends on this constant and the pool size only (never
+# on run.seed), so every arm of an ablation and every seed holds out the same images.
+VAL_SPLIT_SEED = 0x7661_6C73  # "vals"
 
 
 class InMemoryDataset(Dataset):
@@ -197,6 +200,7 @@ def build_dataset(
         subset: int | None = None,
         download: bool = False,
         seed: int = 0,
+        val_split: int | None = None,
 ) -> InMemoryDataset | FolderDataset:
     """Build one split of a dataset.
 
@@ -212,6 +216,10 @@ def build_dataset(
             for ImageFolder sets; for `synthetic`, the number generated (default 4096 train / 1024 val).
         download: let torchvision download CIFAR into `root`.
         seed: synthetic data seed (keep it fixed across runs that are compared).
+        val_split: hold out this many training images (a fixed permutation, `held_out_indices`): `train`
+            is the rest and `val` the held-out images; the test split is never read. `subset` then keeps
+            the first N of the part (evenly spaced N for ImageNet folders); synthetic data generates
+            its default training size (4096) and carves both parts from it.
     """
     check_choice("data.name", name, DATASETS)
     check_choice("split", split, ("train", "val"))
@@ -220,15 +228,22 @@ def build_dataset(
     check_in_chans(in_chans)
     if subset is not None and (not isinstance(subset, int) or subset < 1):
         raise UserError(f"data.{split}_subset", subset, "a positive integer or null")
+    if val_split is not None and (not isinstance(val_split, int) or isinstance(val_split, bool) or val_split < 1):
+        raise UserError("data.val_split", val_split, "a positive integer or null")
+    # With a validation split both parts come from the training files.
+    source_split = "train" if val_split is not None else split
 
     if name == "synthetic":
-        n = subset or SYNTHETIC_SIZES[split]
+        n = SYNTHETIC_SIZES["train"] if val_split is not None else (subset or SYNTHETIC_SIZES[split])
         if n * in_chans * img_size * img_size > SYNTHETIC_MAX_BYTES:
             most = SYNTHETIC_MAX_BYTES // (in_chans * img_size * img_size)
             raise UserError(f"data.{split}_subset", n, f"at most {most} synthetic images of {in_chans}x{img_size}x"
                             f"{img_size} ({SYNTHETIC_MAX_BYTES // 2**30} GiB generated in memory)")
-        images, labels = _synthetic(n, img_size, in_chans, seed=mix_seed(seed, 0 if split == "train" else 1))
+        images, labels = _synthetic(n, img_size, in_chans, seed=mix_seed(seed, 0 if source_split == "train" else 1))
         mean, std = _synthetic_stats(img_size, in_chans)
+        if val_split is not None:
+            part = _split_part(n, val_split, split)
+            images, labels = images[part][:subset], labels[part][:subset]
         return InMemoryDataset(images, labels, SYNTHETIC_CLASSES, mean, std, name)
 
     if root is None:
@@ -239,27 +254,31 @@ def build_dataset(
 
     if name in ("imagenet", "image_folder"):
         from torchvision.datasets import ImageFolder
-        split_dir = root / split
+        split_dir = root / source_split
         if not split_dir.is_dir():
-            raise _missing_root(name, root, f"a folder {split}/ with one sub-folder of images per class")
+            raise _missing_root(name, root, f"a folder {source_split}/ with one sub-folder of images per class")
         try:
             folder = ImageFolder(str(split_dir))
         except (FileNotFoundError, RuntimeError) as e:
-            raise _missing_root(name, root, f"class sub-folders with images in {split}/ ({e})") from None
-        indices = None
-        _check_subset(subset, len(folder), name, split)
-        if subset is not None and subset < len(folder):
-            indices = np.linspace(0, len(folder) - 1, subset).round().astype(int).tolist()
+            raise _missing_root(name, root, f"class sub-folders with images in {source_split}/ ({e})") from None
+        pool = list(range(len(folder))) if val_split is None else _split_part(len(folder), val_split, split).tolist()
+        indices = None if val_split is None else pool
+        _check_subset(subset, len(pool), name, split)
+        if subset is not None and subset < len(pool):
+            indices = [pool[i] for i in np.linspace(0, len(pool) - 1, subset).round().astype(int).tolist()]
         return FolderDataset(folder, indices, IMAGENET_MEAN, IMAGENET_STD)
 
     if not root.is_dir():
         raise _missing_root(name, root, "an existing folder" + (" (or set data.download=true)" if "cifar" in name else ""))
     if name == "fashion_mnist":
-        images, labels = _load_fashion_mnist(root, split)
+        images, labels = _load_fashion_mnist(root, source_split)
         num_classes = 10
     else:
-        images, labels = _load_cifar(name, root, split, download)
+        images, labels = _load_cifar(name, root, source_split, download)
         num_classes = 10 if name == "cifar10" else 100
+    if val_split is not None:
+        part = _split_part(len(images), val_split, split)
+        images, labels = images[part], labels[part]
     _check_subset(subset, len(images), name, split)
     if subset is not None:
         images, labels = images[:subset], labels[:subset]
@@ -272,3 +291,25 @@ def _check_subset(subset: int | None, size: int, name: str, split: str) -> None:
     if subset is not None and subset > size:
         raise UserError(f"data.{split}_subset", subset, f"at most the {size} images of {name}'s {split} split "
                         f"(or null for all of them)")
+
+
+def held_out_indices(n: int, val_split: int) -> torch.Tensor:
+    """The `val_split` indices (sorted) of a training pool of `n` images held out as the validation split.
+
+    A fixed permutation of `VAL_SPLIT_SEED` and `n` (not of run.seed): every run over the same pool
+    holds out the same images.
+    """
+    if val_split >= n:
+        raise UserError("data.val_split", val_split, f"less than the {n} training images it is carved from")
+    perm = torch.randperm(n, generator=generator(VAL_SPLIT_SEED, n))
+    return perm[:val_split].sort().values
+
+
+def _split_part(n: int, val_split: int, split: str) -> torch.Tensor:
+    """Indices (sorted) of `split` in a pool of `n` training images: the held-out ones for 'val', the rest for 'train'."""
+    held = held_out_indices(n, val_split)
+    if split == "val":
+        return held
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[held] = False
+    return keep.nonzero().flatten()

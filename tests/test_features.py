@@ -1,0 +1,109 @@
+"""mae.features: k-NN against a brute-force reference, the cached probe, raw-pixel / random-encoder paths, CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mae import features as F
+from mae.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "workflow" / "presets" / "smoke.yaml"
+
+
+def _brute_knn(train_x, train_y, test_x, num_classes, k, t):
+    preds = []
+    for q in test_x:
+        sims = [float(torch.dot(q / q.norm(), x / x.norm())) for x in train_x]
+        order = sorted(range(len(sims)), key=lambda i: -sims[i])[:k]
+        votes = [0.0] * num_classes
+        for i in order:
+            votes[int(train_y[i])] += torch.exp(torch.tensor(sims[i] / t)).item()
+        preds.append(max(range(num_classes), key=lambda c: votes[c]))
+    return torch.tensor(preds)
+
+
+def test_knn_equals_brute_force():
+    g = torch.Generator().manual_seed(0)
+    train_x, test_x = torch.randn(60, 5, generator=g), torch.randn(25, 5, generator=g)
+    train_y = torch.randint(0, 4, (60,), generator=g)
+    test_y = torch.randint(0, 4, (25,), generator=g)
+    for k, t in ((20, 0.07), (3, 1.0), (1, 0.07)):
+        ref = _brute_knn(train_x, train_y, test_x, 4, k, t)
+        expected = 100.0 * float((ref == test_y).float().mean())
+        got = F.knn_classify(train_x, train_y, test_x, test_y, 4, k=k, temperature=t, chunk=7)  # several chunks
+        assert got["top1"] == pytest.approx(expected)
+    # the test queries themselves in the train set with k=1: every one finds itself
+    assert F.knn_classify(test_x, test_y, test_x, test_y, 4, k=1)["top1"] == 100.0
+
+
+def test_cached_probe_converges_on_separable_features():
+    g = torch.Generator().manual_seed(1)
+    centers = torch.randn(5, 16, generator=g) * 3
+    y = torch.randint(0, 5, (2000,), generator=g)
+    x = centers[y] + torch.randn(2000, 16, generator=g)
+    result = F.train_cached_probe(x[:1500], y[:1500], x[1500:], y[1500:], 5, lr=1.0, batch_size=64,
+                                  warmup_epochs=1, max_epochs=200, seed=0)
+    assert result.converged and result.epochs < 200
+    assert result.top1 >= 97.0
+    again = F.train_cached_probe(x[:1500], y[:1500], x[1500:], y[1500:], 5, lr=1.0, batch_size=64,
+                                 warmup_epochs=1, max_epochs=200, seed=0)
+    assert again.top1 == result.top1 and again.final_loss == result.final_loss
+    # the paper's head: BN without affine + linear, only the linear layer trains
+    assert not result.head[0].affine and isinstance(result.head[1], torch.nn.Linear)
+
+
+def test_raw_pixel_and_random_encoder_features(tmp_path):
+    cfg = load_config(SMOKE).resolved()
+    raw = F.compute_features(cfg, None, raw_pixels=True)
+    assert raw.train.shape == (64, 28 * 28) and raw.val.shape == (32, 28 * 28) and raw.pool == "pixels"
+    rnd = F.compute_features(cfg, F.RANDOM_CHECKPOINT)
+    assert rnd.train.shape == (64, cfg.model.embed_dim) and rnd.source == "random"
+    assert torch.equal(rnd.train, F.compute_features(cfg, F.RANDOM_CHECKPOINT).train)  # seeded initialisation
+    avg = F.compute_features(cfg, F.RANDOM_CHECKPOINT, pool="avg")
+    assert not torch.equal(avg.train, rnd.train)
+    path = F.save_features(tmp_path / "f.pth", rnd)
+    back = F.load_features(path)
+    assert torch.equal(back.val, rnd.val) and back.num_classes == rnd.num_classes
+    knn = F.knn_of_features(raw)
+    assert 0 <= knn["top1"] <= 100 and knn["time_s"] >= 0
+
+
+def test_cached_linprobe_run_writes_the_contract(tmp_path):
+    from mae import train
+    cfg = load_config(SMOKE, ["linprobe.features=cached", "linprobe.epochs=30"])
+    metrics = train.linprobe(cfg, tmp_path / "run")
+    assert {"top1", "probe_epochs", "probe_converged", "feature_time_s"} <= set(metrics)
+    assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "config.yaml").is_file()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["top1"] == metrics["top1"] and "loss" in records[0]
+    assert metrics["trainable_params"] < metrics["num_params"]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "mae.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["knn", "--config", str(SMOKE)], "--checkpoint"),
+    (["knn", "--config", str(SMOKE), "--checkpoint", "random", "--raw-pixels"], "exactly one"),
+    (["knn", "--config", str(SMOKE), "--checkpoint", "missing.pth"], "--checkpoint='missing.pth' is invalid"),
+    (["features", "--config", str(SMOKE), "--raw-pixels", "--pool", "max", "--out", "x.pth"], "--pool='max'"),
+    (["knn", "--config", str(SMOKE), "--raw-pixels", "data.nope=1"], "unknown key"),
+])
+def test_cli_one_line_errors(args, needle):
+    out = _cli(*args)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and needle in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_knn_prints_json(tmp_path):
+    out = _cli("knn", "--config", str(SMOKE), "--raw-pixels", "--linprobe", "linprobe.epochs=20")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["source"] == "raw_pixels" and 0 <= result["knn_top1"] <= 100 and "linprobe_top1" in result
