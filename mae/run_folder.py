@@ -3,7 +3,8 @@
 Torch-free, so the workflow, the results scripts and `mae replay` read run folders without importing
 torch. Training writes these files; nothing else names them.
 
-    DIR/config.yaml        resolved config + `meta: {git_revision, stage, run_id, command}`
+    DIR/config.yaml        resolved config + `meta: {git_revision, git_dirty, stage, run_id, command}`
+    DIR/environment.json   what produced the run: packages, python, git, host, CPU, GPU (mae.provenance)
     DIR/train.log          the log (also on stdout)
     DIR/metrics.jsonl      one JSON object per logged step
     DIR/checkpoint.pth     resumable state (atomic; the previous one kept as checkpoint.prev.pth)
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_YAML = "config.yaml"
+ENVIRONMENT_JSON = "environment.json"
 TRAIN_LOG = "train.log"
 METRICS_JSONL = "metrics.jsonl"
 METRICS_JSON = "metrics.json"
@@ -30,7 +32,7 @@ RECON_PNG = "recon.png"
 MLFLOW_RUN_ID = "mlflow_run_id"
 
 # Small files mirrored to MLflow as artifacts (when present).
-ARTIFACTS = (CONFIG_YAML, METRICS_JSON, RECON_PNG)
+ARTIFACTS = (CONFIG_YAML, ENVIRONMENT_JSON, METRICS_JSON, RECON_PNG)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -42,8 +41,9 @@ from mae.recipes import RECIPES, Recipe, Run
 from mae.seeding import mix_seed, seed_all
 from mae.signals import StopRequested
 from mae.tracking import RedactingFilter, redact_text, redact_tree
-from mae.run_folder import (ARTIFACTS, CHECKPOINT_PTH, CONFIG_YAML, METRICS_JSON, METRICS_JSONL, MODEL_PTH,
-                            TRAIN_LOG, flatten, read_jsonl, read_metrics)
+from mae.provenance import environment_record, environment_tags, git_revision
+from mae.run_folder import (ARTIFACTS, CHECKPOINT_PTH, CONFIG_YAML, ENVIRONMENT_JSON, METRICS_JSON, METRICS_JSONL,
+                            MODEL_PTH, TRAIN_LOG, flatten, read_jsonl, read_metrics)
 
 log = logging.getLogger("mae")
 
@@ -141,10 +141,7 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
     resumed_from = state.global_step if resume is not None else None
     extra_metrics = recipe.extra_metrics(model)
     if run.is_main:
-        # Credentials (a password in tracking.uri, a token in tracking.tags) never reach a file.
-        dump_config(Config.from_dict(_shareable_config(cfg)), run.out_dir / CONFIG_YAML, meta={
-            "git_revision": git_revision(), "stage": run.stage, "run_id": run.run_id,
-            "command": redact_text(command)})
+        _write_run_record(run, command)
         _truncate_records(run.out_dir / METRICS_JSONL, state.global_step)
     tracker = _start_tracker(run)
     records = None  # metrics.jsonl, appended to by the main process
@@ -244,8 +241,7 @@ def _train_cached_probe(run: Run, command: str) -> dict[str, Any]:
     from mae.features import compute_features, probe_of_features
     cfg = run.cfg
     if run.is_main:
-        dump_config(cfg, run.out_dir / CONFIG_YAML, meta={
-            "git_revision": git_revision(), "stage": run.stage, "run_id": run.run_id, "command": command})
+        _write_run_record(run, command)
         _truncate_records(run.out_dir / METRICS_JSONL, 0)
     tracker = _start_tracker(run)
     try:
@@ -308,16 +304,6 @@ def _make_repeatable(cfg: Config, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def git_revision() -> str:
-    """`git rev-parse HEAD` of the repository holding this package, or 'unknown'."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
 @contextmanager
 def _run_logging(log_file: Path | None, is_main: bool):
     """Log to stdout and `train.log` on the main process; only warnings elsewhere."""
@@ -340,6 +326,16 @@ def _run_logging(log_file: Path | None, is_main: bool):
             handler.close()
         log.setLevel(previous_level)
         log.propagate = previous_propagate
+
+
+def _write_run_record(run: Run, command: str) -> None:
+    """config.yaml (resolved config + meta) and environment.json (mae.provenance) of the run folder.
+    Credentials (a password in tracking.uri, a token in tracking.tags) never reach a file."""
+    environment = environment_record()
+    dump_config(Config.from_dict(_shareable_config(run.cfg)), run.out_dir / CONFIG_YAML, meta={
+        "git_revision": environment["git_revision"], "git_dirty": environment["git_dirty"], "stage": run.stage,
+        "run_id": run.run_id, "command": redact_text(command)})
+    ckpt.atomic_write_text(run.out_dir / ENVIRONMENT_JSON, json.dumps(environment, indent=2) + "\n")
 
 
 def _shareable_config(cfg: Config) -> dict[str, Any]:
@@ -486,7 +482,9 @@ def _start_tracker(run: Run):
         return None
     try:
         from mae.tracking import Tracker, run_tags
-        tags = run_tags(run.run_id, run.stage, git_revision(), extra=cfg.tracking.tags)
+        environment = json.loads((run.out_dir / ENVIRONMENT_JSON).read_text())
+        tags = run_tags(run.run_id, run.stage, git_revision(), extra={**environment_tags(environment),
+                                                                       **cfg.tracking.tags})
         tracker = Tracker(enabled=True)
         tracker.start(run.out_dir, params=flatten(cfg.to_dict()), tags=tags, experiment=cfg.tracking.experiment,
                       run_name=cfg.tracking.run_name or f"{run.stage}-{run.run_id}", uri=cfg.tracking.uri)

@@ -104,3 +104,25 @@ def test_pca_target_pretrains_and_reports_flops(tmp_path):
     metrics = train.pretrain(cfg, tmp_path / "run")
     assert metrics["status"] == "completed" and metrics["train_flops_per_image"] > 0
     assert "pca target: basis fitted" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_every_run_folder_and_mlflow_run_record_the_environment(chain):
+    """environment.json (mae.provenance): packages, git revision with a dirty flag, host, CPU, GPU; the
+    same as mae.env.* tags on the MLflow run; config.yaml's meta carries git_dirty."""
+    import importlib.metadata
+
+    import mlflow
+    import yaml
+
+    out, uri, results = chain
+    for stage in ("pretrain", "finetune", "linprobe"):
+        env = json.loads((out / stage / "environment.json").read_text())
+        assert env["packages"]["torch"] == importlib.metadata.version("torch")
+        assert env["packages"]["timm"] == importlib.metadata.version("timm")
+        assert env["git_revision"] == results[stage]["git_revision"]
+        assert env["host"] == results[stage]["host"] and env["cpu"] and env["python"]
+        assert env["git_dirty"] in (True, False, None) and "cuda" in env and "gpu" in env
+        meta = yaml.safe_load((out / stage / "config.yaml").read_text())["meta"]
+        assert meta["git_dirty"] == env["git_dirty"]
+    tags = mlflow.MlflowClient(tracking_uri=uri).get_run(results["pretrain"]["mlflow_run_id"]).data.tags
+    assert tags["mae.env.torch"] == importlib.metadata.version("torch") and tags["mae.env.cpu"] == env["cpu"]
