@@ -10,18 +10,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from mae.provenance import cpu_model
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (falls back to platform.processor())."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:

@@ -46,14 +46,15 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def cpu_model() -> str | None:
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (else platform.processor(), else the machine type)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or None
+    return platform.processor() or platform.machine()
 
 
 def gpu_record() -> dict[str, Any]:
