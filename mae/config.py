@@ -31,7 +31,7 @@ import yaml
 
 from mae.choices import (
     AUGMENTATIONS, DATASETS, GLOBAL_POOLS, MASK_SAMPLINGS, OFFICIAL_CROP_MIN_SCALE, PRECISIONS, STAGES, TARGETS,
-    check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_width,
+    check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_pretrain_mask, check_width,
 )
 from mae.errors import UserError, check_choice, check_range
 
@@ -41,6 +41,10 @@ ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_
 IGNORED_TOP_LEVEL_KEYS = ("meta",)
 # Data keys that do not change what is computed, so they stay out of the run identity.
 DATA_KEYS_OUTSIDE_IDENTITY = ("num_workers", "download")
+# Bounds on what a YAML file (config, preset, ablation) or an override value may make the loader build.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+MAX_INT64 = 2 ** 63 - 1  # every integer setting fits a signed 64-bit integer (torch, numpy, sqlite)
 
 
 @dataclass
@@ -208,7 +212,8 @@ class RunConfig:
     stop_after_steps: int | None = None
 
     def validate(self) -> None:
-        _check_non_negative("run.seed", self.seed)
+        if not 0 <= self.seed <= MAX_INT64:
+            raise UserError("run.seed", self.seed, f"an integer in [0, {MAX_INT64}] (64-bit)")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise UserError("run.device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
         check_choice("run.precision", self.precision, PRECISIONS)
@@ -321,21 +326,71 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], source: 
     return data
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, turning a missing file or bad syntax into a UserError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("--config", str(path), "an existing YAML file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError.message("--config", f"{path} is not valid YAML: {first_line}") from None
+def read_yaml(path: str | Path, field: str = "--config") -> dict[str, Any]:
+    """Read a YAML mapping, turning a missing, oversized, binary or malformed file into a UserError naming it."""
+    data = load_yaml_file(path, field)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError("--config", str(path), "a YAML mapping of sections (model:, data:, pretrain:, ...)")
+        raise UserError(field, str(path), "a YAML mapping of sections (model:, data:, pretrain:, ...)")
     return data
+
+
+def load_yaml_file(path: str | Path, field: str = "--config", name: str | None = None) -> Any:
+    """The document of a YAML file, bounded and strict (see `load_yaml_text`); a UserError names the file.
+
+    Args:
+        path: the file.
+        field: what the file is to the user (`--config`, `ablations/x.yaml`), the error's field.
+        name: how messages name the file (default: the path).
+    """
+    path = Path(path)
+    shown = name or str(path)
+    try:
+        if not path.is_file():
+            raise UserError(field, str(path), "an existing YAML file")
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise UserError.message(field, f"{shown} is {size} bytes: allowed a YAML file of at most "
+                                    f"{MAX_YAML_BYTES} bytes")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError.message(field, f"{shown} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError.message(field, f"{shown} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                                f"{exc.start}): allowed a YAML text file") from None
+    return load_yaml_text(text, shown, field)
+
+
+def load_yaml_text(text: str, name: str, field: str = "--config") -> Any:
+    """yaml.safe_load with bounds: at most `MAX_YAML_NODES` values once aliases are expanded (a few
+    hundred bytes of nested aliases would otherwise grow to gigabytes when the config is copied or
+    printed) and no key given twice in one mapping (YAML keeps the last one silently).
+
+    Raises:
+        UserError: `{name} is not valid YAML: ...`, naming the duplicate key or the size bound.
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError.message(field, f"{name} is {len(text)} characters: allowed at most {MAX_YAML_BYTES}")
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set(), name, field)
+        return loader.construct_document(node)
+    except _DuplicateKey as exc:
+        raise UserError.message(field, f"{name}: key {exc.key!r} appears twice in one mapping (line {exc.line}): "
+                                "allowed each key once (a later one would silently replace the first)") from None
+    except yaml.YAMLError as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError.message(field, f"{name} is not valid YAML: {first_line}") from None
+    except RecursionError:
+        raise UserError.message(field, f"{name} is not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -345,8 +400,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, text = item.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml_text(text, f"override {key}", key) if text.strip() else None
+    except UserError as err:
+        if "twice" in str(err) or "alias" in str(err):
+            raise
         value = text  # an unparsable value is taken as a plain string; the type check decides
     return key, value
 
@@ -354,11 +411,15 @@ def parse_override(item: str) -> tuple[str, Any]:
 def identity(cfg: Config, stage: str) -> str:
     """Run identity of `stage` under `cfg`: 12 hex chars of the sha1 of canonical JSON.
 
-    Covers the resolved `model`, `data` without the keys that do not change results
-    (num_workers, download), the stage's section and `run.seed`. Other `run` and `tracking` keys
-    (device, logging, tracking URI) do not change the identity.
+    Covers every key that changes what the run computes: the resolved `model`, `data` without the keys
+    that do not (num_workers, download), the stage's section, `run.seed` and `run.precision` as
+    configured (left out while it is 'auto', so run ids from before it counted stay; 'auto' resolves per
+    device, and a resume refuses a checkpoint written at another resolved precision). The other `run`
+    keys (device, threads, compile, logging, checkpoint cadence, stop_after_steps, evaluation cadence)
+    and `tracking` do not change the identity (tests/test_config.py audits every key).
+    A config that cannot run `stage` has no identity: `check_stage` raises first.
     """
-    check_choice("stage", stage, STAGES)
+    check_stage(cfg, stage)
     data = cfg.resolved().to_dict()
     content = {
         "model": data["model"],
@@ -366,8 +427,21 @@ def identity(cfg: Config, stage: str) -> str:
         stage: data[stage],
         "seed": data["run"]["seed"],
     }
+    if data["run"]["precision"] != "auto":
+        content["precision"] = data["run"]["precision"]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+
+def check_stage(cfg: Config, stage: str) -> None:
+    """The rules that hold only for one stage (pretraining: a mask ratio that removes and keeps a patch).
+
+    Called by `identity`, so both `mae <stage>` and the workflow's parse (every grid cell) check them.
+    """
+    check_choice("stage", stage, STAGES)
+    if stage == "pretrain":
+        model = cfg.resolved().model
+        check_pretrain_mask(model.mask_ratio, (model.img_size // model.patch_size) ** 2)
 
 
 def dump_config(cfg: Config, path: str | Path, meta: dict[str, Any] | None = None) -> None:
@@ -380,6 +454,57 @@ def dump_config(cfg: Config, path: str | Path, meta: dict[str, Any] | None = Non
 
 # ----------------------------------------------------------------------------------------------
 # internals
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int):
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (merge keys `<<` may be overridden)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable: SafeLoader reports it
+                    continue
+                if duplicate:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, sizes: dict[int, int], active: set[int], name: str, field: str) -> int:
+    """Number of values `node` stands for once every alias is expanded; a UserError past `MAX_YAML_NODES`."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in active:
+        raise UserError.message(field, f"{name}: a YAML alias refers to itself: allowed aliases of finished values")
+    active.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        size += _expanded_size(child, sizes, active, name, field)
+        if size > MAX_YAML_NODES:
+            raise UserError.message(field, f"{name}: YAML aliases expand to more than {MAX_YAML_NODES} values: "
+                                    f"allowed at most {MAX_YAML_NODES} (a config is a few hundred)")
+    active.discard(key)
+    sizes[key] = size
+    return size
 
 
 def _section_classes() -> dict[str, type]:
@@ -501,6 +626,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -MAX_INT64 - 1 <= value <= MAX_INT64:
+                raise UserError(name, value, "an integer that fits in 64 bits")
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

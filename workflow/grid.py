@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import yaml
 from jsonschema import Draft202012Validator
 
-from mae.config import Config, apply_overrides, identity, read_yaml
+from mae.config import Config, apply_overrides, identity, load_yaml_file, read_yaml
 from mae.errors import UserError
 from mae.run_folder import MODEL_PTH
 
@@ -237,10 +237,10 @@ def _load_settings(config: Mapping[str, Any], root: Path) -> tuple[str, dict, li
 def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict) -> tuple[Path, dict, list]:
     """(ablations/{name}.yaml, the parsed and validated file, its (index, row) pairs that run under `preset`)."""
     path = Path("ablations") / f"{name}.yaml"
-    try:
-        ablation = yaml.safe_load((root / path).read_text())
-    except yaml.YAMLError as err:
-        raise GridError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    try:  # bounded and strict like a config file: alias expansion, duplicate keys, size, bytes
+        ablation = load_yaml_file(root / path, str(path), name=str(path))
+    except UserError as err:
+        raise GridError(str(err)) from None
     if not isinstance(ablation, dict):
         raise GridError(f"{path}: top level: expected a mapping with title, paper_ref, paper_file, evaluations, rows")
     validate(ablation, "ablation.schema.yaml", str(path))
