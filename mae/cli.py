@@ -75,6 +75,8 @@ def run(argv: list[str]) -> int:
         if stray:
             raise UserError("override", stray[0], "'section.key=value' (e.g. model.mask_ratio=0.9)")
         cfg = load_config(args.config, args.overrides)
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise UserError("--out", args.out, "a folder (it is a file or a special path)")
         command = shlex.join(["mae", *argv])
         getattr(train, args.command)(cfg, args.out, command=command)
         return 0
@@ -95,10 +97,16 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: maps UserError to exit 2 and training stops to their exit codes."""
+    import logging
     from mae.engine import TrainingStopped
+    from mae.errors import user_error_from_os
+    logging.raiseExceptions = False  # a log line that cannot be written (full disk) is no traceback
     argv = sys.argv[1:] if argv is None else argv
     try:
-        code = run(argv)
+        try:
+            code = run(argv)
+        except OSError as exc:  # a full disk, a path that is a file, no permission: the user's to fix
+            raise user_error_from_os(exc) or exc
     except UserError as exc:
         message = " ".join(str(exc).split())  # one line, always
         print(f"error: {message}", file=sys.stderr)

@@ -138,6 +138,11 @@ def visualize_checkpoint(checkpoint: str | Path, out: str | Path, *, mask_ratios
             raise UserError("--mask-ratios", r, "numbers in [0, 1)")
     if num_images < 1:
         raise UserError("--num-images", num_images, "a positive integer")
+    from mae.distributed import resolve_device
+    try:
+        device = resolve_device(device, 0) if device in ("auto", "cuda") or device.startswith("cuda:") else torch.device(device)
+    except (UserError, RuntimeError):
+        raise UserError("--device", device, "'cpu', 'auto' or 'cuda[:N]' with a visible CUDA device") from None
     state_dict, config = load_model_state(checkpoint)
     if not config or "model" not in config:
         raise UserError.message("--checkpoint", f"{checkpoint} carries no config: use a model.pth written by `mae pretrain`")
