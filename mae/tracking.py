@@ -427,7 +427,7 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
     try:
         summary = read_metrics(run_dir) or {}
     except (OSError, ValueError) as exc:
-        raise UserError.message("run_dir", f"{run_dir / "metrics.json"} cannot be read ({type(exc).__name__}): "
+        raise UserError.message("run_dir", f"{run_dir}/metrics.json cannot be read ({type(exc).__name__}): "
                                 "allowed a valid metrics.json or none") from None
     records = read_jsonl(run_dir / METRICS_JSONL)
     if not config and not records and not summary:
