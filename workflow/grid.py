@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -247,6 +248,7 @@ def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict
     if not (root / "paper" / ablation["paper_file"]).is_file():
         raise GridError(f"{path}: paper_file: {ablation['paper_file']!r} is not a file in paper/")
     _check(checked, path, "", base, ablation.get("set", {}), "set")
+    _check_paper_rows(root, path, ablation)
     seen = {}
     for i, row in enumerate(ablation["rows"]):
         key = json.dumps([row.get("set", {}), row.get("set_by_preset", {})], sort_keys=True)
@@ -259,6 +261,27 @@ def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict
     if not rows:
         raise GridError(f"{path}: rows: no row runs under preset {preset!r} (see each row's presets)")
     return path, ablation, rows
+
+
+def _check_paper_rows(root: Path, path: Path, ablation: dict) -> None:
+    """Every row's paper_where selects one row of paper_file holding a number for one of the row's
+    evaluations (a row that only pretrains needs the row alone); else the paper cells would go blank."""
+    from workflow.results.paper import PAPER_COLUMNS, load_paper_table, match_paper_row, paper_number
+    paper = load_paper_table(root / "paper", ablation["paper_file"])
+    for i, row in enumerate(ablation["rows"]):
+        where = row.get("paper_where")
+        if where is None:
+            continue
+        found, why = match_paper_row(paper, where, ablation["paper_file"])
+        label = f"{path}: rows[{i}] (label {row['label']!r}): paper_where"
+        if found is None:
+            raise GridError(f"{label}: {why}: allowed values that select exactly one row (or null: a point "
+                            "the paper lacks)")
+        evaluations = row.get("evaluations", ablation["evaluations"])
+        columns = [c for e in evaluations for c in PAPER_COLUMNS[e]]
+        if evaluations and all(math.isnan(paper_number(found, PAPER_COLUMNS[e])) for e in evaluations):
+            raise GridError(f"{label}: {where} selects a row of paper/{ablation['paper_file']} with no number in "
+                            f"{', '.join(dict.fromkeys(columns))}: allowed a row the paper reports, or null")
 
 
 def _render(data: dict, stage: str, base: dict) -> dict:
