@@ -113,8 +113,10 @@ def _write_tmp(tmp: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # write() errors name no file: name it
+            exc.filename = str(tmp)
         raise
 
 

@@ -67,5 +67,5 @@ def user_error_from_os(exc: OSError) -> UserError | None:
     expected, no permission), naming the path; None for any other OSError (a crash)."""
     if not isinstance(exc, OSError) or exc.errno not in USER_ERRNOS:
         return None
-    path = exc.filename if exc.filename is not None else "?"
+    path = exc.filename if exc.filename is not None else "a file of the run"
     return UserError.message("path", f"{path}: {USER_ERRNOS[exc.errno]} ({exc.strerror or exc})")
