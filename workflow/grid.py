@@ -119,7 +119,10 @@ def build_grid(config: Mapping[str, Any], root: str | Path) -> Grid:
     checked: dict[str, tuple[Config, dict]] = {}  # many cells repeat a config: check each once
 
     def add(stage, built, entry, pretrain_run_id=None):
-        run_id = identity(built[0], stage)
+        try:  # identity also checks the stage's own rules (a pretraining mask ratio)
+            run_id = identity(built[0], stage)
+        except UserError as err:
+            raise GridError(f"ablations/{entry['ablation']}.yaml: row {entry['row']!r}: {err}") from None
         content = _render(built[1], stage, base)
         cell = cells.setdefault((stage, run_id), Cell(stage, run_id, content, pretrain_run_id))
         if cell.config != content:
