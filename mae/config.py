@@ -374,8 +374,9 @@ def load_yaml_text(text: str, name: str, field: str = "--config") -> Any:
     """
     if len(text) > MAX_YAML_BYTES:
         raise UserError.message(field, f"{name} is {len(text)} characters: allowed at most {MAX_YAML_BYTES}")
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader already refuses control characters (NUL, ...)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -390,7 +391,8 @@ def load_yaml_text(text: str, name: str, field: str = "--config") -> Any:
     except RecursionError:
         raise UserError.message(field, f"{name} is not valid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def parse_override(item: str) -> tuple[str, Any]:
