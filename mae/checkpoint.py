@@ -19,6 +19,7 @@ import pickle
 import pickletools
 import random
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,7 +191,9 @@ def _safe_load(source: str | Path | io.BytesIO, name: str) -> Any:
         CorruptCheckpoint: anything else that cannot be read (truncated, damaged, not a torch file).
     """
     try:
-        return torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the protocol of a raw pickle before refusing it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch words a blocked import "Unsupported global: GLOBAL x" or (2.6+) "Trying to load unsupported
         # GLOBAL x"; a raw (non-zip) pickle of protocol 0/1 or >= 4 fails earlier, on an "Unsupported
