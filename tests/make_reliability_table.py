@@ -25,7 +25,7 @@ GROUPS = [
     ("Resume, preemption and non-finite loss", ["resume", "SLURM", "non-finite loss"]),
     ("1. Tracking loses no run", ["tracking", "concurrency", "tracking concurrency"]),
     ("2. Secrets never persist", ["security", "secrets"]),
-    ("3. No input blows up memory", ["memory bound"]),
+    ("3. No input blows up memory", ["memory bound", "memory bounds"]),
     ("4. Every user mistake is one line, exit 2, nothing half-written", ["bad input", "user mistake"]),
     ("5. Checkpoint hygiene", ["checkpoint", "checkpoint hygiene"]),
     ("6. Signals at any moment", ["signals", "signals at start"]),

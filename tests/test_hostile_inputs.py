@@ -194,6 +194,10 @@ CASES = [
     Case("resume_zip_payload", "checkpoint hygiene", "checkpoint.pth = torch zip file whose data.pkl calls os.system",
          ["pretrain", "--config", S, "--out", "{case}/run"], ["checkpoint.pth", "refused"],
          files={"run/checkpoint.pth": "EVILZIP", "run/checkpoint.prev.pth": "GOOD_CKPT"}, forbid=["weights_only=False"]),
+    Case("resume_other_precision", "run identity",
+         "checkpoint.pth written at bf16 (run.precision=auto on a GPU), resumed with the same config on CPU (fp32)",
+         ["pretrain", "--config", S, "--out", "{case}/run", "run.precision=auto"], ["run.precision", "bfloat16", "fp32"],
+         files={"run/checkpoint.pth": "BF16_CKPT"}),
     Case("finetune_raw_pickle_payload", "checkpoint hygiene", "finetune.checkpoint = raw protocol-0 pickle payload",
          _ft("finetune.checkpoint={case}/evil.pth"), ["evil.pth", "refused"], files={"evil.pth": "EVIL0"},
          forbid=["weights_only=False"]),
@@ -323,6 +327,19 @@ def _good_checkpoint(tmp: Path) -> bytes:
     return (out / "checkpoint.pth").read_bytes()
 
 
+def _other_precision(tmp: Path, good: bytes) -> bytes:
+    """The same checkpoint as if written by a GPU job that resolved run.precision=auto to bf16."""
+    from mae.checkpoint import load_checkpoint, save_checkpoint
+    from mae.config import identity, load_config
+    folder = tmp / "bf16"
+    folder.mkdir()
+    (folder / "checkpoint.pth").write_bytes(good)
+    state = load_checkpoint(folder / "checkpoint.pth")
+    state["precision"] = "torch.bfloat16"
+    state["run_id"] = identity(load_config(S, ["run.precision=auto"]), "pretrain")  # auto: the id without precision
+    return save_checkpoint(folder, state).read_bytes()
+
+
 def _full_disk(tmp: Path) -> tuple[str, list[str]]:
     """A 1 MiB tmpfs (needs root), else a folder where a sitecustomize makes fsync fail with ENOSPC."""
     mount = tmp / "full"
@@ -353,8 +370,9 @@ def outcomes(request, tmp_path_factory):
                 and item.module.__name__.endswith("test_hostile_inputs")}
     chosen = [case for case in CASES if case.name in selected]
     materials = _materials(tmp)
-    if any("GOOD_CKPT" in case.files.values() for case in chosen):
+    if any({"GOOD_CKPT", "BF16_CKPT"} & set(case.files.values()) for case in chosen):
         materials["GOOD_CKPT"] = _good_checkpoint(tmp)
+        materials["BF16_CKPT"] = _other_precision(tmp, materials["GOOD_CKPT"])
     full, cleanup = _full_disk(tmp)
     workflow = workflow_copy(tmp / "workflow_copy") if any(c.ablation for c in chosen) else None
     cmds, dirs = [], {}
