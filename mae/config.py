@@ -34,6 +34,7 @@ from mae.choices import (
     check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_pretrain_mask, check_width,
 )
 from mae.errors import UserError, check_choice, check_range
+from mae.yaml_loading import MAX_YAML_BYTES, MAX_YAML_NODES, load_yaml_file, load_yaml_text  # noqa: F401
 
 ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
                "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "mlp_ratio")
@@ -41,9 +42,6 @@ ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_
 IGNORED_TOP_LEVEL_KEYS = ("meta",)
 # Data keys that do not change what is computed, so they stay out of the run identity.
 DATA_KEYS_OUTSIDE_IDENTITY = ("num_workers", "download")
-# Bounds on what a YAML file (config, preset, ablation) or an override value may make the loader build.
-MAX_YAML_BYTES = 1 << 20
-MAX_YAML_NODES = 100_000
 MAX_INT64 = 2 ** 63 - 1  # every integer setting fits a signed 64-bit integer (torch, numpy, sqlite)
 
 
@@ -336,67 +334,8 @@ def read_yaml(path: str | Path, field: str = "--config") -> dict[str, Any]:
     return data
 
 
-def load_yaml_file(path: str | Path, field: str = "--config", name: str | None = None) -> Any:
-    """The document of a YAML file, bounded and strict (see `load_yaml_text`); a UserError names the file.
-
-    Args:
-        path: the file.
-        field: what the file is to the user (`--config`, `ablations/x.yaml`), the error's field.
-        name: how messages name the file (default: the path).
-    """
-    path = Path(path)
-    shown = name or str(path)
-    try:
-        if not path.is_file():
-            raise UserError(field, str(path), "an existing YAML file")
-        size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
-            raise UserError.message(field, f"{shown} is {size} bytes: allowed a YAML file of at most "
-                                    f"{MAX_YAML_BYTES} bytes")
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError.message(field, f"{shown} cannot be read: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError.message(field, f"{shown} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
-                                f"{exc.start}): allowed a YAML text file") from None
-    return load_yaml_text(text, shown, field)
-
-
-def load_yaml_text(text: str, name: str, field: str = "--config") -> Any:
-    """yaml.safe_load with bounds: at most `MAX_YAML_NODES` values once aliases are expanded (a few
-    hundred bytes of nested aliases would otherwise grow to gigabytes when the config is copied or
-    printed) and no key given twice in one mapping (YAML keeps the last one silently).
-
-    Raises:
-        UserError: `{name} is not valid YAML: ...`, naming the duplicate key or the size bound.
-    """
-    if len(text) > MAX_YAML_BYTES:
-        raise UserError.message(field, f"{name} is {len(text)} characters: allowed at most {MAX_YAML_BYTES}")
-    loader = None
-    try:
-        loader = _BoundedLoader(text)  # the reader already refuses control characters (NUL, ...)
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _expanded_size(node, {}, set(), name, field)
-        return loader.construct_document(node)
-    except _DuplicateKey as exc:
-        raise UserError.message(field, f"{name}: key {exc.key!r} appears twice in one mapping (line {exc.line}): "
-                                "allowed each key once (a later one would silently replace the first)") from None
-    except yaml.YAMLError as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError.message(field, f"{name} is not valid YAML: {first_line}") from None
-    except RecursionError:
-        raise UserError.message(field, f"{name} is not valid YAML: nested too deeply") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-
-
 def parse_override(item: str) -> tuple[str, Any]:
-    """`'model.mask_ratio=0.9'` -> `('model.mask_ratio', 0.9)`; the value is parsed with yaml.safe_load."""
+    """`'model.mask_ratio=0.9'` -> `('model.mask_ratio', 0.9)`; the value is parsed as bounded YAML."""
     if "=" not in item:
         raise UserError("override", item, "'section.key=value' (e.g. model.mask_ratio=0.9)")
     key, text = item.split("=", 1)
@@ -456,57 +395,6 @@ def dump_config(cfg: Config, path: str | Path, meta: dict[str, Any] | None = Non
 
 # ----------------------------------------------------------------------------------------------
 # internals
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: Any, line: int):
-        super().__init__(key)
-        self.key, self.line = key, line
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (merge keys `<<` may be overridden)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    duplicate = key in seen
-                    seen.add(key)
-                except TypeError:  # unhashable: SafeLoader reports it
-                    continue
-                if duplicate:
-                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _expanded_size(node, sizes: dict[int, int], active: set[int], name: str, field: str) -> int:
-    """Number of values `node` stands for once every alias is expanded; a UserError past `MAX_YAML_NODES`."""
-    key = id(node)
-    if key in sizes:
-        return sizes[key]
-    if key in active:
-        raise UserError.message(field, f"{name}: a YAML alias refers to itself: allowed aliases of finished values")
-    active.add(key)
-    size = 1
-    if isinstance(node, yaml.SequenceNode):
-        children = node.value
-    elif isinstance(node, yaml.MappingNode):
-        children = [n for pair in node.value for n in pair]
-    else:
-        children = []
-    for child in children:
-        size += _expanded_size(child, sizes, active, name, field)
-        if size > MAX_YAML_NODES:
-            raise UserError.message(field, f"{name}: YAML aliases expand to more than {MAX_YAML_NODES} values: "
-                                    f"allowed at most {MAX_YAML_NODES} (a config is a few hundred)")
-    active.discard(key)
-    sizes[key] = size
-    return size
 
 
 def _section_classes() -> dict[str, type]:
