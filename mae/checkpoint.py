@@ -16,7 +16,11 @@ import hashlib
 import io
 import os
 import pickle
+import pickletools
 import random
+import re
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,13 +97,65 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    tmp = _tmp_path(path)
+    _write_tmp(tmp, data)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp.{os.getpid()}")
+
+
+def _write_tmp(tmp: Path, data: bytes) -> None:
+    """Write and fsync `tmp`; on any failure (a full disk, a signal's exception) remove it and re-raise."""
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # write() errors name no file: name it
+            exc.filename = str(tmp)
+        raise
+
+
+_TMP_NAME = re.compile(r"^\..+\.tmp\.(\d+)$")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove `.<name>.tmp.<pid>` files (half-written checkpoints, model.pth, metrics.json) whose writer is
+    gone: left by a SIGKILL, an out-of-memory kill or a node failure during a write (at ViT-L size a
+    checkpoint is gigabytes). Files of a live process other than this one are kept. Returns those removed.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        match = _TMP_NAME.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and _process_alive(pid):
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -135,30 +191,67 @@ def _safe_load(source: str | Path | io.BytesIO, name: str) -> Any:
         CorruptCheckpoint: anything else that cannot be read (truncated, damaged, not a torch file).
     """
     try:
-        return torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the protocol of a raw pickle before refusing it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch words it "Unsupported global: GLOBAL x" or (2.6+) "Trying to load unsupported GLOBAL x";
-        # a plain pickle of protocol >= 4 (starts with PROTO) fails earlier, on an "Unsupported operand".
+        # torch words a blocked import "Unsupported global: GLOBAL x" or (2.6+) "Trying to load unsupported
+        # GLOBAL x"; a raw (non-zip) pickle of protocol 0/1 or >= 4 fails earlier, on an "Unsupported
+        # operand". Either way, a well-formed pickle that imports or calls something is a code payload.
         text = str(exc).lower()
-        if "unsupported global" in text or "unsupported class" in text or (
-                "unsupported operand" in text and _starts_with(source, b"\x80")):
+        if "unsupported global" in text or "unsupported class" in text or _is_code_pickle(source):
             raise UserError.message("checkpoint", f"checkpoint {name!r} was refused: it needs arbitrary code to "
-                                    "load (only weights_only=True loads are allowed)") from None
-        raise CorruptCheckpoint(f"checkpoint {name!r} cannot be read: {_first_line(exc)}") from None
+                                    "load (it imports or calls Python objects; only plain tensors and "
+                                    "containers are loaded)") from None
+        raise CorruptCheckpoint(f"checkpoint {name!r} cannot be read: {_reason(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - arbitrary bytes make the unpickler raise anything (IndexError, ...)
-        raise CorruptCheckpoint(f"checkpoint {name!r} cannot be read: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise CorruptCheckpoint(f"checkpoint {name!r} cannot be read: {type(exc).__name__}: {_reason(exc)}") from None
 
 
-def _starts_with(source: str | Path | io.BytesIO, prefix: bytes) -> bool:
+# Pickle opcodes that import or call Python objects (what a code payload needs).
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD", "EXT1", "EXT2",
+                 "EXT4"}
+_SCAN_BYTES = 64 << 20
+
+
+def _is_code_pickle(source: str | Path | io.BytesIO) -> bool:
+    """Whether the pickle in `source` (a raw pickle, or the data.pkl of torch's zip format) is well formed
+    and imports or calls an object; it is scanned with pickletools, never run."""
     if isinstance(source, io.BytesIO):
-        return source.getvalue().startswith(prefix)
-    with open(source, "rb") as f:
-        return f.read(len(prefix)) == prefix
+        data = source.getvalue()[:_SCAN_BYTES]
+    else:
+        with open(source, "rb") as f:
+            data = f.read(_SCAN_BYTES)
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                data = archive.read(names[0])[:_SCAN_BYTES] if names else b""
+        except (zipfile.BadZipFile, OSError, KeyError):
+            return False
+    if not _parses_to_stop(data):
+        return False
+    return any(opcode.name in _CODE_OPCODES for opcode, _, _ in pickletools.genops(io.BytesIO(data)))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+def _parses_to_stop(data: bytes) -> bool:
+    """The first pickle in `data` is complete (ends with STOP): a payload, not random bytes."""
+    try:
+        for opcode, _, _ in pickletools.genops(io.BytesIO(data)):
+            if opcode.name == "STOP":
+                return True
+    except Exception:  # noqa: BLE001
+        return False
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    """torch's message without its advice (never suggest weights_only=False to the user)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept = [line for line in lines if not re.search(r"weights_only|file an issue|documentation of torch\.load|"
+                                                     r"trusted source|WeightsUnpickler error:\s*$", line)]
+    text = (kept[0] if kept else type(exc).__name__)
+    return text.split(". This is an internal", 1)[0][:200]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,11 +275,8 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> Path:
         "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
     })
     path = run_dir / CHECKPOINT_PTH
-    tmp = run_dir / f".{CHECKPOINT_PTH}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(wrapped)
-        f.flush()
-        os.fsync(f.fileno())
+    tmp = _tmp_path(path)
+    _write_tmp(tmp, wrapped)
     if path.exists():
         os.replace(path, run_dir / PREVIOUS_CHECKPOINT_PTH)
     os.replace(tmp, path)
@@ -208,7 +298,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     payload = wrapped["payload"].numpy().tobytes()
     if hashlib.sha256(payload).hexdigest() != wrapped["sha256"]:
         raise CorruptCheckpoint(f"{path}: sha256 of the payload does not match (file damaged)")
-    return _safe_load(io.BytesIO(payload), str(path))
+    state = _safe_load(io.BytesIO(payload), str(path))
+    bad = non_finite_tensor(state.get("model")) if isinstance(state, dict) else None
+    if bad is not None:
+        raise CorruptCheckpoint(f"{path}: weights hold NaN or Inf ({bad}); not a state to resume from")
+    return state
+
+
+def non_finite_tensor(state_dict: Any) -> str | None:
+    """The name of the first floating-point tensor holding NaN or Inf in `state_dict`, else None."""
+    if not isinstance(state_dict, dict):
+        return None
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return str(key)
+    return None
 
 
 def find_resume_checkpoint(run_dir: str | Path) -> ResumePoint | None:
@@ -218,6 +322,7 @@ def find_resume_checkpoint(run_dir: str | Path) -> ResumePoint | None:
         UserError: checkpoints exist but none is valid (resuming would silently restart the run), or one is unsafe.
     """
     run_dir = Path(run_dir)
+    remove_stale_temporaries(run_dir)
     problems = []
     for name in (CHECKPOINT_PTH, PREVIOUS_CHECKPOINT_PTH):
         path = run_dir / name
@@ -271,12 +376,20 @@ def load_model_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         raise UserError.message("checkpoint", f"checkpoint={str(path)!r} is invalid: {exc}; allowed: a model.pth "
                                 "written by `mae pretrain` / `mae finetune` or an official MAE .pth") from None
     if isinstance(obj, dict):
+        found = None
         for key in ("model", "state_dict", "model_state"):
             if isinstance(obj.get(key), dict):
                 config = obj.get("config") if isinstance(obj.get("config"), dict) else None
-                return _strip_module_prefix(obj[key]), config
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return _strip_module_prefix(obj), None
+                found = _strip_module_prefix(obj[key]), config
+                break
+        if found is None and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            found = _strip_module_prefix(obj), None
+        if found is not None:
+            bad = non_finite_tensor(found[0])
+            if bad is not None:
+                raise UserError.message("checkpoint", f"checkpoint={str(path)!r} is invalid: tensor {bad!r} holds "
+                                        "NaN or Inf; allowed: finite weights (a model.pth of a finished run)")
+            return found
     raise UserError.message("checkpoint", f"{path} holds no model weights (expected {{'model': state_dict}})")
 
 

@@ -90,3 +90,19 @@ def check_in_chans(in_chans: Any) -> int:
     if in_chans not in IN_CHANS:
         raise UserError("model.in_chans", in_chans, "1 or 3 (images are adapted between grayscale and RGB)")
     return in_chans
+
+
+def check_pretrain_mask(mask_ratio: float, num_patches: int, field: str = "model.mask_ratio") -> float:
+    """Pretraining learns from removed patches and sees kept ones: at least one of each per image.
+
+    Args:
+        mask_ratio: the configured ratio (already in [0, 1)).
+        num_patches: patches per image, L = (img_size / patch_size) ** 2.
+        field: dotted name in the message.
+    """
+    kept = int(num_patches * (1 - mask_ratio))  # mae.masking.num_kept: the official rule
+    if kept < 1 or kept >= num_patches:
+        lo, hi = 1 / num_patches, 1 - 1 / num_patches
+        raise UserError(field, mask_ratio, f"a ratio that removes and keeps at least one of the {num_patches} patches "
+                        f"when pretraining (about {lo:.3g} to {hi:.3g}; the loss is computed on removed patches)")
+    return mask_ratio

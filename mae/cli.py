@@ -96,6 +96,8 @@ def run(argv: list[str]) -> int:
         if stray:
             raise UserError("override", stray[0], "'section.key=value' (e.g. model.mask_ratio=0.9)")
         cfg = load_config(args.config, args.overrides)
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise UserError("--out", args.out, "a folder (it is a file or a special path)")
         command = shlex.join(["mae", *argv])
         getattr(train, args.command)(cfg, args.out, command=command)
         return 0
@@ -159,9 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: maps UserError to exit 2 and training stops to their exit codes."""
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     install_stop_handlers()  # first of all: a SIGTERM during the imports below is exit 75 with one line, not 143
+    import logging
+    from mae.errors import user_error_from_os
+    logging.raiseExceptions = False  # a log line that cannot be written (full disk) is no traceback
     argv = sys.argv[1:] if argv is None else argv
     try:
-        code = run(argv)
+        try:
+            code = run(argv)
+        except OSError as exc:  # a full disk, a path that is a file, no permission: the user's to fix
+            raise user_error_from_os(exc) or exc
     except UserError as exc:
         from mae.tracking import redact_text
         message = redact_text(" ".join(str(exc).split()))  # one line, always, and no credential in it

@@ -31,9 +31,10 @@ import yaml
 
 from mae.choices import (
     AUGMENTATIONS, DATASETS, GLOBAL_POOLS, LINPROBE_FEATURES, MASK_SAMPLINGS, OFFICIAL_CROP_MIN_SCALE, PRECISIONS, STAGES, TARGETS,
-    check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_width,
+    check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_pretrain_mask, check_width,
 )
 from mae.errors import UserError, check_choice, check_range
+from mae.yaml_loading import MAX_YAML_BYTES, MAX_YAML_NODES, load_yaml_file, load_yaml_text  # noqa: F401
 
 ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
                "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "mlp_ratio")
@@ -44,6 +45,7 @@ DATA_KEYS_OUTSIDE_IDENTITY = ("num_workers", "download")
 # Keys added after run ids were published: at their default they stay out of the identity, so every
 # config that does not set them keeps its run id (a set value changes the id as any other key does).
 KEYS_OUTSIDE_IDENTITY_AT_DEFAULT = {"data.val_split": None, "linprobe.features": "augmented"}
+MAX_INT64 = 2 ** 63 - 1  # every integer setting fits a signed 64-bit integer (torch, numpy, sqlite)
 
 
 @dataclass
@@ -214,7 +216,8 @@ class RunConfig:
     stop_after_steps: int | None = None
 
     def validate(self) -> None:
-        _check_non_negative("run.seed", self.seed)
+        if not 0 <= self.seed <= MAX_INT64:
+            raise UserError("run.seed", self.seed, f"an integer in [0, {MAX_INT64}] (64-bit)")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise UserError("run.device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
         check_choice("run.precision", self.precision, PRECISIONS)
@@ -327,32 +330,27 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], source: 
     return data
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, turning a missing file or bad syntax into a UserError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("--config", str(path), "an existing YAML file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError.message("--config", f"{path} is not valid YAML: {first_line}") from None
+def read_yaml(path: str | Path, field: str = "--config") -> dict[str, Any]:
+    """Read a YAML mapping, turning a missing, oversized, binary or malformed file into a UserError naming it."""
+    data = load_yaml_file(path, field)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError("--config", str(path), "a YAML mapping of sections (model:, data:, pretrain:, ...)")
+        raise UserError(field, str(path), "a YAML mapping of sections (model:, data:, pretrain:, ...)")
     return data
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """`'model.mask_ratio=0.9'` -> `('model.mask_ratio', 0.9)`; the value is parsed with yaml.safe_load."""
+    """`'model.mask_ratio=0.9'` -> `('model.mask_ratio', 0.9)`; the value is parsed as bounded YAML."""
     if "=" not in item:
         raise UserError("override", item, "'section.key=value' (e.g. model.mask_ratio=0.9)")
     key, text = item.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml_text(text, f"override {key}", key) if text.strip() else None
+    except UserError as err:
+        if "twice" in str(err) or "alias" in str(err):
+            raise
         value = text  # an unparsable value is taken as a plain string; the type check decides
     return key, value
 
@@ -360,12 +358,16 @@ def parse_override(item: str) -> tuple[str, Any]:
 def identity(cfg: Config, stage: str) -> str:
     """Run identity of `stage` under `cfg`: 12 hex chars of the sha1 of canonical JSON.
 
-    Covers the resolved `model`, `data` without the keys that do not change results
-    (num_workers, download), the stage's section and `run.seed`. Other `run` and `tracking` keys
-    (device, logging, tracking URI) do not change the identity. Keys of
+    Covers every key that changes what the run computes: the resolved `model`, `data` without the keys
+    that do not (num_workers, download), the stage's section, `run.seed` and `run.precision` as
+    configured (left out while it is 'auto', so run ids from before it counted stay; 'auto' resolves per
+    device, and a resume refuses a checkpoint written at another resolved precision). The other `run`
+    keys (device, threads, compile, logging, checkpoint cadence, stop_after_steps, evaluation cadence)
+    and `tracking` do not change the identity (tests/test_config.py audits every key). Keys of
     `KEYS_OUTSIDE_IDENTITY_AT_DEFAULT` enter it only when set to another value than their default.
+    A config that cannot run `stage` has no identity: `check_stage` raises first.
     """
-    check_choice("stage", stage, STAGES)
+    check_stage(cfg, stage)
     data = cfg.resolved().to_dict()
     for key, default in KEYS_OUTSIDE_IDENTITY_AT_DEFAULT.items():
         section, name = key.split(".")
@@ -377,8 +379,21 @@ def identity(cfg: Config, stage: str) -> str:
         stage: data[stage],
         "seed": data["run"]["seed"],
     }
+    if data["run"]["precision"] != "auto":
+        content["precision"] = data["run"]["precision"]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+
+def check_stage(cfg: Config, stage: str) -> None:
+    """The rules that hold only for one stage (pretraining: a mask ratio that removes and keeps a patch).
+
+    Called by `identity`, so both `mae <stage>` and the workflow's parse (every grid cell) check them.
+    """
+    check_choice("stage", stage, STAGES)
+    if stage == "pretrain":
+        model = cfg.resolved().model
+        check_pretrain_mask(model.mask_ratio, (model.img_size // model.patch_size) ** 2)
 
 
 def dump_config(cfg: Config, path: str | Path, meta: dict[str, Any] | None = None) -> None:
@@ -512,6 +527,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -MAX_INT64 - 1 <= value <= MAX_INT64:
+                raise UserError(name, value, "an integer that fits in 64 bits")
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -16,7 +17,12 @@ class UserError(Exception):
         allowed: what would have been accepted (e.g. "a number in [0, 1)").
     """
 
-    def __init__(self, field: str, value: Any = None, allowed: str = "", *, text: str | None = None):
+    def __init__(self, field: str = "", value: Any = None, allowed: str = "", *, text: str | None = None,
+                 message: str | None = None):
+        if message is not None:
+            # torch's DataLoader re-raises a worker's exception as `type(message="Caught ... Original
+            # Traceback ...\nmae.errors.UserError: <text>")`: keep the original one-line text.
+            text = message.rstrip().splitlines()[-1].split("UserError: ", 1)[-1]
         self.field = field
         self.value = value
         self.allowed = allowed
@@ -46,3 +52,20 @@ def check_range(field: str, value: Any, lo: float, hi: float, *, lo_open: bool =
     if not ok:
         raise UserError(field, value, f"a number in {interval}")
     return value
+
+
+# OSError numbers that are the user's to fix (a path, a permission, a full disk), not a crash.
+USER_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted", errno.ENOTDIR: "a path component is not a folder",
+               errno.EEXIST: "exists and is not a folder", errno.EISDIR: "is a folder",
+               errno.ENAMETOOLONG: "name too long", errno.ENOENT: "no such file or folder"}
+
+
+def user_error_from_os(exc: OSError) -> UserError | None:
+    """The one-line UserError for an OSError the user can fix (a full disk, a file where a folder is
+    expected, no permission), naming the path; None for any other OSError (a crash)."""
+    if not isinstance(exc, OSError) or exc.errno not in USER_ERRNOS:
+        return None
+    path = exc.filename if exc.filename is not None else "a file of the run"
+    return UserError.message("path", f"{path}: {USER_ERRNOS[exc.errno]} ({exc.strerror or exc})")

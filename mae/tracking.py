@@ -557,16 +557,20 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
     Returns:
         `{"run_id", "metrics_logged", "metrics_skipped", "params_logged", "param_conflicts"}`.
     """
-    import yaml
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError.message("run_dir", f"run_dir={str(run_dir)!r} is invalid: not a folder")
     config: dict[str, Any] = {}
     if (run_dir / CONFIG_YAML).is_file():
-        config = yaml.safe_load((run_dir / CONFIG_YAML).read_text()) or {}
+        from mae.config import read_yaml  # bounded and strict; a damaged file is one UserError line
+        config = read_yaml(run_dir / CONFIG_YAML, "run_dir")
     meta = config.pop("meta", None) or {}
     tracking = config.get("tracking") or {}
-    summary = read_metrics(run_dir) or {}
+    try:
+        summary = read_metrics(run_dir) or {}
+    except (OSError, ValueError) as exc:
+        raise UserError.message("run_dir", f"{run_dir}/metrics.json cannot be read ({type(exc).__name__}): "
+                                "allowed a valid metrics.json or none") from None
     records = read_jsonl(run_dir / METRICS_JSONL)
     if not config and not records and not summary:
         raise UserError.message("run_dir", f"run_dir={str(run_dir)!r} is invalid: no config.yaml, metrics.jsonl "

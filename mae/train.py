@@ -33,6 +33,7 @@ from torch import nn
 from mae import checkpoint as ckpt
 from mae import distributed
 from mae.config import Config, dump_config, identity
+from mae.data.datasets import check_num_classes
 from mae.engine import (EXIT_PREEMPTED, EpochContext, LoopState, PreemptionFlag, TrainingStopped, autocast_dtype,
                         evaluate, train_one_epoch)
 from mae.errors import UserError
@@ -109,7 +110,7 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
     torch.manual_seed(cfg.run.seed)
     micro, accum = _batch_geometry(run)
     train_set = run.dataset("train")
-    num_classes = cfg.data.num_classes or train_set.num_classes
+    num_classes = check_num_classes(train_set, cfg.data.num_classes)
     # Before the loader, whose own check cannot name the stage's field. batch_size <= images also
     # guarantees at least one optimizer step per epoch: world x micro x accum = batch_size and each
     # rank holds images // world (drop_last), so every rank has at least accum micro-batches.
@@ -371,7 +372,12 @@ def _wrap(model: nn.Module, run: Run) -> nn.Module:
 
 def _finished_metrics(run: Run) -> dict[str, Any] | None:
     """This run's metrics.json when the folder already holds it; a finished *other* run is a UserError."""
-    metrics = read_metrics(run.out_dir)
+    try:
+        metrics = read_metrics(run.out_dir)
+    except (OSError, ValueError) as exc:  # damaged, not JSON, unreadable
+        raise UserError.message("--out", f"{run.out_dir / METRICS_JSON} cannot be read ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:120]}): allowed a run folder without one or with a "
+                                "valid metrics.json; remove it or choose another --out") from None
     if metrics is None:
         return None
     if metrics.get("run_id") != run.run_id or metrics.get("stage") != run.stage:
@@ -410,6 +416,7 @@ def _checkpoint_payload(run: Run, parts: _Trainable, state: LoopState, train_tim
         "rng_per_rank": rng_per_rank,
         "train_time_s": train_time_s,
         "world_size": run.dist.world_size,
+        "precision": str(run.autocast_dtype or "fp32"),
         "config": _shareable_config(run.cfg),
     }
 
@@ -421,6 +428,11 @@ def _restore(run: Run, resume: ckpt.ResumePoint, parts: _Trainable, state: LoopS
         raise UserError.message("--out", f"{resume.path} belongs to {saved.get('stage')} run "
                                 f"{saved.get('run_id')}, not this config ({run.stage} {run.run_id}); "
                                 "choose another --out or remove the folder")
+    precision = str(run.autocast_dtype or "fp32")
+    if saved.get("precision", precision) != precision:  # run.precision=auto resolved on another device
+        raise UserError.message("run.precision", f"{resume.path} was written at precision {saved['precision']}, "
+                                f"this run resolves run.precision={run.cfg.run.precision!r} to {precision}: "
+                                "allowed the same precision on resume (set run.precision explicitly)")
     log.info("%s", resume.note)
     parts.model.load_state_dict(saved["model"])
     parts.optimizer.load_state_dict(saved["optimizer"])

@@ -3,7 +3,9 @@ log, and checkpoint.prev.pth is used; with no valid checkpoint left the run fail
 instead of silently restarting from step 0."""
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +105,47 @@ def test_no_valid_checkpoint_fails_loudly_and_keeps_progress(outcomes, stopped, 
     assert "epoch 0 step 1/" not in result.stdout, "it started training again"
     assert_no_finished_outputs(out)
     fault.observe(f"exit 2: {lines[0].replace(f'{out}/', '').replace(str(out), 'DIR')[:260]}")
+
+
+def test_stale_checkpoint_temporaries_are_removed_on_resume(tmp_path, fault):
+    """#17 item 5: a kill during a checkpoint write leaves `.checkpoint.pth.tmp.<pid>` (gigabytes at
+    ViT-L size); the next start removes those of dead writers and keeps a live writer's."""
+    import subprocess
+    import sys
+
+    from mae.checkpoint import find_resume_checkpoint, save_checkpoint
+    fault.describe("checkpoint hygiene", "`.checkpoint.pth.tmp.<pid>` / `.model.pth.tmp.<pid>` of a killed writer "
+                   "(and one of a live process) in the run folder; start again",
+                   "temporaries of dead writers removed, a live writer's kept, resume from checkpoint.pth")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    save_checkpoint(tmp_path, {"stage": "pretrain", "run_id": "x", "loop": {}})
+    stale = [tmp_path / f".checkpoint.pth.tmp.{dead}", tmp_path / f".model.pth.tmp.{dead}"]
+    live = tmp_path / f".checkpoint.pth.tmp.{os.getppid()}"
+    for path in [*stale, live]:
+        path.write_bytes(b"\0" * 4096)
+    resume = find_resume_checkpoint(tmp_path)
+    assert resume is not None and resume.path.name == "checkpoint.pth"
+    assert not any(p.exists() for p in stale) and live.exists()
+    fault.observe(f"removed {[p.name for p in stale]}, kept {live.name} (pid alive); resumed from checkpoint.pth")
+
+
+def test_failed_checkpoint_write_leaves_no_temporary(tmp_path, monkeypatch, fault):
+    """#17 item 5: ENOSPC (or any error) during the write removes the temporary and names it."""
+    import errno
+
+    from mae import checkpoint as ckpt
+    fault.describe("checkpoint hygiene", "ENOSPC raised by fsync while checkpoint.pth is written (monkeypatched)",
+                   "OSError naming the temporary, temporary removed, previous checkpoint.pth intact")
+    ckpt.save_checkpoint(tmp_path, {"stage": "pretrain", "run_id": "x", "loop": {"step": 1}})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(ckpt.os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        ckpt.save_checkpoint(tmp_path, {"stage": "pretrain", "run_id": "x", "loop": {"step": 2}})
+    monkeypatch.undo()
+    assert ".checkpoint.pth.tmp." in info.value.filename
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+    assert ckpt.load_checkpoint(tmp_path / "checkpoint.pth")["loop"] == {"step": 1}
+    fault.observe(f"{info.value.strerror} at {Path(info.value.filename).name}; folder holds only checkpoint.pth (step 1)")

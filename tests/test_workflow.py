@@ -369,3 +369,31 @@ def test_a_subset_run_keeps_the_aggregates_of_other_ablations(tmp_path):
     assert findings.at["mask_token_ft", "n_seeds"] == 1 and findings.at["norm_pixel_ft", "n_seeds"] == 1
     assert "has 1 seed" in findings.at["mask_token_ft", "reason"]
     assert (results / "tables/table1d_target.md").exists() and (results / "figures/loss_curves.png").exists()
+
+
+# Exits 2 (a user error) for the pretraining of the "encoder w/ [M]" row, 1 (a crash) for the other
+# row; every attempt is counted in the run folder.
+ERRING_MAE = """#!/usr/bin/env bash
+out="$5"; mkdir -p "$out"; echo attempt >> "$out/attempts"
+if grep -q "encoder_mask_tokens: true" "$3"; then echo "error: model.x=1 is invalid" >&2; exit 2; fi
+echo "crash" >&2; exit 1
+"""
+
+
+def test_user_error_is_not_retried_but_a_crash_is_retried(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mae").write_text(ERRING_MAE)
+    (bin_dir / "mae").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([SNAKEMAKE, "--config", "preset=smoke", "ablations=[table1c_mask_token]", "--until", "pretrain"],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    attempts = {}
+    for run_dir in (workdir / "runs/smoke/pretrain").iterdir():
+        config = (workdir / "runs/smoke/configs/pretrain" / f"{run_dir.name}.yaml").read_text()
+        attempts["user error" if "encoder_mask_tokens: true" in config else "crash"] = \
+            len((run_dir / "attempts").read_text().split())
+    assert attempts == {"user error": 1, "crash": 3}, (attempts, result.stderr[-3000:])
+    assert "not retried: the previous attempt exited 2" in result.stdout + result.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,7 +26,7 @@ from typing import Any, Mapping
 import yaml
 from jsonschema import Draft202012Validator
 
-from mae.config import Config, apply_overrides, identity, read_yaml
+from mae.config import Config, apply_overrides, identity, load_yaml_file, read_yaml
 from mae.errors import UserError
 from mae.run_folder import MODEL_PTH
 
@@ -118,7 +119,10 @@ def build_grid(config: Mapping[str, Any], root: str | Path) -> Grid:
     checked: dict[str, tuple[Config, dict]] = {}  # many cells repeat a config: check each once
 
     def add(stage, built, entry, pretrain_run_id=None):
-        run_id = identity(built[0], stage)
+        try:  # identity also checks the stage's own rules (a pretraining mask ratio)
+            run_id = identity(built[0], stage)
+        except UserError as err:
+            raise GridError(f"ablations/{entry['ablation']}.yaml: row {entry['row']!r}: {err}") from None
         content = _render(built[1], stage, base)
         cell = cells.setdefault((stage, run_id), Cell(stage, run_id, content, pretrain_run_id))
         if cell.config != content:
@@ -237,16 +241,17 @@ def _load_settings(config: Mapping[str, Any], root: Path) -> tuple[str, dict, li
 def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict) -> tuple[Path, dict, list]:
     """(ablations/{name}.yaml, the parsed and validated file, its (index, row) pairs that run under `preset`)."""
     path = Path("ablations") / f"{name}.yaml"
-    try:
-        ablation = yaml.safe_load((root / path).read_text())
-    except yaml.YAMLError as err:
-        raise GridError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    try:  # bounded and strict like a config file: alias expansion, duplicate keys, size, bytes
+        ablation = load_yaml_file(root / path, str(path), name=str(path))
+    except UserError as err:
+        raise GridError(str(err)) from None
     if not isinstance(ablation, dict):
         raise GridError(f"{path}: top level: expected a mapping with title, paper_ref, paper_file, evaluations, rows")
     validate(ablation, "ablation.schema.yaml", str(path))
     if not (root / "paper" / ablation["paper_file"]).is_file():
         raise GridError(f"{path}: paper_file: {ablation['paper_file']!r} is not a file in paper/")
     _check(checked, path, "", base, ablation.get("set", {}), "set")
+    _check_paper_rows(root, path, ablation)
     seen = {}
     for i, row in enumerate(ablation["rows"]):
         key = json.dumps([row.get("set", {}), row.get("set_by_preset", {})], sort_keys=True)
@@ -259,6 +264,27 @@ def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict
     if not rows:
         raise GridError(f"{path}: rows: no row runs under preset {preset!r} (see each row's presets)")
     return path, ablation, rows
+
+
+def _check_paper_rows(root: Path, path: Path, ablation: dict) -> None:
+    """Every row's paper_where selects one row of paper_file holding a number for one of the row's
+    evaluations (a row that only pretrains needs the row alone); else the paper cells would go blank."""
+    from workflow.results.paper import PAPER_COLUMNS, load_paper_table, match_paper_row, paper_number
+    paper = load_paper_table(root / "paper", ablation["paper_file"])
+    for i, row in enumerate(ablation["rows"]):
+        where = row.get("paper_where")
+        if where is None:
+            continue
+        found, why = match_paper_row(paper, where, ablation["paper_file"])
+        label = f"{path}: rows[{i}] (label {row['label']!r}): paper_where"
+        if found is None:
+            raise GridError(f"{label}: {why}: allowed values that select exactly one row (or null: a point "
+                            "the paper lacks)")
+        evaluations = row.get("evaluations", ablation["evaluations"])
+        columns = [c for e in evaluations for c in PAPER_COLUMNS[e]]
+        if evaluations and all(math.isnan(paper_number(found, PAPER_COLUMNS[e])) for e in evaluations):
+            raise GridError(f"{label}: {where} selects a row of paper/{ablation['paper_file']} with no number in "
+                            f"{', '.join(dict.fromkeys(columns))}: allowed a row the paper reports, or null")
 
 
 def _render(data: dict, stage: str, base: dict) -> dict:

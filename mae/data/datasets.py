@@ -12,6 +12,7 @@ import gzip
 import math
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -99,7 +100,24 @@ class FolderDataset(Dataset):
     def load(self, i: int):
         """(PIL RGB image, label) of sample `i`."""
         path, label = self.folder.samples[self.indices[i]]
-        return self.folder.loader(path), label
+        try:
+            return self.folder.loader(path), label
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged files
+            raise UserError.message("data.root", f"image {path} cannot be read: {type(exc).__name__}: "
+                                    f"{' '.join(str(exc).split())[:200]}") from None
+
+    def check_headers(self, limit: int = 50_000) -> None:
+        """Open the header of every image (up to `limit` of them), so a file that is not an image is
+        named before training starts; damage past the header is named when the image is loaded."""
+        from PIL import Image
+        for i in self.indices[:limit]:
+            path = self.folder.samples[i][0]
+            try:
+                with Image.open(path) as img:
+                    img.size  # noqa: B018 - the header is parsed on open
+            except Exception as exc:  # noqa: BLE001
+                raise UserError.message("data.root", f"image {path} cannot be read: {type(exc).__name__}: "
+                                        f"{' '.join(str(exc).split())[:200]}") from None
 
     def __getitem__(self, i: int):
         return self.load(i)
@@ -111,15 +129,37 @@ def _missing_root(name: str, root: Path, expected: str) -> UserError:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Read one idx file (MNIST format, optionally gzipped) into a numpy array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    """Read one idx file (MNIST format, optionally gzipped) into a numpy array; a damaged file is a
+    UserError naming it and what is wrong."""
+    def bad(what: str) -> UserError:
+        return UserError.message("data.root", f"{path} is not a valid idx file: {what}")
+
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except gzip.BadGzipFile as exc:
+        raise bad(f"not a gzip file ({exc})") from None
+    except EOFError:
+        raise bad("the gzip stream is truncated") from None
+    except (OSError, zlib.error) as exc:
+        raise bad(f"cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    if len(data) < 4:
+        raise bad(f"{len(data)} bytes, shorter than the 4-byte header")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise UserError.message("data.root", f"{path} is not a uint8 idx file")
-    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
+        raise bad(f"header {data[:4].hex()} is not a uint8 idx header (0000 08 0N)")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise bad("truncated inside the header")
+    shape = struct.unpack(">" + "I" * ndim, data[4:header])
+    expected = math.prod(shape)
+    if len(data) - header != expected:
+        raise bad(f"holds {len(data) - header} bytes of data, the header promises {expected} "
+                  f"({'x'.join(map(str, shape))}): truncated or damaged")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _load_fashion_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,9 +172,11 @@ def _load_fashion_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Ten
             raise _missing_root("fashion_mnist", root,
                                 f"{prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz (idx files)")
         found[kind] = _read_idx(path)
-    images = torch.from_numpy(found["images-idx3-ubyte"].copy()).unsqueeze(1)
-    labels = torch.from_numpy(found["labels-idx1-ubyte"].astype(np.int64))
-    return images, labels
+    images, labels = found["images-idx3-ubyte"], found["labels-idx1-ubyte"]
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise _missing_root("fashion_mnist", root, f"{prefix} images [N, H, W] and labels [N] of one length "
+                            f"(found {list(images.shape)} and {list(labels.shape)})")
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
 def _load_cifar(name: str, root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +308,9 @@ def build_dataset(
         _check_subset(subset, len(pool), name, split)
         if subset is not None and subset < len(pool):
             indices = [pool[i] for i in np.linspace(0, len(pool) - 1, subset).round().astype(int).tolist()]
-        return FolderDataset(folder, indices, IMAGENET_MEAN, IMAGENET_STD)
+        dataset = FolderDataset(folder, indices, IMAGENET_MEAN, IMAGENET_STD)
+        dataset.check_headers()
+        return dataset
 
     if not root.is_dir():
         raise _missing_root(name, root, "an existing folder" + (" (or set data.download=true)" if "cifar" in name else ""))
@@ -313,3 +357,18 @@ def _split_part(n: int, val_split: int, split: str) -> torch.Tensor:
     keep = torch.ones(n, dtype=torch.bool)
     keep[held] = False
     return keep.nonzero().flatten()
+
+
+def check_num_classes(dataset: InMemoryDataset | FolderDataset, num_classes: int | None) -> int:
+    """The number of classes a model head needs: `data.num_classes` when set (it must cover every label
+    of the dataset), else the dataset's own count."""
+    if num_classes is None:
+        return dataset.num_classes
+    if isinstance(dataset, InMemoryDataset):
+        needed = int(dataset.labels.max()) + 1 if len(dataset) else 0
+    else:
+        needed = dataset.num_classes
+    if num_classes < needed:
+        raise UserError("data.num_classes", num_classes,
+                        f"null or at least {needed} (the labels of {getattr(dataset, 'name', '') or 'the dataset'} go up to {needed - 1})")
+    return num_classes

@@ -5,6 +5,9 @@
 # The config is ancient(): its path already names its content (the run id), so a re-rendered config
 # (new tracking tags) does not retrain. metrics.json (and model.pth) are the only outputs, so a failed or
 # preempted job (exit 75) keeps its checkpoint.pth in the run folder and resumes from it on retry.
+# Retries (profiles/default: retries: 2) are for exit 75 (checkpointed) and crashes: a job that exits 2
+# (a user error: it cannot succeed by running again) leaves {log}.exit2, and its retries stop at once
+# with exit 2 instead of running `mae` again. A new Snakemake invocation (attempt 1) always runs `mae`.
 # Logs: runs/{preset}/logs/{stage}/{run_id}.log holds the job's stdout and stderr (the rule's log);
 # runs/{preset}/{stage}/{run_id}/train.log is `mae`'s own log, next to metrics.jsonl and metrics.json.
 
@@ -31,10 +34,15 @@ def training_rule(stage):
         threads: get_threads(stage)
         resources:
             **get_resources(stage),
+            mae_attempt=lambda wildcards, attempt: attempt,
         conda:
             "../../environment.yml"
         shell:
-            f"{{params.launcher}} {stage} --config {{input.config}} --out {{params.out_dir}} > {{log}} 2>&1"
+            "if [ {resources.mae_attempt} -gt 1 ] && [ -f {log}.exit2 ]; then "
+            "echo 'not retried: the previous attempt exited 2 (user error), see {log}' >&2; exit 2; fi; "
+            "rm -f {log}.exit2; "
+            f"{{params.launcher}} {stage} --config {{input.config}} --out {{params.out_dir}} > {{log}} 2>&1 "
+            "|| {{ code=$?; if [ $code -eq 2 ]; then touch {log}.exit2; fi; exit $code; }}"
 
 
 for _stage in STAGES:
