@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:  # a full disk, a path that is a file, no permission: the user's to fix
             raise user_error_from_os(exc) or exc
     except UserError as exc:
-        from mae.tracking import redact_text
+        from mae.redaction import redact_text
         message = redact_text(" ".join(str(exc).split()))  # one line, always, and no credential in it
         print(f"error: {message}", file=sys.stderr)
         code = EXIT_USER_ERROR

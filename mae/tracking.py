@@ -20,7 +20,7 @@ each unless already set). MLflow reads these only from the environment, so they 
 session is open (the tracker's
 thread, a replay) and removed again after it; importing this module changes nothing. URI: the `uri`
 argument, else `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`. Params and tags pass through `redact`;
-`redact_text` / `redact_tree` clean the config, the command line and log lines that the run writes.
+`mae.redaction` cleans the config, the command line and log lines that the run writes.
 
 An embedded sqlite store is opened through `open_store`: a quick probe (a store that cannot be used
 is reported in well under a second, not after MLflow's 10 connection retries) and, around the first
@@ -37,7 +37,6 @@ import logging
 import math
 import os
 import queue
-import re
 import socket
 import threading
 import time
@@ -46,23 +45,16 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import UserError
+from .redaction import REDACTED, redact, redact_text, redacted_yaml
 from .run_folder import ARTIFACTS, CONFIG_YAML, METRICS_JSONL, MLFLOW_RUN_ID, flatten, read_jsonl, read_metrics
 
-__all__ = ["Tracker", "replay", "redact", "redact_text", "redact_tree", "RedactingFilter", "run_tags", "default_uri",
-           "open_store", "ensure_experiment", "StoreUnusable", "REDACTED"]
+__all__ = ["Tracker", "replay", "run_tags", "default_uri", "open_store", "ensure_experiment", "StoreUnusable"]
 
 _log = logging.getLogger(__name__)
 
-REDACTED = "<redacted>"
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 _BATCH = 100  # params / tags per log_batch call; metrics go 1000 at a time
 
-_SECRET_KEY = re.compile(
-    r"(^|[._-])(token|secret|password|passwd|api_key|apikey|access_key|private_key|credentials?)$", re.I)
-_SECRET_ENV = re.compile(r"(token|secret|password|passwd|api_?key|access_?key|private_?key|credential)", re.I)
-_SECRET_VALUE = re.compile(r"^(ghp_|gho_|ghs_|github_pat_|hf_|sk-|xox[abprs]-|AKIA)[A-Za-z0-9_\-]{12,}$")
-_URL_PASSWORD = re.compile(r"(://[^/:@\s]+):[^/@\s]+@")
-_TOKEN_WORD = re.compile(r"(?<![A-Za-z0-9_\-])(ghp_|gho_|ghs_|github_pat_|hf_|sk-|xox[abprs]-|AKIA)[A-Za-z0-9_\-]{12,}")
 STORE_LOCK_TIMEOUT_S = 120.0  # a store whose lock is held longer than this is reported as unusable
 
 # MLflow client settings it reads only from the environment: the HTTP ones at every request, telemetry
@@ -110,82 +102,6 @@ def _param_str(value: Any) -> str:
     else:
         s = str(value)
     return s[:_MAX_PARAM_LEN]
-
-
-def redact(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Replace values that may be secrets with `REDACTED`.
-
-    A value is redacted when its key's last part is a secret name (`token`, `*_token`, `*_secret`,
-    `*_password`, `*_api_key`, `*.credentials`, ...; not `tokenizer` or `mask_tokens`), when it
-    equals (or contains) the value of an environment variable whose name looks like a secret
-    (`HF_TOKEN`, `AWS_SECRET_ACCESS_KEY`, `MLFLOW_TRACKING_PASSWORD`, ...), or when it looks like a
-    known token format (`ghp_...`, `hf_...`, `sk-...`). Passwords inside URLs are cut out.
-    """
-    env_secrets = [v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 6]
-    out = {}
-    for key, value in params.items():
-        s = value if isinstance(value, str) else _param_str(value)
-        if (_SECRET_KEY.search(str(key)) or _SECRET_VALUE.match(s.strip())
-                or any(secret in s for secret in env_secrets)):
-            out[key] = REDACTED
-        elif isinstance(value, str) and _URL_PASSWORD.search(value):
-            out[key] = _URL_PASSWORD.sub(r"\1:" + REDACTED + "@", value)
-        else:
-            out[key] = value
-    return out
-
-
-def _env_secrets() -> list[str]:
-    return sorted((v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 6), key=len, reverse=True)
-
-
-def redact_text(text: str) -> str:
-    """`text` with every credential cut out: URL passwords, `secret_key=value` words, values of
-    secret-looking environment variables and known token formats (for command lines and log lines)."""
-    text = _URL_PASSWORD.sub(r"\1:" + REDACTED + "@", _redact_assignments(text))
-    for secret in _env_secrets():
-        text = text.replace(secret, REDACTED)
-    return _TOKEN_WORD.sub(REDACTED, text)
-
-
-def redact_tree(value: Any, key: str = "") -> Any:
-    """A copy of a config-like tree (dicts, lists, scalars) with `redact` applied to every leaf under its
-    dotted key and `redact_text` to every string: what the run writes into config.yaml, checkpoints and
-    model.pth (the live config keeps the real values)."""
-    if isinstance(value, dict):
-        return {k: redact_tree(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact_tree(v, key) for v in value)
-    if isinstance(value, str):
-        value = redact_text(value)
-        return redact({key: value})[key] if key else value
-    return REDACTED if key and _SECRET_KEY.search(key) and value is not None else value
-
-
-class RedactingFilter(logging.Filter):
-    """A handler filter that passes every record through `redact_text` (train.log, stdout)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact_text(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
-
-
-def _redact_assignments(text: str) -> str:
-    """`... tracking.tags.api_token=abc ...` -> `... tracking.tags.api_token=<redacted> ...` (command lines)."""
-    words = []
-    for word in text.split(" "):
-        key, eq, _ = word.partition("=")
-        words.append(f"{key}={REDACTED}" if eq and _SECRET_KEY.search(key) else word)
-    return " ".join(words)
-
-
-def _redacted_yaml(text: str) -> str:
-    """A YAML document with every leaf passed through `redact_tree`."""
-    import yaml
-    return yaml.safe_dump(redact_tree(yaml.safe_load(text)), sort_keys=False, default_flow_style=None)
 
 
 def run_tags(run_id: str, stage: str, git_revision: str | None = None,
@@ -386,7 +302,7 @@ class _Session:
         import tempfile
         with tempfile.TemporaryDirectory() as folder:
             copy = Path(folder) / Path(path).name
-            copy.write_text(_redacted_yaml(Path(path).read_text()))
+            copy.write_text(redacted_yaml(Path(path).read_text()))
             self.client.log_artifact(self.run_id, str(copy), artifact_path)
 
     def finish(self, status: str) -> None:

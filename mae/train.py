@@ -41,7 +41,7 @@ from mae.optim import build_scheduler
 from mae.recipes import RECIPES, Recipe, Run
 from mae.seeding import mix_seed, seed_all
 from mae.signals import StopRequested
-from mae.tracking import RedactingFilter, redact_text, redact_tree
+from mae.redaction import RedactingFilter, redact_text, redact_tree
 from mae.provenance import environment_record, environment_tags, git_revision
 from mae.run_folder import (ARTIFACTS, CHECKPOINT_PTH, CONFIG_YAML, ENVIRONMENT_JSON, METRICS_JSON, METRICS_JSONL,
                             MODEL_PTH, TRAIN_LOG, flatten, read_jsonl, read_metrics)
@@ -340,7 +340,7 @@ def _write_run_record(run: Run, command: str) -> None:
 
 
 def _shareable_config(cfg: Config) -> dict[str, Any]:
-    """The config as every file of the run folder carries it: credentials redacted (`mae.tracking.redact_tree`)."""
+    """The config as every file of the run folder carries it: credentials redacted (`mae.redaction.redact_tree`)."""
     return redact_tree(cfg.to_dict())
 
 

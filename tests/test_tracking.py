@@ -11,7 +11,8 @@ import yaml
 
 from mae.errors import UserError
 from mae.run_folder import MLFLOW_RUN_ID as RUN_ID_FILE
-from mae.tracking import REDACTED, Tracker, redact, replay, run_tags
+from mae.redaction import REDACTED, redact
+from mae.tracking import Tracker, replay, run_tags
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -249,7 +250,7 @@ def test_unusable_sqlite_store_is_reported_within_seconds(tmp_path, caplog):
 
 
 def test_redaction_of_text_and_trees(monkeypatch):
-    from mae.tracking import REDACTED, redact_text, redact_tree
+    from mae.redaction import REDACTED, redact_text, redact_tree
     monkeypatch.setenv("MAE_API_TOKEN", "tok-0123456789-secret")
     line = ("mae pretrain tracking.uri=http://me:pw123@host:5000 tracking.tags.api_token=abc "
             "tracking.tags.note=tok-0123456789-secret x=ghp_abcdefghijklmnop1234")
