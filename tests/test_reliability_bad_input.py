@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from test_reliability_common import (MAE, SMOKE, VENV_BIN, assert_no_finished_outputs, fault,  # noqa: F401
-                                     mae_env, run_many, workflow_copy)
+                                     mae_env, one_error_line, run_many, workflow_copy)
 
 pytestmark = pytest.mark.slow
 
@@ -221,12 +221,6 @@ def test_bad_input_is_one_line_user_error(name, outcomes, fault):
         line = lines[0]
         assert_no_finished_outputs(workflow / "runs")
     else:
-        assert result.returncode == 2, result.explain()
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.explain()
-        line = lines[0]
-        assert line.startswith("error: "), result.explain()
-        missing = [e for e in case.expect if e not in line]
-        assert not missing, f"{missing} not in {line!r}"
+        line = one_error_line(result, 2, case.expect)
         assert_no_finished_outputs(case_dir)
     fault.observe(f"exit {result.returncode}: {line.strip()[:200]}")

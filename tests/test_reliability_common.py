@@ -158,6 +158,19 @@ def assert_same_run(reference: Path, other: Path, ignore: set[str] = frozenset()
     return n
 
 
+def one_error_line(result, exit_code: int, expect) -> str:
+    """The CLI's whole stderr for a user mistake: exactly one line, `error: ...`, holding every `expect`
+    text, and the expected exit code. Returns the line."""
+    assert result.returncode == exit_code, result.explain()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.explain()
+    line = lines[0]
+    assert line.startswith("error: "), result.explain()
+    missing = [e for e in expect if e not in line]
+    assert not missing, f"{missing} not in {line!r}"
+    return line
+
+
 def assert_no_finished_outputs(folder: Path) -> None:
     """Nothing the workflow would take as a finished run (DESIGN.md: metrics.json, model.pth)."""
     found = [str(p) for name in ("metrics.json", "model.pth") for p in folder.rglob(name)] if folder.exists() else []

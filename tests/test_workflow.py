@@ -207,13 +207,19 @@ fi
 """
 
 
-def test_preempted_job_is_retried_and_resumes_from_its_checkpoint(tmp_path):
+
+def workflow_with_stand_in_mae(tmp_path, script: str, extra_env: dict | None = None) -> tuple:
+    """A workflow copy and an environment whose `mae` on PATH is the bash `script` (a stand-in that
+    fails, preempts or finishes at once, so the workflow's own behaviour is what the test sees)."""
     workdir = copy_workflow(tmp_path / "wf")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "mae").write_text(FAKE_MAE)
+    (bin_dir / "mae").write_text(script)
     (bin_dir / "mae").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return workdir, {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **(extra_env or {})}
+
+def test_preempted_job_is_retried_and_resumes_from_its_checkpoint(tmp_path):
+    workdir, env = workflow_with_stand_in_mae(tmp_path, FAKE_MAE)
     result = subprocess.run([SNAKEMAKE, "--config", "preset=smoke", "ablations=[table1c_mask_token]", "--until", "pretrain"],
                             cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -332,12 +338,7 @@ def test_a_subset_run_keeps_the_aggregates_of_other_ablations(tmp_path):
     """Issue #16 item 10: a second run with another subset of ablations rewrites only its own runs file,
     tables and the shared outputs (runs.csv, findings, loss curves, reconstruction), and says so; the
     first subset's tables and runs files are left as they were, and runs.csv keeps its runs."""
-    workdir = copy_workflow(tmp_path / "wf")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "mae").write_text(INSTANT_MAE)
-    (bin_dir / "mae").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    workdir, env = workflow_with_stand_in_mae(tmp_path, INSTANT_MAE, {"MLFLOW_DISABLE_TELEMETRY": "true"})
 
     def run(ablations: str) -> subprocess.CompletedProcess:
         result = subprocess.run([SNAKEMAKE, "--config", "preset=smoke", f"ablations=[{ablations}]"], cwd=workdir,
@@ -381,12 +382,7 @@ echo "crash" >&2; exit 1
 
 
 def test_user_error_is_not_retried_but_a_crash_is_retried(tmp_path):
-    workdir = copy_workflow(tmp_path / "wf")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "mae").write_text(ERRING_MAE)
-    (bin_dir / "mae").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    workdir, env = workflow_with_stand_in_mae(tmp_path, ERRING_MAE)
     result = subprocess.run([SNAKEMAKE, "--config", "preset=smoke", "ablations=[table1c_mask_token]", "--until", "pretrain"],
                             cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
