@@ -14,13 +14,12 @@ import torch
 from mae import train
 from mae.run_folder import read_jsonl
 from mae.config import load_config
+from micro_config import MICRO_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
-    "model.arch=mae_vit_micro_patch7_dec64d1b", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
-    "model.decoder_embed_dim=32", "model.decoder_num_heads=2", "model.target=norm_pixel",
-    "data.name=synthetic", "data.train_subset=64", "data.val_subset=16", "data.num_workers=0",
+    *MICRO_MODEL, "data.train_subset=64", "data.val_subset=16", "data.num_workers=0",
     "pretrain.epochs=2", "pretrain.warmup_epochs=1", "pretrain.batch_size=16", "pretrain.blr=1e-3",
     "pretrain.augmentation=none",  # crops are drawn per process; masks are not
     "run.log_every_steps=2", "run.checkpoint_every_steps=0", "run.threads=1", "tracking.enabled=false",

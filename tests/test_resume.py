@@ -16,13 +16,12 @@ from mae.run_folder import read_jsonl
 from mae.config import load_config
 from mae.run_folder import CHECKPOINT_PTH, PREVIOUS_CHECKPOINT_PTH
 from mae.engine import EXIT_PREEMPTED, TrainingStopped
+from micro_config import MICRO_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
-    "model.arch=mae_vit_micro_patch7_dec64d1b", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
-    "model.decoder_embed_dim=32", "model.decoder_num_heads=2", "model.target=norm_pixel",
-    "data.name=synthetic", "data.train_subset=128", "data.val_subset=32", "data.num_workers=0",
+    *MICRO_MODEL, "data.train_subset=128", "data.val_subset=32", "data.num_workers=0",
     "pretrain.epochs=2", "pretrain.warmup_epochs=1", "pretrain.batch_size=16", "pretrain.blr=1e-3",
     "finetune.epochs=2", "finetune.warmup_epochs=1", "finetune.batch_size=16", "finetune.drop_path=0.1",
     "finetune.randaug=null", "finetune.reprob=0.25",

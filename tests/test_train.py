@@ -10,11 +10,10 @@ from mae import train
 from mae.run_folder import read_jsonl
 from mae.config import load_config
 from mae.engine import EXIT_NON_FINITE, TrainingStopped
+from micro_config import MICRO_MODEL
 
 TINY = [
-    "model.arch=mae_vit_micro_patch7_dec64d1b", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
-    "model.decoder_embed_dim=32", "model.decoder_num_heads=2", "model.target=norm_pixel",
-    "data.name=synthetic", "data.train_subset=512", "data.val_subset=64", "data.num_workers=0",
+    *MICRO_MODEL, "data.train_subset=512", "data.val_subset=64", "data.num_workers=0",
     "pretrain.epochs=2", "pretrain.warmup_epochs=0.5", "pretrain.batch_size=32", "pretrain.blr=1.5e-3",
     "finetune.epochs=3", "finetune.warmup_epochs=1", "finetune.batch_size=32", "finetune.blr=1e-2",
     "finetune.layer_decay=1.0", "finetune.mixup=0", "finetune.cutmix=0", "finetune.randaug=null", "finetune.reprob=0",
