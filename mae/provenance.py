@@ -7,6 +7,7 @@ that made it. Every probe is best-effort: a missing tool gives None, never an er
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import socket
@@ -25,8 +26,10 @@ def _run(cmd: list[str], cwd: Path | None = None) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+@functools.cache
 def git_revision() -> str:
-    """`git rev-parse HEAD` of the repository holding this package, or 'unknown'."""
+    """`git rev-parse HEAD` of the repository holding this package, or 'unknown' (asked once per process:
+    config.yaml, metrics.json and the MLflow tags all name it)."""
     return _run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent) or "unknown"
 
 

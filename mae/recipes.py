@@ -13,6 +13,7 @@ the PCA target's basis before the first step, FLOPs per image, `recon.png` at th
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import importlib
 import logging
@@ -106,21 +107,23 @@ class Objective:
     batch_transform: Callable | None = None
 
 
-class Recipe:
-    """What one stage trains; the loop in `mae.train` is shared. Subclasses override the builders."""
+class Recipe(abc.ABC):
+    """What one stage trains; the loop in `mae.train` is shared. Subclasses implement the builders."""
 
     evaluates = True    # top-1 / top-5 on the validation split (every run.eval_every_epochs and at the end)
     saves_model = True  # model.pth at the end
 
+    @abc.abstractmethod
     def build_model(self, run: Run, num_classes: int) -> nn.Module:
         """The model on the CPU, before it is moved, compiled or wrapped."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def build_optimizer(self, run: Run, model: nn.Module) -> torch.optim.Optimizer:
-        raise NotImplementedError
+        """The optimizer over the trainable parameters, with the stage's parameter groups."""
 
+    @abc.abstractmethod
     def build_objective(self, run: Run, model: nn.Module, micro_batch_size: int) -> Objective:
-        raise NotImplementedError
+        """The loss of one micro batch and the batch transform, if any."""
 
     def before_training(self, run: Run, model: nn.Module) -> None:
         """A fresh start only (not a resume), after per-rank seeding, before the first step."""

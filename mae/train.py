@@ -148,11 +148,7 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
     records = None  # metrics.jsonl, appended to by the main process
 
     def write_record(record: dict[str, Any]) -> None:
-        records.write(json.dumps(record) + "\n")
-        records.flush()
-        if tracker is not None:
-            values = {k: v for k, v in record.items() if k not in ("step", "epoch")}
-            _never_fatal(tracker.log_metrics, values, step=record["step"])
+        _write_record(records, tracker, record)
 
     def save_checkpoint(state: LoopState) -> str:
         # Collective in DDP (every rank's RNG is gathered): every rank takes part, the main one writes.
@@ -248,11 +244,7 @@ def _train_cached_probe(run: Run, command: str) -> dict[str, Any]:
     try:
         with open(run.out_dir / METRICS_JSONL, "a") if run.is_main else open(os.devnull, "w") as records:
             def write_record(record: dict[str, Any]) -> None:
-                records.write(json.dumps(record) + "\n")
-                records.flush()
-                if tracker is not None:
-                    _never_fatal(tracker.log_metrics, {k: v for k, v in record.items() if k not in ("step", "epoch")},
-                                 step=record["step"])
+                _write_record(records, tracker, record)
 
             features = compute_features(cfg, cfg.linprobe.checkpoint, device=run.device, rank=run.dist.rank,
                                         world_size=run.dist.world_size)
@@ -514,6 +506,15 @@ def _finish_tracker(tracker, status: str, metrics: dict[str, Any] | None = None)
         _never_fatal(tracker.log_metrics, {f"final/{k}": v for k, v in numbers.items()}, step=metrics["steps"])
         _never_fatal(tracker.log_artifact, Path(metrics["run_dir"]) / METRICS_JSON)
     _never_fatal(tracker.finish, status=status)
+
+
+def _write_record(records, tracker, record: dict[str, Any]) -> None:
+    """Append one record to metrics.jsonl (flushed: a killed run keeps it) and mirror it to the tracker."""
+    records.write(json.dumps(record) + "\n")
+    records.flush()
+    if tracker is not None:
+        _never_fatal(tracker.log_metrics, {k: v for k, v in record.items() if k not in ("step", "epoch")},
+                     step=record["step"])
 
 
 def _never_fatal(fn: Callable, *args, **kwargs) -> None:
