@@ -19,7 +19,7 @@ DATASETS = ("imagenet", "cifar10", "cifar100", "fashion_mnist", "image_folder", 
 AUGMENTATIONS = ("none", "crop_fixed", "crop_rand", "crop_rand_color_jitter")
 GLOBAL_POOLS = ("avg", "token")
 # linprobe.features: the paper's probe on augmented images, or one trained on frozen features computed once
-LINPROBE_FEATURES = ("augmented", "cached")
+LINPROBE_FEATURES = ("augmented", "cached", "pixels")  # pixels: the cached probe on raw pixels (a reference row)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 IN_CHANS = (1, 3)  # every dataset is adapted between grayscale and RGB
 GRID_MASK_RATIO = 0.75  # grid masking keeps one patch of each 2x2 cell

@@ -196,11 +196,16 @@ class LinprobeConfig:
     lr: float | None = None
     weight_decay: float = 0.0
     min_lr: float = 0.0
-    features: str = "augmented"  # cached: frozen features computed once, probe trained to convergence (mae.features)
+    # cached: frozen features computed once, probe trained to convergence (mae.features); pixels: the same
+    # probe on the normalised pixels instead of an encoder's features (a reference row; no checkpoint)
+    features: str = "augmented"
 
     def validate(self) -> None:
         _validate_schedule("linprobe", self)
         check_choice("linprobe.features", self.features, LINPROBE_FEATURES)
+        if self.features == "pixels" and self.checkpoint is not None:
+            raise UserError("linprobe.checkpoint", self.checkpoint,
+                            "null with linprobe.features=pixels (the probe reads pixels, not an encoder)")
 
 
 @dataclass

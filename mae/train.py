@@ -84,7 +84,7 @@ def train(stage: str, cfg: Config, out_dir: str | Path, command: str | None = No
         return finished
     with _run_logging(run.out_dir / TRAIN_LOG if run.is_main else None, run.is_main):
         try:
-            if stage == "linprobe" and cfg.linprobe.features == "cached":
+            if stage == "linprobe" and cfg.linprobe.features != "augmented":
                 return _train_cached_probe(run, command)
             return _train(run, RECIPES[stage], command)
         except StopRequested as stop:  # a signal before the loop took over (mae.signals): nothing to save
@@ -235,7 +235,7 @@ def _train_cached_probe(run: Run, command: str) -> dict[str, Any]:
     """`linprobe.features: cached`: the frozen encoder's features once, then the probe to convergence
     (`mae.features.train_cached_probe`). No checkpoints: a killed run starts again (seconds); every
     process computes the same probe (features gathered), the main one writes."""
-    from mae.features import compute_features, probe_of_features
+    from mae.features import compute_features, knn_of_features, probe_of_features
     cfg = run.cfg
     if run.is_main:
         _write_run_record(run, command)
@@ -246,12 +246,13 @@ def _train_cached_probe(run: Run, command: str) -> dict[str, Any]:
             def write_record(record: dict[str, Any]) -> None:
                 _write_record(records, tracker, record)
 
-            features = compute_features(cfg, cfg.linprobe.checkpoint, device=run.device, rank=run.dist.rank,
-                                        world_size=run.dist.world_size)
+            features = compute_features(cfg, cfg.linprobe.checkpoint, raw_pixels=cfg.linprobe.features == "pixels",
+                                        device=run.device, rank=run.dist.rank, world_size=run.dist.world_size)
             log.info("linprobe %s: cached features of %d train / %d val images (%s, %d-d) in %.1f s", run.run_id,
                      len(features.train_labels), len(features.val_labels), features.source, features.train.shape[1],
                      features.extract_s)
             probe = probe_of_features(features, cfg, on_epoch=write_record if run.is_main else None)
+            knn = knn_of_features(features)  # seconds on features already computed: the same encoder's k-NN
             write_record({"step": probe.steps, "epoch": probe.epochs - 1, "val_loss": probe.val_loss,
                           "top1": probe.top1, "top5": probe.top5})
             log.info("cached probe: %s after %d epochs (%d steps, %.1f s): train loss %.4f, val top1 %.2f top5 %.2f",
@@ -259,8 +260,9 @@ def _train_cached_probe(run: Run, command: str) -> dict[str, Any]:
                      probe.time_s, probe.final_loss, probe.top1, probe.top5)
         state = LoopState(epoch=probe.epochs, global_step=probe.steps, last_loss=probe.final_loss)
         extra = {"probe_epochs": probe.epochs, "probe_converged": probe.converged,
-                 "feature_time_s": features.extract_s}
-        frozen = nn.ModuleList([build_encoder_for_count(cfg), probe.head])
+                 "feature_time_s": features.extract_s, "knn_top1": knn["top1"], "knn_top5": knn["top5"]}
+        frozen = nn.ModuleList([probe.head] if cfg.linprobe.features == "pixels" else
+                               [build_encoder_for_count(cfg), probe.head])
         metrics = _final_metrics(run, frozen, state, {"top1": probe.top1, "top5": probe.top5},
                                  features.extract_s + probe.time_s, extra, tracker, None)
         if run.is_main:

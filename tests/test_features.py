@@ -10,6 +10,7 @@ import torch
 
 from mae import features as F
 from mae.config import load_config
+from mae.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "workflow" / "presets" / "smoke.yaml"
@@ -82,6 +83,20 @@ def test_cached_linprobe_run_writes_the_contract(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["top1"] == metrics["top1"] and "loss" in records[0]
     assert metrics["trainable_params"] < metrics["num_params"]
+    # the same features' k-NN comes with the probe (what `mae knn` gives for this encoder)
+    features = F.compute_features(cfg.resolved(), None)
+    assert metrics["knn_top1"] == F.knn_of_features(features)["top1"]
+
+
+def test_pixels_linprobe_run_is_the_raw_pixel_reference(tmp_path):
+    from mae import train
+    cfg = load_config(SMOKE, ["linprobe.features=pixels", "linprobe.epochs=30"])
+    metrics = train.linprobe(cfg, tmp_path / "run")
+    raw = F.compute_features(cfg.resolved(), None, raw_pixels=True)
+    assert metrics["knn_top1"] == F.knn_of_features(raw)["top1"]
+    assert metrics["num_params"] == metrics["trainable_params"] == (28 * 28 + 1) * 10  # the head alone
+    with pytest.raises(UserError, match=r"linprobe.checkpoint='m.pth' is invalid: allowed null with linprobe.features=pixels"):
+        load_config(SMOKE, ["linprobe.features=pixels", "linprobe.checkpoint=m.pth"])
 
 
 def _cli(*args):
