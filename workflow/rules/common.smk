@@ -71,8 +71,16 @@ def get_training_outputs(stage):
 
 
 def get_resources(stage):
-    """gpu, mem_mb and runtime of `stage` under the preset (workflow/config.yaml `resources`)."""
-    return {name: value for name, value in config["resources"][PRESET][stage].items() if name != "threads"}
+    """nodes, gpu, mem_mb and runtime of `stage` under the preset (workflow/config.yaml `resources`), as
+    the SLURM executor reads them: on several nodes the GPUs of each are asked as `gres: gpu:<n>` (its
+    `gpu` becomes --gpus, a total for the whole job), and a CPU job asks one task per node (without
+    `tasks` it submits --ntasks=1, which holds the job to one node)."""
+    spec = {name: value for name, value in config["resources"][PRESET][stage].items() if name != "threads"}
+    if spec["nodes"] > 1 and spec["gpu"] > 0:
+        spec["gres"] = f"gpu:{spec.pop('gpu')}"
+    elif spec["gpu"] == 0:
+        spec["tasks"] = spec["nodes"]
+    return spec
 
 
 def get_threads(stage):
@@ -84,11 +92,31 @@ def _executable(name):
     return shutil.which(name) or str(Path(sys.executable).parent / name)
 
 
-def get_launcher(wildcards, resources):
-    """`mae`, or `mae` under torchrun with one process per GPU the job holds."""
-    if resources.gpu > 0:
-        return f"{_executable('torchrun')} --standalone --nproc_per_node={resources.gpu} --no-python {_executable('mae')}"
-    return _executable("mae")
+def _gpus_per_node(resources):
+    if "gres" in resources.keys():  # gpu[:type]:<n>, set by get_resources on several nodes
+        return int(resources.gres.rsplit(":", 1)[1])
+    return resources.get("gpu", 0)
+
+
+def get_launcher(wildcards, resources, threads):
+    """`mae`; `mae` under torchrun with one process per GPU the job holds; on several nodes, one torchrun
+    per node started by srun inside the job (mae.launch: rendezvous on the first node, stop signals
+    passed on to every worker, the workers' exit code). --overlap: this runs inside the jobstep's own
+    step, which holds the first node's CPUs and GPUs. --wait: once one node's task has ended (done,
+    checkpointed, crashed), the others get 120 s to end too instead of waiting in a collective for its
+    30-minute timeout; no --kill-on-bad-exit, which would kill rank 0 while it finishes after exit 75."""
+    mae = _executable("mae")
+    gpus = _gpus_per_node(resources)
+    if resources.nodes > 1:
+        python = Path(mae).with_name("python")  # the interpreter that has `mae` (venv or conda env bin/)
+        python = python if python.exists() else sys.executable
+        return (f'srun --jobid="${{SLURM_JOB_ID:?nodes={resources.nodes} runs only inside a SLURM job: use '
+                f'--profile slurm}}" --nodes={resources.nodes} --ntasks-per-node=1 --cpus-per-task={threads} '
+                f"--overlap --kill-on-bad-exit=0 --wait=120 "
+                f"{python} -m mae.launch --nproc-per-node={max(gpus, 1)} -- {mae}")
+    if gpus > 0:
+        return f"{_executable('torchrun')} --standalone --nproc_per_node={gpus} --no-python {mae}"
+    return mae
 
 
 def get_mlflow_uri():

@@ -1,0 +1,209 @@
+"""One torchrun per node of a SLURM job step: the rendezvous from SLURM's variables, stop signals passed
+on to the workers, and the workers' own exit code (75, 2, 3) as this node's.
+
+    srun --jobid=$SLURM_JOB_ID --nodes=4 --ntasks-per-node=1 --cpus-per-task=64 --overlap --wait=120 \\
+        python -m mae.launch --nproc-per-node=8 -- mae pretrain --config C.yaml --out DIR
+
+srun starts this once per node and sets, for each of its tasks, SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID
+and SLURM_STEP_NODELIST (Snakemake's SLURM jobstep removes SLURM_* from the job's shell, so they are read
+here, inside the step, and never in the rule). Every node joins torchrun's c10d rendezvous hosted by
+the first node of the step (`scontrol show hostnames`), on a port derived from the job id, so that two
+jobs sharing a node do not collide and a retry (a new job) gets a fresh rendezvous. Global ranks are
+assigned by the rendezvous; nothing depends on which node holds which rank (a checkpoint holds every
+rank's state, and the retry of a preempted job may land on other nodes).
+
+Signals: slurmstepd signals each task's process group, but torchrun starts every worker in a session of
+its own, and torchrun itself answers SIGTERM by killing its workers 30 s later. So torchrun here handles
+neither SIGTERM nor SIGUSR1; this process receives them and passes each one on to its workers once they
+have installed `mae`'s handlers (mae.signals). The workers agree on the stop at their next sync point
+(mae.engine), rank 0 checkpoints, every rank exits 75, and so does this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from mae.errors import UserError
+from mae.signals import STOP_SIGNALS
+
+__all__ = ["RDZV_PORT_BASE", "RDZV_PORT_SPAN", "first_host", "main", "rendezvous_port", "torchrun_args"]
+
+# Rendezvous ports: below Linux's ephemeral range (32768-60999, where outgoing connections get theirs)
+# and above the well-known ones; jobs whose ids differ by less than the span get different ports.
+RDZV_PORT_BASE = 20000
+RDZV_PORT_SPAN = 10000
+
+# torchrun's agent registers handlers for the signals named here (default SIGTERM, SIGINT, SIGHUP,
+# SIGQUIT) and shuts its workers down on any of them; the stop signals are left to this process.
+_AGENT_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"
+
+
+def rendezvous_port(job_id: str) -> int:
+    """The c10d rendezvous port of SLURM job `job_id`."""
+    return RDZV_PORT_BASE + int(job_id) % RDZV_PORT_SPAN
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (`node[01-04]` -> `node01`), expanded by SLURM's own scontrol."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             check=True).stdout.split()
+    except FileNotFoundError:
+        raise UserError.message("scontrol", "scontrol is not on PATH: mae.launch runs inside a SLURM job step "
+                                "(srun) on a node with SLURM's client commands") from None
+    except subprocess.CalledProcessError as err:
+        raise UserError.message("SLURM_STEP_NODELIST", f"scontrol show hostnames {nodelist!r} failed: "
+                                f"{err.stderr.strip() or err.returncode}") from None
+    if not out:
+        raise UserError("SLURM_STEP_NODELIST", nodelist, "a SLURM node list with at least one host")
+    return out[0]
+
+
+def _slurm(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name)
+    if not value:
+        raise UserError.message(name, f"{name} is not set: mae.launch runs once per node inside a SLURM job step "
+                                "(srun --ntasks-per-node=1 ... python -m mae.launch ...)")
+    return value
+
+
+def torchrun_args(env: Mapping[str, str], nproc_per_node: int, command: Sequence[str]) -> list[str]:
+    """torchrun's arguments for this node of the SLURM step described by `env`.
+
+    Args:
+        env: the task's environment (SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID, SLURM_STEP_NODELIST or
+            SLURM_JOB_NODELIST).
+        nproc_per_node: worker processes on this node (its GPUs, or 1 on a CPU).
+        command: the worker's command line (`mae pretrain ...`), run without torchrun's python.
+    """
+    job_id = _slurm(env, "SLURM_JOB_ID")
+    if not job_id.isdigit():
+        raise UserError("SLURM_JOB_ID", job_id, "a number")
+    nnodes, node_id = _slurm(env, "SLURM_NNODES"), _slurm(env, "SLURM_NODEID")
+    # The step's nodes (SLURM_NODEID counts within the step); the job's when srun did not say.
+    nodelist = env.get("SLURM_STEP_NODELIST") or _slurm(env, "SLURM_JOB_NODELIST")
+    if nproc_per_node < 1:
+        raise UserError("--nproc-per-node", nproc_per_node, "an integer >= 1")
+    if not command:
+        raise UserError.message("command", "no worker command after `--` (e.g. -- mae pretrain --config C.yaml ...)")
+    endpoint = f"{first_host(nodelist)}:{rendezvous_port(job_id)}"
+    # The first node hosts the rendezvous store: said outright, not guessed from host names and addresses.
+    is_host = "1" if node_id == "0" else "0"
+    return [f"--nnodes={nnodes}", f"--nproc-per-node={nproc_per_node}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={job_id}", f"--rdzv-conf=is_host={is_host}",
+            "--max-restarts=0", "--no-python", *command]
+
+
+class _SignalRelay:
+    """Pass each stop signal this process receives on to its children (the workers) once they catch it.
+
+    A worker still starting Python has the default action (terminate) for SIGTERM / SIGUSR1; it gets the
+    signal as soon as `mae` has installed its handlers, so a stop during start-up still ends in exit 75.
+    """
+
+    def __init__(self, poll_s: float = 0.05):
+        self._poll_s = poll_s
+        self._received: list[int] = []
+        self._delivered: set[tuple[int, int]] = set()
+        self._wake = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mae-signal-relay", daemon=True)
+
+    def install(self) -> "_SignalRelay":
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._done.set()
+        self._wake.set()
+
+    def _handle(self, signum, frame) -> None:
+        self._received.append(signum)
+        self._wake.set()
+
+    def _run(self) -> None:
+        self._wake.wait()
+        while not self._done.is_set():
+            for pid in _children(os.getpid()):
+                for sig in set(self._received):
+                    if (pid, sig) not in self._delivered and _catches(pid, sig):
+                        try:
+                            os.kill(pid, sig)
+                        except ProcessLookupError:
+                            pass
+                        self._delivered.add((pid, sig))
+            self._done.wait(self._poll_s)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc: torchrun keeps no list one could ask for)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (SigCgt of /proc/pid/status)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
+def _exit_code(failures: Mapping) -> int:
+    """The workers' own exit code when they agree (75 checkpointed, 2 user error, 3 non-finite loss), else 1.
+    Workers killed by a signal are left out: torchrun ends a node's other workers once one has exited."""
+    codes = {failure.exitcode for failure in failures.values() if failure.exitcode > 0}
+    return codes.pop() if len(codes) == 1 else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mae.launch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="worker processes on each node (its GPUs)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the worker's command line (mae <stage> ...)")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        torchrun = torchrun_args(os.environ, args.nproc_per_node, command)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = _AGENT_SIGNALS
+    relay = _SignalRelay().install()
+    # torch only now: the arguments above are checked in a fraction of a second, without it.
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(torchrun))
+    except ChildFailedError as err:
+        print(err, file=sys.stderr)
+        return _exit_code(err.failures)
+    finally:
+        relay.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

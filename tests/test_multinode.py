@@ -1,0 +1,201 @@
+"""Multi-node training without a cluster: `python -m mae.launch` started twice on this machine with the
+environment srun gives each task of a 2-node step (SLURM_JOB_ID, SLURM_NNODES=2, SLURM_NODEID=0/1,
+SLURM_STEP_NODELIST), one gloo process per "node". It must equal one node x 2 processes bitwise
+(augmentation none, as in test_ddp.py), and a SIGUSR1 to one node's launcher mid-run must stop every
+rank at the same step (exit 75 on both nodes) and resume, with the node ids swapped and a new job id,
+to the same bits. The same launcher runs under the real cluster (tests/integration)."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mae import launch
+from mae.checkpoint import load_checkpoint
+from mae.run_folder import read_jsonl
+from micro_config import MICRO_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+
+# 256 images / batch 16 = 16 steps per epoch, 2 epochs; a log record (a sync point of every rank) each step
+CONFIG = [
+    *MICRO_MODEL, "data.train_subset=256", "data.val_subset=16", "data.num_workers=0",
+    "pretrain.epochs=2", "pretrain.warmup_epochs=1", "pretrain.batch_size=16", "pretrain.blr=1e-3",
+    "pretrain.augmentation=none",  # crops are drawn per process; masks are not
+    "run.log_every_steps=1", "run.checkpoint_every_steps=0", "run.threads=1", "tracking.enabled=false",
+    "run.device=cpu",
+]
+TOTAL_STEPS = 32
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
+    # torchrun sets one thread per worker only when it starts several; the same threads in every layout
+    env.update(OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true", **extra)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def scontrol_path(tmp_path_factory) -> str:
+    """PATH with SLURM's scontrol, or where it is not installed a stand-in that expands plain comma lists."""
+    if shutil.which("scontrol"):
+        return os.environ["PATH"]
+    bin_dir = tmp_path_factory.mktemp("bin")
+    stand_in = bin_dir / "scontrol"
+    stand_in.write_text(f"#!{sys.executable}\nimport sys\nassert sys.argv[1:3] == ['show', 'hostnames']\n"
+                        "print('\\n'.join(sys.argv[3].split(',')))\n")
+    stand_in.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+def _free_job_id() -> str:
+    """A job id whose rendezvous port (mae.launch.rendezvous_port) is free on this machine now."""
+    for _ in range(200):
+        with socket.socket() as s:
+            port = launch.RDZV_PORT_BASE + int.from_bytes(os.urandom(2), "little") % launch.RDZV_PORT_SPAN
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        return str(7 * launch.RDZV_PORT_SPAN + port - launch.RDZV_PORT_BASE)
+    raise RuntimeError("no free port for the rendezvous")
+
+
+def _start_nodes(out: Path, job_id: str, path: str, node_ids=(0, 1)) -> list[subprocess.Popen]:
+    """One launcher per node, as srun starts them (each its own process group, like a task)."""
+    procs = []
+    for node_id in node_ids:
+        env = _env(PATH=path, SLURM_JOB_ID=job_id, SLURM_NNODES="2", SLURM_NODEID=str(node_id),
+                   SLURM_STEP_NODELIST="localhost,localhost", SLURM_JOB_NODELIST="localhost,localhost")
+        log = open(out.parent / f"{out.name}-node{node_id}.log", "w")
+        cmd = [sys.executable, "-m", "mae.launch", "--nproc-per-node=1", "--",
+               sys.executable, "-m", "mae.cli", "pretrain", "--out", str(out), *CONFIG]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[int]:
+    deadline = time.monotonic() + timeout
+    try:
+        return [p.wait(timeout=max(deadline - time.monotonic(), 1)) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def _logs(out: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(out.parent.glob(f"{out.name}-node*.log")))
+
+
+def _assert_bitwise(a: Path, b: Path) -> None:
+    wa = torch.load(a / "model.pth", weights_only=True)["model"]
+    wb = torch.load(b / "model.pth", weights_only=True)["model"]
+    assert wa.keys() == wb.keys()
+    assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
+    curve = lambda run: [(r["step"], r["loss"], r["lr"]) for r in read_jsonl(run / "metrics.jsonl")]  # noqa: E731
+    assert curve(a) == curve(b) and len(curve(a)) == TOTAL_STEPS
+
+
+@pytest.fixture(scope="module")
+def one_node_two_processes(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one_node") / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mae.cli", "pretrain", "--out", str(out), *CONFIG]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_torchrun_arguments_come_from_the_step(scontrol_path, monkeypatch):
+    monkeypatch.setenv("PATH", scontrol_path)
+    env = {"SLURM_JOB_ID": "123456", "SLURM_NNODES": "4", "SLURM_NODEID": "2",
+           "SLURM_STEP_NODELIST": "gpu07,gpu09,gpu11,gpu12", "SLURM_JOB_NODELIST": "gpu[01-12]"}
+    args = launch.torchrun_args(env, 8, ["mae", "pretrain", "--out", "DIR"])
+    port = launch.RDZV_PORT_BASE + 123456 % launch.RDZV_PORT_SPAN
+    assert args == ["--nnodes=4", "--nproc-per-node=8", "--rdzv-backend=c10d", f"--rdzv-endpoint=gpu07:{port}",
+                    "--rdzv-id=123456", "--rdzv-conf=is_host=0", "--max-restarts=0", "--no-python",
+                    "mae", "pretrain", "--out", "DIR"]
+    # node 0 hosts the store; without a step node list the job's is used
+    del env["SLURM_STEP_NODELIST"]
+    assert launch.torchrun_args({**env, "SLURM_NODEID": "0"}, 1, ["mae"])[3:6] == [
+        f"--rdzv-endpoint=gpu01:{port}", "--rdzv-id=123456", "--rdzv-conf=is_host=1"]
+
+
+def test_outside_a_step_is_one_line_and_exit_2(scontrol_path):
+    env = _env(PATH=scontrol_path, SLURM_JOB_ID="5", SLURM_NNODES="2")
+    proc = subprocess.run([sys.executable, "-m", "mae.launch", "--", "mae", "pretrain"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: SLURM_NODEID is not set: mae.launch runs once per node inside a SLURM job step "
+        "(srun --ntasks-per-node=1 ... python -m mae.launch ...)"]
+
+
+def test_exit_code_is_the_workers_own():
+    failure = lambda code: SimpleNamespace(exitcode=code)  # noqa: E731
+    assert launch._exit_code({0: failure(75), 1: failure(75)}) == 75
+    assert launch._exit_code({0: failure(2), 3: failure(-15)}) == 2  # the rest ended by torchrun
+    assert launch._exit_code({0: failure(75), 1: failure(3)}) == 1
+    assert launch._exit_code({0: failure(-9)}) == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_relay_passes_a_signal_on_once_the_worker_catches_it(sig):
+    """A worker still starting (no handler yet) is not killed by the signal: it gets it once it catches it."""
+    worker = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time\n"
+        "time.sleep(1.0)  # still importing: the default action would end it\n"
+        "signal.signal(signal.%s, lambda s, f: sys.exit(75))\n"
+        "time.sleep(30)\n") % sig.name], start_new_session=True)
+    previous = {s: signal.getsignal(s) for s in launch.STOP_SIGNALS}
+    relay = launch._SignalRelay().install()
+    try:
+        os.kill(os.getpid(), sig)  # what srun's task, this process, receives
+        assert worker.wait(timeout=20) == 75
+    finally:
+        relay.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if worker.poll() is None:
+            worker.kill()
+
+
+def test_two_nodes_equal_one_node_bitwise(tmp_path, scontrol_path, one_node_two_processes):
+    out = tmp_path / "run"
+    codes = _wait(_start_nodes(out, _free_job_id(), scontrol_path))
+    assert codes == [0, 0], _logs(out)
+    assert (out / "metrics.json").exists()
+    _assert_bitwise(out, one_node_two_processes)
+
+
+def test_signal_to_one_node_stops_every_rank_and_resumes_elsewhere(tmp_path, scontrol_path, one_node_two_processes):
+    out = tmp_path / "run"
+    node0, node1 = procs = _start_nodes(out, _free_job_id(), scontrol_path)
+    deadline = time.monotonic() + 180
+    while len(read_jsonl(out / "metrics.jsonl")) < 3 and node0.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # What slurmstepd does to one task (its process group); the workers are in sessions of their own
+    os.killpg(node1.pid, signal.SIGUSR1)
+    codes = _wait(procs)
+    assert codes == [75, 75], _logs(out)
+    assert not (out / "metrics.json").exists(), "finished before the signal arrived: " + _logs(out)
+    stopped_at = load_checkpoint(out / "checkpoint.pth")["loop"]["global_step"]
+    assert 3 <= stopped_at < TOTAL_STEPS
+
+    # The retry: another job id (rendezvous port), the nodes in the other order
+    codes = _wait(_start_nodes(out, _free_job_id(), scontrol_path, node_ids=(1, 0)))
+    assert codes == [0, 0], _logs(out)
+    metrics = (out / "metrics.json").read_text()
+    assert f'"resumed_from_step": {stopped_at}' in metrics
+    _assert_bitwise(out, one_node_two_processes)
