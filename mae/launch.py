@@ -1,22 +1,22 @@
-"""One torchrun per node of a SLURM job step: the rendezvous from SLURM's variables, stop signals passed
-on to the workers, and the workers' own exit code (75, 2, 3) as this node's.
+"""Training on several nodes of a SLURM job: one torchrun per node, started by srun.
 
-    srun --jobid=$SLURM_JOB_ID --nodes=4 --ntasks-per-node=1 --cpus-per-task=64 --overlap --wait=120 \\
-        python -m mae.launch --nproc-per-node=8 -- mae pretrain --config C.yaml --out DIR
+    # in the job's shell (an sbatch script, or the Snakemake rule of a job with `nodes` > 1):
+    python -m mae.launch --nodes=4 --nproc-per-node=8 --cpus-per-task=64 -- mae pretrain --config C.yaml --out DIR
 
-srun starts this once per node and sets, for each of its tasks, SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID
-and SLURM_STEP_NODELIST (Snakemake's SLURM jobstep removes SLURM_* from the job's shell, so they are read
-here, inside the step, and never in the rule). Every node joins torchrun's c10d rendezvous hosted by
-the first node of the step (`scontrol show hostnames`), on a port derived from the job id, so that two
-jobs sharing a node do not collide and a retry (a new job) gets a fresh rendezvous. Global ranks are
-assigned by the rendezvous; nothing depends on which node holds which rank (a checkpoint holds every
-rank's state, and the retry of a preempted job may land on other nodes).
+That runs `srun --nodes=4 --ntasks-per-node=1 ... python -m mae.launch --nproc-per-node=8 -- mae ...`, and
+srun runs this module once per node with SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID and SLURM_STEP_NODELIST
+set for its task (Snakemake's SLURM jobstep removes SLURM_* from the job's shell, so they are read there,
+never in the rule). Every node joins torchrun's c10d rendezvous hosted by the first node of the step
+(`scontrol show hostnames`), on a port derived from the job id, so that two jobs sharing a node do not
+collide and a retry (a new job) gets a fresh rendezvous. Global ranks are assigned by the rendezvous;
+nothing depends on which node holds which rank (a checkpoint holds every rank's state, and the retry of
+a preempted job may land on other nodes).
 
 Signals: slurmstepd signals each task's process group, but torchrun starts every worker in a session of
 its own, and torchrun itself answers SIGTERM by killing its workers 30 s later. So torchrun here handles
 neither SIGTERM nor SIGUSR1; this process receives them and passes each one on to its workers once they
 have installed `mae`'s handlers (mae.signals). The workers agree on the stop at their next sync point
-(mae.engine), rank 0 checkpoints, every rank exits 75, and so does this process.
+(mae.engine), rank 0 checkpoints, every rank exits 75, and so does this process, and srun.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from pathlib import Path
 from mae.errors import UserError
 from mae.signals import STOP_SIGNALS
 
-__all__ = ["RDZV_PORT_BASE", "RDZV_PORT_SPAN", "first_host", "main", "rendezvous_port", "torchrun_args"]
+__all__ = ["RDZV_PORT_BASE", "RDZV_PORT_SPAN", "first_host", "main", "rendezvous_port", "srun_command",
+           "torchrun_args"]
 
 # Rendezvous ports: below Linux's ephemeral range (32768-60999, where outgoing connections get theirs)
 # and above the well-known ones; jobs whose ids differ by less than the span get different ports.
@@ -69,9 +70,31 @@ def first_host(nodelist: str) -> str:
 def _slurm(env: Mapping[str, str], name: str) -> str:
     value = env.get(name)
     if not value:
-        raise UserError.message(name, f"{name} is not set: mae.launch runs once per node inside a SLURM job step "
-                                "(srun --ntasks-per-node=1 ... python -m mae.launch ...)")
+        raise UserError.message(name, f"{name} is not set: without --nodes, mae.launch runs once per node inside "
+                                "a SLURM job step (srun --ntasks-per-node=1 ... python -m mae.launch ...)")
     return value
+
+
+def srun_command(env: Mapping[str, str], nodes: int, nproc_per_node: int, cpus_per_task: int | None,
+                 command: Sequence[str]) -> list[str]:
+    """The srun command line that starts this module once on each of `nodes` nodes of the job in `env`.
+
+    --overlap: the Snakemake jobstep runs the rule inside a step of its own, which holds the first node's
+    CPUs and GPUs (it changes nothing in a plain batch script). --wait: once one node's task has ended
+    (done, checkpointed, crashed), the others get 120 s to end too instead of waiting in a collective for
+    its 30-minute timeout. --kill-on-bad-exit=0 (whatever the site's KillOnBadExit): killing the step on
+    the first non-zero exit would end rank 0 while it finishes after exit 75.
+    """
+    job_id = env.get("SLURM_JOB_ID")
+    if not job_id:
+        raise UserError.message("--nodes", f"--nodes={nodes} runs only inside a SLURM job (SLURM_JOB_ID is not "
+                                "set): use snakemake --profile slurm, or sbatch --nodes")
+    if nodes < 1:
+        raise UserError("--nodes", nodes, "an integer >= 1")
+    cpus = [f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []
+    return ["srun", f"--jobid={job_id}", f"--nodes={nodes}", "--ntasks-per-node=1", *cpus, "--overlap",
+            "--kill-on-bad-exit=0", "--wait=120", sys.executable, "-m", "mae.launch",
+            f"--nproc-per-node={nproc_per_node}", "--", *command]
 
 
 def torchrun_args(env: Mapping[str, str], nproc_per_node: int, command: Sequence[str]) -> list[str]:
@@ -180,15 +203,26 @@ def _exit_code(failures: Mapping) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mae.launch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, help="in the job's shell: start one task per node with srun")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="worker processes on each node (its GPUs)")
+    parser.add_argument("--cpus-per-task", type=int, help="with --nodes: CPUs of each node's task")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the worker's command line (mae <stage> ...)")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
-        torchrun = torchrun_args(os.environ, args.nproc_per_node, command)
+        if args.nodes is not None:
+            srun = srun_command(os.environ, args.nodes, args.nproc_per_node, args.cpus_per_task, command)
+        else:
+            torchrun = torchrun_args(os.environ, args.nproc_per_node, command)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.nodes is not None:
+        try:
+            os.execvp(srun[0], srun)  # srun's exit code is the highest of its tasks': the workers' own
+        except FileNotFoundError:
+            print("error: srun is not on PATH: --nodes needs SLURM's client commands", file=sys.stderr)
+            return 2
     os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = _AGENT_SIGNALS
     relay = _SignalRelay().install()
     # torch only now: the arguments above are checked in a fraction of a second, without it.

@@ -6,6 +6,7 @@ rank at the same step (exit 75 on both nodes) and resume, with the node ids swap
 to the same bits. The same launcher runs under the real cluster (tests/integration)."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ from mae import launch
 from mae.checkpoint import load_checkpoint
 from mae.run_folder import read_jsonl
 from micro_config import MICRO_MODEL
+from test_workflow import SNAKEMAKE, copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,8 +140,33 @@ def test_outside_a_step_is_one_line_and_exit_2(scontrol_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: SLURM_NODEID is not set: mae.launch runs once per node inside a SLURM job step "
-        "(srun --ntasks-per-node=1 ... python -m mae.launch ...)"]
+        "error: SLURM_NODEID is not set: without --nodes, mae.launch runs once per node inside a SLURM job "
+        "step (srun --ntasks-per-node=1 ... python -m mae.launch ...)"]
+
+
+def test_nodes_outside_a_job_is_one_line_and_exit_2():
+    proc = subprocess.run([sys.executable, "-m", "mae.launch", "--nodes=2", "--", "mae", "pretrain"], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --nodes=2 runs only inside a SLURM job (SLURM_JOB_ID is not set): use snakemake --profile slurm, "
+        "or sbatch --nodes"]
+
+
+def test_nodes_starts_one_task_per_node_with_srun_and_keeps_its_exit_code(tmp_path):
+    """In the job's shell: srun (a stand-in recording its arguments, exiting as the tasks did) with the
+    job id given outright, since Snakemake's jobstep leaves no other SLURM_* variable behind."""
+    (tmp_path / "srun").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$(dirname "$0")/argv"\nexit 75\n')
+    (tmp_path / "srun").chmod(0o755)
+    env = _env(PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}", SLURM_JOB_ID="4242")
+    proc = subprocess.run([sys.executable, "-m", "mae.launch", "--nodes=2", "--nproc-per-node=8", "--cpus-per-task=16",
+                           "--", "mae", "pretrain", "--out", "DIR"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 75, proc.stderr
+    assert (tmp_path / "argv").read_text().splitlines() == [
+        "--jobid=4242", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=16", "--overlap",
+        "--kill-on-bad-exit=0", "--wait=120", sys.executable, "-m", "mae.launch", "--nproc-per-node=8", "--",
+        "mae", "pretrain", "--out", "DIR"]
 
 
 def test_exit_code_is_the_workers_own():
@@ -150,7 +177,7 @@ def test_exit_code_is_the_workers_own():
     assert launch._exit_code({0: failure(-9)}) == 1
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=lambda sig: sig.name)
 def test_relay_passes_a_signal_on_once_the_worker_catches_it(sig):
     """A worker still starting (no handler yet) is not killed by the signal: it gets it once it catches it."""
     worker = subprocess.Popen([sys.executable, "-c", (
@@ -179,6 +206,7 @@ def test_two_nodes_equal_one_node_bitwise(tmp_path, scontrol_path, one_node_two_
     _assert_bitwise(out, one_node_two_processes)
 
 
+@pytest.mark.slow
 def test_signal_to_one_node_stops_every_rank_and_resumes_elsewhere(tmp_path, scontrol_path, one_node_two_processes):
     out = tmp_path / "run"
     node0, node1 = procs = _start_nodes(out, _free_job_id(), scontrol_path)
@@ -199,3 +227,44 @@ def test_signal_to_one_node_stops_every_rank_and_resumes_elsewhere(tmp_path, sco
     metrics = (out / "metrics.json").read_text()
     assert f'"resumed_from_step": {stopped_at}' in metrics
     _assert_bitwise(out, one_node_two_processes)
+
+
+def _job_blocks(output: str, rule: str) -> list[tuple[str, str]]:
+    """(resources line, shell command) of every `rule` job a (dry) run printed."""
+    blocks = re.findall(rf"^(?:local)?rule {rule}:\n(.*?)^Shell command: (.*?)$", output, flags=re.M | re.S)
+    return [(re.search(r"^\s+resources: (.*)$", body, flags=re.M)[1], shell) for body, shell in blocks]
+
+
+def test_paper_jobs_ask_slurm_for_nodes_and_start_mae_launch(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    result = subprocess.run([SNAKEMAKE, "-n", "--config", "preset=paper", "data_root=/datasets/imagenet",
+                             "ablations=[table1c_mask_token]"], cwd=workdir, env=_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rule, nodes in (("pretrain", 8), ("linprobe", 4)):
+        jobs = _job_blocks(result.stdout, rule)
+        assert jobs, result.stdout[-3000:]
+        for resources, shell in jobs:
+            resources = dict(item.split("=", 1) for item in resources.split(", "))
+            # per-node GPUs as gres (the executor's `gpu` would be a total for the whole job)
+            assert resources["nodes"] == str(nodes) and resources["gres"] == "gpu:8" and "gpu" not in resources
+            assert re.search(rf" -m mae\.launch --nodes={nodes} --nproc-per-node=8 --cpus-per-task=\d+ -- \S+/mae "
+                             rf"{rule} --config ", shell), shell
+
+
+def test_several_nodes_without_slurm_is_a_user_error_not_retried(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    (workdir / "two_nodes.yaml").write_text(
+        "resources:\n  smoke:\n    pretrain: {threads: 1, gpu: 0, nodes: 2, mem_mb: 2000, runtime: 10}\n")
+    result = subprocess.run([SNAKEMAKE, "--configfile", "two_nodes.yaml", "--config", "preset=smoke",
+                             "ablations=[table1c_mask_token]", "--until", "pretrain"], cwd=workdir, env=_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    resources, _ = _job_blocks(result.stdout + result.stderr, "pretrain")[0]
+    assert "nodes=2" in resources and "tasks=2" in resources  # one task per node, not sbatch's --ntasks=1
+    # the first attempt's log, shown by Snakemake (show-failed-logs), is the one line; it exited 2
+    assert ("=" * 80 + "\nerror: --nodes=2 runs only inside a SLURM job (SLURM_JOB_ID is not set): use snakemake "
+            "--profile slurm, or sbatch --nodes\n" + "=" * 80) in result.stderr
+    assert len(list((workdir / "runs/smoke/logs/pretrain").glob("*.log.exit2"))) == 2
+    assert "not retried: the previous attempt exited 2" in result.stderr
+    assert not list((workdir / "runs/smoke/pretrain").glob("*/train.log"))  # mae never started

@@ -99,21 +99,16 @@ def _gpus_per_node(resources):
 
 
 def get_launcher(wildcards, resources, threads):
-    """`mae`; `mae` under torchrun with one process per GPU the job holds; on several nodes, one torchrun
-    per node started by srun inside the job (mae.launch: rendezvous on the first node, stop signals
-    passed on to every worker, the workers' exit code). --overlap: this runs inside the jobstep's own
-    step, which holds the first node's CPUs and GPUs. --wait: once one node's task has ended (done,
-    checkpointed, crashed), the others get 120 s to end too instead of waiting in a collective for its
-    30-minute timeout; no --kill-on-bad-exit, which would kill rank 0 while it finishes after exit 75."""
+    """`mae`; `mae` under torchrun with one process per GPU the job holds; on several nodes (SLURM only),
+    mae.launch, which starts one torchrun per node through srun (rendezvous on the first node, stop
+    signals passed on to every worker, the workers' exit code)."""
     mae = _executable("mae")
     gpus = _gpus_per_node(resources)
     if resources.nodes > 1:
         python = Path(mae).with_name("python")  # the interpreter that has `mae` (venv or conda env bin/)
         python = python if python.exists() else sys.executable
-        return (f'srun --jobid="${{SLURM_JOB_ID:?nodes={resources.nodes} runs only inside a SLURM job: use '
-                f'--profile slurm}}" --nodes={resources.nodes} --ntasks-per-node=1 --cpus-per-task={threads} '
-                f"--overlap --kill-on-bad-exit=0 --wait=120 "
-                f"{python} -m mae.launch --nproc-per-node={max(gpus, 1)} -- {mae}")
+        return (f"{python} -m mae.launch --nodes={resources.nodes} --nproc-per-node={max(gpus, 1)} "
+                f"--cpus-per-task={threads} -- {mae}")
     if gpus > 0:
         return f"{_executable('torchrun')} --standalone --nproc_per_node={gpus} --no-python {mae}"
     return mae
