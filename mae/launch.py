@@ -7,15 +7,17 @@ That runs `srun --nodes=4 --ntasks-per-node=1 ... python -m mae.launch --nproc-p
 srun runs this module once per node with SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID and SLURM_STEP_NODELIST
 set for its task (Snakemake's SLURM jobstep removes SLURM_* from the job's shell, so they are read there,
 never in the rule). Every node joins torchrun's c10d rendezvous hosted by the first node of the step
-(`scontrol show hostnames`), on a port derived from the job id, so that two jobs sharing a node do not
-collide and a retry (a new job) gets a fresh rendezvous. Global ranks are assigned by the rendezvous;
-nothing depends on which node holds which rank (a checkpoint holds every rank's state, and the retry of
-a preempted job may land on other nodes).
+(`scontrol show hostnames`; node names must resolve, as they do on clusters), on a port derived from
+the job id: jobs sharing a node get different ports unless their ids are a multiple of 10000 apart (a
+port in use fails the job, and its retry, a new job, gets another). Global ranks are assigned by the
+rendezvous; nothing depends on which node holds which rank (a checkpoint holds every rank's state, and
+the retry of a preempted job may land on other nodes).
 
-Signals: slurmstepd signals each task's process group, but torchrun starts every worker in a session of
-its own, and torchrun itself answers SIGTERM by killing its workers 30 s later. So torchrun here handles
-neither SIGTERM nor SIGUSR1; this process receives them and passes each one on to its workers once they
-have installed `mae`'s handlers (mae.signals). The workers agree on the stop at their next sync point
+Signals: slurmstepd signals each task's process group (proctrack/pgid), but torchrun starts every worker
+in a session of its own, and torchrun itself answers SIGTERM by killing its workers 30 s later. So
+torchrun here handles neither SIGTERM nor SIGUSR1; this process receives them and passes each one on to
+its workers once they have installed `mae`'s handlers (mae.signals); where cgroups deliver the signal to
+the workers too, the second delivery changes nothing. The workers agree on the stop at their next sync point
 (mae.engine), rank 0 checkpoints, every rank exits 75, and so does this process, and srun.
 """
 
