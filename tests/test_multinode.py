@@ -18,10 +18,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from mae import launch
 from mae.checkpoint import load_checkpoint
+from mae.config import load_config
 from mae.run_folder import read_jsonl
+from mae.train import _batch_geometry
 from micro_config import MICRO_MODEL
 from test_workflow import SNAKEMAKE, copy_workflow
 
@@ -268,3 +271,21 @@ def test_several_nodes_without_slurm_is_a_user_error_not_retried(tmp_path):
     assert len(list((workdir / "runs/smoke/logs/pretrain").glob("*.log.exit2"))) == 2
     assert "not retried: the previous attempt exited 2" in result.stderr
     assert not list((workdir / "runs/smoke/pretrain").glob("*/train.log"))  # mae never started
+
+
+def test_every_preset_layout_keeps_the_recipe_batch():
+    """nodes x gpu processes x micro batch x accumulation = the recipe's global batch, for every preset
+    and training rule of workflow/config.yaml (mae.train's own rule; a layout that does not divide it
+    would stop the job with exit 2)."""
+    resources = yaml.safe_load((REPO / "workflow/config.yaml").read_text())["resources"]
+    for preset, rules in resources.items():
+        cfg = load_config(REPO / f"workflow/presets/{preset}.yaml").resolved()
+        for stage, spec in rules.items():
+            world = spec["nodes"] * max(spec["gpu"], 1)
+            run = SimpleNamespace(stage=stage, section=cfg.stage(stage), dist=SimpleNamespace(world_size=world))
+            micro, accum = _batch_geometry(run)
+            assert world * micro * accum == cfg.stage(stage).batch_size, (preset, stage)
+    paper = load_config(REPO / "workflow/presets/paper.yaml").resolved()
+    # the official repository's per-GPU batches on its node counts: no accumulation
+    assert [_batch_geometry(SimpleNamespace(stage=s, section=paper.stage(s), dist=SimpleNamespace(
+        world_size=resources["paper"][s]["nodes"] * 8)))[1] for s in ("pretrain", "finetune", "linprobe")] == [1, 1, 1]
