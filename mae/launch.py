@@ -1,7 +1,10 @@
-"""Training on several nodes of a SLURM job: one torchrun per node, started by srun.
+"""torchrun for `mae`, with stop signals that reach every worker: on several nodes of a SLURM job (one
+torchrun per node, started by srun), or on one machine.
 
     # in the job's shell (an sbatch script, or the Snakemake rule of a job with `nodes` > 1):
     python -m mae.launch --nodes=4 --nproc-per-node=8 --cpus-per-task=64 -- mae pretrain --config C.yaml --out DIR
+    # one node, with or without SLURM (torchrun --standalone, the same signal relay and exit code):
+    python -m mae.launch --standalone --nproc-per-node=8 -- mae pretrain --config C.yaml --out DIR
 
 That runs `srun --nodes=4 --ntasks-per-node=1 ... python -m mae.launch --nproc-per-node=8 -- mae ...`, and
 srun runs this module once per node with SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID and SLURM_STEP_NODELIST
@@ -36,7 +39,7 @@ from mae.errors import UserError
 from mae.signals import STOP_SIGNALS
 
 __all__ = ["RDZV_PORT_BASE", "RDZV_PORT_SPAN", "first_host", "main", "rendezvous_port", "srun_command",
-           "torchrun_args"]
+           "standalone_args", "torchrun_args"]
 
 # Rendezvous ports: below Linux's ephemeral range (32768-60999, where outgoing connections get theirs)
 # and above the well-known ones; jobs whose ids differ by less than the span get different ports.
@@ -99,6 +102,19 @@ def srun_command(env: Mapping[str, str], nodes: int, nproc_per_node: int, cpus_p
             f"--nproc-per-node={nproc_per_node}", "--", *command]
 
 
+def standalone_args(nproc_per_node: int, command: Sequence[str]) -> list[str]:
+    """torchrun's arguments for `nproc_per_node` workers on this machine alone."""
+    _check_workers(nproc_per_node, command)
+    return ["--standalone", f"--nproc-per-node={nproc_per_node}", "--max-restarts=0", "--no-python", *command]
+
+
+def _check_workers(nproc_per_node: int, command: Sequence[str]) -> None:
+    if nproc_per_node < 1:
+        raise UserError("--nproc-per-node", nproc_per_node, "an integer >= 1")
+    if not command:
+        raise UserError.message("command", "no worker command after `--` (e.g. -- mae pretrain --config C.yaml ...)")
+
+
 def torchrun_args(env: Mapping[str, str], nproc_per_node: int, command: Sequence[str]) -> list[str]:
     """torchrun's arguments for this node of the SLURM step described by `env`.
 
@@ -114,10 +130,7 @@ def torchrun_args(env: Mapping[str, str], nproc_per_node: int, command: Sequence
     nnodes, node_id = _slurm(env, "SLURM_NNODES"), _slurm(env, "SLURM_NODEID")
     # The step's nodes (SLURM_NODEID counts within the step); the job's when srun did not say.
     nodelist = env.get("SLURM_STEP_NODELIST") or _slurm(env, "SLURM_JOB_NODELIST")
-    if nproc_per_node < 1:
-        raise UserError("--nproc-per-node", nproc_per_node, "an integer >= 1")
-    if not command:
-        raise UserError.message("command", "no worker command after `--` (e.g. -- mae pretrain --config C.yaml ...)")
+    _check_workers(nproc_per_node, command)
     endpoint = f"{first_host(nodelist)}:{rendezvous_port(job_id)}"
     # The first node hosts the rendezvous store: said outright, not guessed from host names and addresses.
     is_host = "1" if node_id == "0" else "0"
@@ -205,7 +218,9 @@ def _exit_code(failures: Mapping) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mae.launch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, help="in the job's shell: start one task per node with srun")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--nodes", type=int, help="in the job's shell: start one task per node with srun")
+    where.add_argument("--standalone", action="store_true", help="one node, no rendezvous to find (no SLURM needed)")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="worker processes on each node (its GPUs)")
     parser.add_argument("--cpus-per-task", type=int, help="with --nodes: CPUs of each node's task")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the worker's command line (mae <stage> ...)")
@@ -214,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.nodes is not None:
             srun = srun_command(os.environ, args.nodes, args.nproc_per_node, args.cpus_per_task, command)
+        elif args.standalone:
+            torchrun = standalone_args(args.nproc_per_node, command)
         else:
             torchrun = torchrun_args(os.environ, args.nproc_per_node, command)
     except UserError as err:

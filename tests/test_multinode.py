@@ -232,6 +232,42 @@ def test_signal_to_one_node_stops_every_rank_and_resumes_elsewhere(tmp_path, sco
     _assert_bitwise(out, one_node_two_processes)
 
 
+
+def _one_node(out: Path, *overrides: str) -> list[str]:
+    """What the workflow runs for a 1-node GPU job, behind the job's bash, which ignores the stop signals
+    (workflow/rules/common.smk) as its children inherit."""
+    return ["bash", "-c", "trap '' USR1 TERM; exec \"$@\"", "job", sys.executable, "-m", "mae.launch", "--standalone",
+            "--nproc-per-node=2", "--", sys.executable, "-m", "mae.cli", "pretrain", "--out", str(out), *CONFIG,
+            *overrides]
+
+
+def test_one_node_user_error_is_exit_2_not_torchruns_1(tmp_path):
+    proc = subprocess.run(_one_node(tmp_path / "run", "pretrain.batch_size=15"), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: pretrain.batch_size=15 is invalid" in proc.stderr
+
+
+@pytest.mark.slow
+def test_one_node_signal_to_the_job_reaches_the_workers_and_resumes(tmp_path, one_node_two_processes):
+    """torchrun's workers sit in sessions of their own: a signal to the job's process group (what
+    slurmstepd sends with proctrack/pgid) reaches them only through mae.launch."""
+    out = tmp_path / "run"
+    job = subprocess.Popen(_one_node(out), cwd=REPO, env=_env(), stdout=open(tmp_path / "job.log", "w"),
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while len(read_jsonl(out / "metrics.jsonl")) < 3 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(job.pid, signal.SIGUSR1)
+    log = lambda: (tmp_path / "job.log").read_text()[-3000:]  # noqa: E731
+    assert _wait([job]) == [75], log()
+    assert not (out / "metrics.json").exists(), "finished before the signal arrived: " + log()
+    stopped_at = load_checkpoint(out / "checkpoint.pth")["loop"]["global_step"]
+    resumed = subprocess.run(_one_node(out), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f'"resumed_from_step": {stopped_at}' in (out / "metrics.json").read_text()
+    _assert_bitwise(out, one_node_two_processes)
+
 def _job_blocks(output: str, rule: str) -> list[tuple[str, str]]:
     """(resources line, shell command) of every `rule` job a (dry) run printed."""
     blocks = re.findall(rf"^(?:local)?rule {rule}:\n(.*?)^Shell command: (.*?)$", output, flags=re.M | re.S)

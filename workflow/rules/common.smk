@@ -17,11 +17,11 @@ ROOT = Path(workflow.main_snakefile).parent  # the repository: presets, ablation
 
 # Inside a SLURM job, `scancel --signal=USR1`, the profile's `--signal=USR1@300` (time limit ahead) and
 # the SIGTERM of a cancel, preemption or requeue reach every process of the job step: the jobstep
-# `python -m snakemake` that parses this file, the job's bash and `mae` (or torchrun and its workers).
-# Only `mae` acts on them: it checkpoints and exits 75 for the retry. The others ignore them, so that
-# none dies first and makes slurmstepd kill `mae` before its checkpoint is written (SLURM's SIGKILL
-# after KillWait still ends everything). `mae` and torchrun install their own handlers, so the
-# inherited "ignore" does not reach them. Outside SLURM nothing changes.
+# `python -m snakemake` that parses this file, the job's bash and `mae` (or mae.launch, which passes
+# them on to its torchrun workers). Only `mae` acts on them: it checkpoints and exits 75 for the retry.
+# The others ignore them, so that none dies first and makes slurmstepd kill `mae` before its checkpoint
+# is written (SLURM's SIGKILL after KillWait still ends everything). `mae` and mae.launch install their
+# own handlers, so the inherited "ignore" does not reach them. Outside SLURM nothing changes.
 if "SLURM_JOB_ID" in os.environ:
     for _signal in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(_signal, signal.SIG_IGN)
@@ -99,19 +99,18 @@ def _gpus_per_node(resources):
 
 
 def get_launcher(wildcards, resources, threads):
-    """`mae`; `mae` under torchrun with one process per GPU the job holds; on several nodes (SLURM only),
-    mae.launch, which starts one torchrun per node through srun (rendezvous on the first node, stop
-    signals passed on to every worker, the workers' exit code)."""
+    """`mae` on a CPU; with GPUs, mae.launch: torchrun with one process per GPU (on several nodes, SLURM
+    only: one torchrun per node started through srun, rendezvous on the first node), stop signals passed
+    on to every worker (torchrun starts them out of reach of the job's signals), the workers' exit code."""
     mae = _executable("mae")
     gpus = _gpus_per_node(resources)
+    if resources.nodes == 1 and gpus == 0:
+        return mae
+    python = Path(mae).with_name("python")  # the interpreter that has `mae` (venv or conda env bin/)
+    launch = f"{python if python.exists() else sys.executable} -m mae.launch"
     if resources.nodes > 1:
-        python = Path(mae).with_name("python")  # the interpreter that has `mae` (venv or conda env bin/)
-        python = python if python.exists() else sys.executable
-        return (f"{python} -m mae.launch --nodes={resources.nodes} --nproc-per-node={max(gpus, 1)} "
-                f"--cpus-per-task={threads} -- {mae}")
-    if gpus > 0:
-        return f"{_executable('torchrun')} --standalone --nproc_per_node={gpus} --no-python {mae}"
-    return mae
+        return f"{launch} --nodes={resources.nodes} --nproc-per-node={max(gpus, 1)} --cpus-per-task={threads} -- {mae}"
+    return f"{launch} --standalone --nproc-per-node={gpus} -- {mae}"
 
 
 def get_mlflow_uri():
