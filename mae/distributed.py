@@ -1,6 +1,7 @@
 """torchrun / DDP helpers: gloo on CPU, nccl on CUDA; a single process needs no environment at all.
 
     torchrun --standalone --nproc_per_node=2 -m mae.cli pretrain --config C.yaml --out DIR
+    python -m mae.launch --nodes=4 --nproc-per-node=8 -- mae pretrain ...   # inside a SLURM job (mae/launch.py)
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ from then on SIGTERM / SIGUSR1 raise `StopRequested` in the main thread, so a si
 argument parsing, the dataset or model build ends the command with exit 75 (`EXIT_PREEMPTED`: run it
 again) and one line, having written nothing that looks finished. The training loop replaces these
 handlers by its own flag (`mae.engine.PreemptionFlag`), which checkpoints at the next step boundary
-and also exits 75, and puts them back when the loop ends.
+and also exits 75, and puts them back when the loop ends. On several nodes, torchrun starts each worker
+in a session of its own, out of reach of SLURM's signal to the task; `mae.launch` passes the signals on.
 """
 
 from __future__ import annotations

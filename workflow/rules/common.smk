@@ -17,11 +17,11 @@ ROOT = Path(workflow.main_snakefile).parent  # the repository: presets, ablation
 
 # Inside a SLURM job, `scancel --signal=USR1`, the profile's `--signal=USR1@300` (time limit ahead) and
 # the SIGTERM of a cancel, preemption or requeue reach every process of the job step: the jobstep
-# `python -m snakemake` that parses this file, the job's bash and `mae` (or torchrun and its workers).
-# Only `mae` acts on them: it checkpoints and exits 75 for the retry. The others ignore them, so that
-# none dies first and makes slurmstepd kill `mae` before its checkpoint is written (SLURM's SIGKILL
-# after KillWait still ends everything). `mae` and torchrun install their own handlers, so the
-# inherited "ignore" does not reach them. Outside SLURM nothing changes.
+# `python -m snakemake` that parses this file, the job's bash and `mae` (or mae.launch, which passes
+# them on to its torchrun workers). Only `mae` acts on them: it checkpoints and exits 75 for the retry.
+# The others ignore them, so that none dies first and makes slurmstepd kill `mae` before its checkpoint
+# is written (SLURM's SIGKILL after KillWait still ends everything). `mae` and mae.launch install their
+# own handlers, so the inherited "ignore" does not reach them. Outside SLURM nothing changes.
 if "SLURM_JOB_ID" in os.environ:
     for _signal in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(_signal, signal.SIG_IGN)
@@ -71,8 +71,16 @@ def get_training_outputs(stage):
 
 
 def get_resources(stage):
-    """gpu, mem_mb and runtime of `stage` under the preset (workflow/config.yaml `resources`)."""
-    return {name: value for name, value in config["resources"][PRESET][stage].items() if name != "threads"}
+    """nodes, gpu, mem_mb and runtime of `stage` under the preset (workflow/config.yaml `resources`), as
+    the SLURM executor reads them: on several nodes the GPUs of each are asked as `gres: gpu:<n>` (its
+    `gpu` becomes --gpus, a total for the whole job), and a CPU job asks one task per node (without
+    `tasks` it submits --ntasks=1, which holds the job to one node)."""
+    spec = {name: value for name, value in config["resources"][PRESET][stage].items() if name != "threads"}
+    if spec["nodes"] > 1 and spec["gpu"] > 0:
+        spec["gres"] = f"gpu:{spec.pop('gpu')}"
+    elif spec["gpu"] == 0:
+        spec["tasks"] = spec["nodes"]
+    return spec
 
 
 def get_threads(stage):
@@ -84,11 +92,25 @@ def _executable(name):
     return shutil.which(name) or str(Path(sys.executable).parent / name)
 
 
-def get_launcher(wildcards, resources):
-    """`mae`, or `mae` under torchrun with one process per GPU the job holds."""
-    if resources.gpu > 0:
-        return f"{_executable('torchrun')} --standalone --nproc_per_node={resources.gpu} --no-python {_executable('mae')}"
-    return _executable("mae")
+def _gpus_per_node(resources):
+    if "gres" in resources.keys():  # gpu[:type]:<n>, set by get_resources on several nodes
+        return int(resources.gres.rsplit(":", 1)[1])
+    return resources.get("gpu", 0)
+
+
+def get_launcher(wildcards, resources, threads):
+    """`mae` on a CPU; with GPUs, mae.launch: torchrun with one process per GPU (on several nodes, SLURM
+    only: one torchrun per node started through srun, rendezvous on the first node), stop signals passed
+    on to every worker (torchrun starts them out of reach of the job's signals), the workers' exit code."""
+    mae = _executable("mae")
+    gpus = _gpus_per_node(resources)
+    if resources.nodes == 1 and gpus == 0:
+        return mae
+    python = Path(mae).with_name("python")  # the interpreter that has `mae` (venv or conda env bin/)
+    launch = f"{python if python.exists() else sys.executable} -m mae.launch"
+    if resources.nodes > 1:
+        return f"{launch} --nodes={resources.nodes} --nproc-per-node={max(gpus, 1)} --cpus-per-task={threads} -- {mae}"
+    return f"{launch} --standalone --nproc-per-node={gpus} -- {mae}"
 
 
 def get_mlflow_uri():

@@ -1,0 +1,262 @@
+"""torchrun for `mae`, with stop signals that reach every worker: on several nodes of a SLURM job (one
+torchrun per node, started by srun), or on one machine.
+
+    # in the job's shell (an sbatch script, or the Snakemake rule of a job with `nodes` > 1):
+    python -m mae.launch --nodes=4 --nproc-per-node=8 --cpus-per-task=64 -- mae pretrain --config C.yaml --out DIR
+    # one node, with or without SLURM (torchrun --standalone, the same signal relay and exit code):
+    python -m mae.launch --standalone --nproc-per-node=8 -- mae pretrain --config C.yaml --out DIR
+
+That runs `srun --nodes=4 --ntasks-per-node=1 ... python -m mae.launch --nproc-per-node=8 -- mae ...`, and
+srun runs this module once per node with SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID and SLURM_STEP_NODELIST
+set for its task (Snakemake's SLURM jobstep removes SLURM_* from the job's shell, so they are read there,
+never in the rule). Every node joins torchrun's c10d rendezvous hosted by the first node of the step
+(`scontrol show hostnames`; node names must resolve, as they do on clusters), on a port derived from
+the job id: jobs sharing a node get different ports unless their ids are a multiple of 10000 apart (a
+port in use fails the job, and its retry, a new job, gets another). Global ranks are assigned by the
+rendezvous; nothing depends on which node holds which rank (a checkpoint holds every rank's state, and
+the retry of a preempted job may land on other nodes).
+
+Signals: slurmstepd signals each task's process group (proctrack/pgid), but torchrun starts every worker
+in a session of its own, and torchrun itself answers SIGTERM by killing its workers 30 s later. So
+torchrun here handles neither SIGTERM nor SIGUSR1; this process receives them and passes each one on to
+its workers once they have installed `mae`'s handlers (mae.signals); where cgroups deliver the signal to
+the workers too, the second delivery changes nothing. The workers agree on the stop at their next sync point
+(mae.engine), rank 0 checkpoints, every rank exits 75, and so does this process, and srun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from mae.errors import UserError
+from mae.signals import STOP_SIGNALS
+
+__all__ = ["RDZV_PORT_BASE", "RDZV_PORT_SPAN", "first_host", "main", "rendezvous_port", "srun_command",
+           "standalone_args", "torchrun_args"]
+
+# Rendezvous ports: below Linux's ephemeral range (32768-60999, where outgoing connections get theirs)
+# and above the well-known ones; jobs whose ids differ by less than the span get different ports.
+RDZV_PORT_BASE = 20000
+RDZV_PORT_SPAN = 10000
+
+# torchrun's agent registers handlers for the signals named here (default SIGTERM, SIGINT, SIGHUP,
+# SIGQUIT) and shuts its workers down on any of them; the stop signals are left to this process.
+_AGENT_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"
+
+
+def rendezvous_port(job_id: str) -> int:
+    """The c10d rendezvous port of SLURM job `job_id`."""
+    return RDZV_PORT_BASE + int(job_id) % RDZV_PORT_SPAN
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (`node[01-04]` -> `node01`), expanded by SLURM's own scontrol."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             check=True).stdout.split()
+    except FileNotFoundError:
+        raise UserError.message("scontrol", "scontrol is not on PATH: mae.launch runs inside a SLURM job step "
+                                "(srun) on a node with SLURM's client commands") from None
+    except subprocess.CalledProcessError as err:
+        raise UserError.message("SLURM_STEP_NODELIST", f"scontrol show hostnames {nodelist!r} failed: "
+                                f"{err.stderr.strip() or err.returncode}") from None
+    if not out:
+        raise UserError("SLURM_STEP_NODELIST", nodelist, "a SLURM node list with at least one host")
+    return out[0]
+
+
+def _slurm(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name)
+    if not value:
+        raise UserError.message(name, f"{name} is not set: without --nodes, mae.launch runs once per node inside "
+                                "a SLURM job step (srun --ntasks-per-node=1 ... python -m mae.launch ...)")
+    return value
+
+
+def srun_command(env: Mapping[str, str], nodes: int, nproc_per_node: int, cpus_per_task: int | None,
+                 command: Sequence[str]) -> list[str]:
+    """The srun command line that starts this module once on each of `nodes` nodes of the job in `env`.
+
+    --overlap: the Snakemake jobstep runs the rule inside a step of its own, which holds the first node's
+    CPUs and GPUs (it changes nothing in a plain batch script). --wait: once one node's task has ended
+    (done, checkpointed, crashed), the others get 120 s to end too instead of waiting in a collective for
+    its 30-minute timeout. --kill-on-bad-exit=0 (whatever the site's KillOnBadExit): killing the step on
+    the first non-zero exit would end rank 0 while it finishes after exit 75.
+    """
+    job_id = env.get("SLURM_JOB_ID")
+    if not job_id:
+        raise UserError.message("--nodes", f"--nodes={nodes} runs only inside a SLURM job (SLURM_JOB_ID is not "
+                                "set): use snakemake --profile slurm, or sbatch --nodes")
+    if nodes < 1:
+        raise UserError("--nodes", nodes, "an integer >= 1")
+    cpus = [f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []
+    return ["srun", f"--jobid={job_id}", f"--nodes={nodes}", "--ntasks-per-node=1", *cpus, "--overlap",
+            "--kill-on-bad-exit=0", "--wait=120", sys.executable, "-m", "mae.launch",
+            f"--nproc-per-node={nproc_per_node}", "--", *command]
+
+
+def standalone_args(nproc_per_node: int, command: Sequence[str]) -> list[str]:
+    """torchrun's arguments for `nproc_per_node` workers on this machine alone."""
+    _check_workers(nproc_per_node, command)
+    return ["--standalone", f"--nproc-per-node={nproc_per_node}", "--max-restarts=0", "--no-python", *command]
+
+
+def _check_workers(nproc_per_node: int, command: Sequence[str]) -> None:
+    if nproc_per_node < 1:
+        raise UserError("--nproc-per-node", nproc_per_node, "an integer >= 1")
+    if not command:
+        raise UserError.message("command", "no worker command after `--` (e.g. -- mae pretrain --config C.yaml ...)")
+
+
+def torchrun_args(env: Mapping[str, str], nproc_per_node: int, command: Sequence[str]) -> list[str]:
+    """torchrun's arguments for this node of the SLURM step described by `env`.
+
+    Args:
+        env: the task's environment (SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID, SLURM_STEP_NODELIST or
+            SLURM_JOB_NODELIST).
+        nproc_per_node: worker processes on this node (its GPUs, or 1 on a CPU).
+        command: the worker's command line (`mae pretrain ...`), run without torchrun's python.
+    """
+    job_id = _slurm(env, "SLURM_JOB_ID")
+    if not job_id.isdigit():
+        raise UserError("SLURM_JOB_ID", job_id, "a number")
+    nnodes, node_id = _slurm(env, "SLURM_NNODES"), _slurm(env, "SLURM_NODEID")
+    # The step's nodes (SLURM_NODEID counts within the step); the job's when srun did not say.
+    nodelist = env.get("SLURM_STEP_NODELIST") or _slurm(env, "SLURM_JOB_NODELIST")
+    _check_workers(nproc_per_node, command)
+    endpoint = f"{first_host(nodelist)}:{rendezvous_port(job_id)}"
+    # The first node hosts the rendezvous store: said outright, not guessed from host names and addresses.
+    is_host = "1" if node_id == "0" else "0"
+    return [f"--nnodes={nnodes}", f"--nproc-per-node={nproc_per_node}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={job_id}", f"--rdzv-conf=is_host={is_host}",
+            "--max-restarts=0", "--no-python", *command]
+
+
+class _SignalRelay:
+    """Pass each stop signal this process receives on to its children (the workers) once they catch it.
+
+    A worker still starting Python has the default action (terminate) for SIGTERM / SIGUSR1; it gets the
+    signal as soon as `mae` has installed its handlers, so a stop during start-up still ends in exit 75.
+    """
+
+    def __init__(self, poll_s: float = 0.05):
+        self._poll_s = poll_s
+        self._received: list[int] = []
+        self._delivered: set[tuple[int, int]] = set()
+        self._wake = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mae-signal-relay", daemon=True)
+
+    def install(self) -> "_SignalRelay":
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._done.set()
+        self._wake.set()
+
+    def _handle(self, signum, frame) -> None:
+        self._received.append(signum)
+        self._wake.set()
+
+    def _run(self) -> None:
+        self._wake.wait()
+        while not self._done.is_set():
+            for pid in _children(os.getpid()):
+                for sig in set(self._received):
+                    if (pid, sig) not in self._delivered and _catches(pid, sig):
+                        try:
+                            os.kill(pid, sig)
+                        except ProcessLookupError:
+                            pass
+                        self._delivered.add((pid, sig))
+            self._done.wait(self._poll_s)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc: torchrun keeps no list one could ask for)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (SigCgt of /proc/pid/status)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
+def _exit_code(failures: Mapping) -> int:
+    """The workers' own exit code when they agree (75 checkpointed, 2 user error, 3 non-finite loss), else 1.
+    Workers killed by a signal are left out: torchrun ends a node's other workers once one has exited."""
+    codes = {failure.exitcode for failure in failures.values() if failure.exitcode > 0}
+    return codes.pop() if len(codes) == 1 else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mae.launch", description=__doc__.split("\n\n")[0])
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--nodes", type=int, help="in the job's shell: start one task per node with srun")
+    where.add_argument("--standalone", action="store_true", help="one node, no rendezvous to find (no SLURM needed)")
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="worker processes on each node (its GPUs)")
+    parser.add_argument("--cpus-per-task", type=int, help="with --nodes: CPUs of each node's task")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the worker's command line (mae <stage> ...)")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        if args.nodes is not None:
+            srun = srun_command(os.environ, args.nodes, args.nproc_per_node, args.cpus_per_task, command)
+        elif args.standalone:
+            torchrun = standalone_args(args.nproc_per_node, command)
+        else:
+            torchrun = torchrun_args(os.environ, args.nproc_per_node, command)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.nodes is not None:
+        try:
+            os.execvp(srun[0], srun)  # srun's exit code is the highest of its tasks': the workers' own
+        except FileNotFoundError:
+            print("error: srun is not on PATH: --nodes needs SLURM's client commands", file=sys.stderr)
+            return 2
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = _AGENT_SIGNALS
+    relay = _SignalRelay().install()
+    # torch only now: the arguments above are checked in a fraction of a second, without it.
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(torchrun))
+    except ChildFailedError as err:
+        print(err, file=sys.stderr)
+        return _exit_code(err.failures)
+    finally:
+        relay.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
