@@ -130,8 +130,6 @@ class SystemMetricsSampler:
                              or "ROCM" in type(m).__name__), None)
             last = [r["step"] for r in read_jsonl(self.path) if isinstance(r.get("step"), int)]
             self._step = max(last) + 1 if last else 0  # a resumed run continues after its last point
-            import psutil
-            psutil.cpu_percent()  # the first call has nothing to compare with and returns 0.0
         except Exception as exc:  # noqa: BLE001 - system metrics are extra; training goes on without them
             _log.warning("system metrics: not sampled (%s: %s)", type(exc).__name__, exc)
             return False
@@ -152,6 +150,9 @@ class SystemMetricsSampler:
         last_point = t0
         samples = 0
         try:
+            import psutil
+            # psutil keeps cpu_percent's reference per thread: the first call in a thread returns 0.0
+            psutil.cpu_percent()
             while True:
                 stopping = self._stop.wait(self._sample_s)
                 for monitor in self._monitors:
