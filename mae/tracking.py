@@ -135,6 +135,13 @@ def run_tags(run_id: str, stage: str, git_revision: str | None = None,
     return {k: str(v) for k, v in tags.items() if v is not None}
 
 
+def _run_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The MLflow params of a flattened config: all but `tracking.*`, which say how the run is filed (its
+    name and tags, already on the run, and the store), not what it computes, and as params would fill
+    the compare view's parallel coordinates with names. Live logging and replay both use this."""
+    return {k: v for k, v in flat.items() if not k.startswith("tracking.")}
+
+
 def _numeric(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -387,7 +394,8 @@ class Tracker:
 
         Args:
             run_dir: the run folder; holds `mlflow_run_id`.
-            params: flattened config (`model.mask_ratio`: 0.75, ...); redacted before logging.
+            params: flattened config (`model.mask_ratio`: 0.75, ...); redacted before logging; `tracking.*`
+                keys are not logged.
             tags: run tags (see `run_tags`); redacted before logging.
             experiment: MLflow experiment name (created if missing).
             run_name: MLflow run name for a new run.
@@ -399,8 +407,9 @@ class Tracker:
         self._run_dir = Path(run_dir)
         self._thread = threading.Thread(target=self._worker, name="mae-mlflow", daemon=True)
         self._thread.start()
-        self._queue.put(("start", Path(run_dir), redact(params), redact({k: str(v) for k, v in tags.items()}),
-                         experiment, redact_text(run_name) if run_name else run_name))
+        self._queue.put(("start", Path(run_dir), redact(_run_params(params)),
+                         redact({k: str(v) for k, v in tags.items()}), experiment,
+                         redact_text(run_name) if run_name else run_name))
         self._started.wait(self.start_timeout_s)
         # sampled from now on, whatever MLflow does: the file is the record, the queue the mirror
         # (under the client settings: the monitors import mlflow, which reads its telemetry switch then)
@@ -546,7 +555,7 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
         raise UserError.message("run_dir", f"run_dir={str(run_dir)!r} is invalid: no config.yaml, metrics.jsonl "
                                            f"or metrics.json there")
 
-    params = flatten(config)
+    params = _run_params(flatten(config))
     # host and SLURM job come from the run's record, never from the process that replays it
     tags = {
         "mae.run_id": meta.get("run_id") or summary.get("run_id") or run_dir.name,

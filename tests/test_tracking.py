@@ -30,7 +30,8 @@ def _history(uri, run_id, key):
 
 def test_run_with_params_metrics_tags_artifacts(uri, tmp_path):
     run_dir = tmp_path / "run"
-    params = {"model.mask_ratio": 0.75, "pretrain.betas": [0.9, 0.95], "model.tokenizer": None}
+    params = {"model.mask_ratio": 0.75, "pretrain.betas": [0.9, 0.95], "model.tokenizer": None,
+              "tracking.run_name": "r1", "tracking.tags.mae.preset": "tiny"}
     tags = run_tags("abc123", "pretrain", git_revision="deadbeef", extra={"mae.preset": "tiny", "mae.ablations": "table1a"})
     tr = Tracker()
     run_id = tr.start(run_dir, params, tags, experiment="test-exp", run_name="r1", uri=uri)
@@ -45,6 +46,7 @@ def test_run_with_params_metrics_tags_artifacts(uri, tmp_path):
     assert run.info.status == "FINISHED" and run.info.run_name == "r1"
     assert run.data.params["model.mask_ratio"] == "0.75"
     assert run.data.params["pretrain.betas"] == "[0.9, 0.95]"
+    assert not any(k.startswith("tracking.") for k in run.data.params)  # the run's name and tags say it
     assert run.data.tags["mae.run_id"] == "abc123" and run.data.tags["mae.ablations"] == "table1a"
     assert run.data.tags["mae.host"] == socket.gethostname()
     assert _history(uri, run_id, "loss") == [(s, 1.0 / s) for s in range(1, 6)]

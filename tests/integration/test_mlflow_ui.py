@@ -103,7 +103,7 @@ def test_ui_experiment_runs_and_compare_view(mlflow_server, pretrain_runs, brows
     # 2. the comparison view of both runs
     runs_q = urllib.parse.quote(json.dumps(run_ids))
     exps_q = urllib.parse.quote(json.dumps([exp.experiment_id]))
-    page.goto(f"{mlflow_server.uri}/#/compare-runs?runs={runs_q}&experiments={exps_q}")
+    page.goto(f"{mlflow_server.uri}/#/compare-runs?runs={runs_q}&experiments={exps_q}&workflowType=machine_learning")
     page.get_by_text(f"Comparing {len(run_ids)} Runs").first.wait_for()
     for name in names:
         page.get_by_text(name, exact=True).first.wait_for()
