@@ -239,7 +239,10 @@ def ensure_experiment(client, uri: str, name: str, locked: bool = False) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older harness or by hand: mark it too
-            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+            try:
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+            except Exception as e:  # noqa: BLE001 - a label for the UI: not worth losing the run's tracking
+                _log.debug("tracking: experiment %s keeps no kind tag (%s)", name, e)
         return exp.experiment_id
     if not locked and _sqlite_path(uri) is not None:
         with _store_lock(uri):
