@@ -9,7 +9,8 @@ callback (the `Tracker`'s queue). The keys are MLflow's (`system/cpu_utilization
 `system/gpu_0_utilization_percentage`, ...), so the UI's "System metrics" tab shows them.
 
 Cadence: one sample a second (0.1 ms of psutil reads); the mean of the samples is logged at an interval
-that grows with the run's age, `clip(elapsed / 10, 1 s, 60 s)`: a 30 s CPU run gets about 20 points,
+that grows with the time since sampling started (a resumed segment starts again at 1 s),
+`clip(elapsed / 10, 1 s, 60 s)`: a 30 s CPU run gets about 20 points,
 a multi-day cluster run one point a minute (about 50 in the first 10 minutes). MLflow's own settings
 are honoured: `MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL` (seconds between samples),
 `MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING` (a fixed number of samples per logged point),
@@ -80,21 +81,22 @@ def _env_settings() -> tuple[float, int | None, str | None]:
     return values[0], values[1], values[2]
 
 
-def _monitors() -> list:
-    """MLflow's default monitors: CPU + memory, disk, network, and the first GPU monitor that starts."""
+def _monitors() -> tuple[list, str]:
+    """MLflow's default monitors (CPU + memory, disk, network, and the first GPU monitor that starts) and
+    why GPUs are or are not sampled, for the log."""
     from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
     from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
     from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
     from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
     from mlflow.system_metrics.metrics.rocm_monitor import ROCMMonitor
     monitors = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
+    reasons = []
     for gpu in (GPUMonitor, ROCMMonitor):  # the order SystemMetricsMonitor tries them in
         try:
-            monitors.append(gpu())
-            break
+            return [*monitors, gpu()], f"GPUs through {gpu.__name__}"
         except Exception as exc:  # noqa: BLE001 - no driver, no library, no device: CPU metrics only
-            _log.debug("system metrics: %s not used (%s)", gpu.__name__, exc)
-    return monitors
+            reasons.append(f"{gpu.__name__}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    return monitors, f"no GPU ({reasons[0]})"  # NVIDIA's reason: AMD's only says pyrsmi is missing
 
 
 class SystemMetricsSampler:
@@ -114,7 +116,6 @@ class SystemMetricsSampler:
         self._thread: threading.Thread | None = None
         self._monitors: list = []
         self._step = 0
-        self.gpu: str | None = None  # the GPU monitor that started (GPUMonitor, ROCMMonitor), if any
 
     def start(self) -> bool:
         """Start sampling; False (with a warning) when the monitors cannot start or the user turned it off."""
@@ -125,9 +126,7 @@ class SystemMetricsSampler:
                 return False
             self._sample_s, self._fixed, node = _env_settings()
             self._prefix = PREFIX + (f"{node}/" if node else "")
-            self._monitors = _monitors()
-            self.gpu = next((type(m).__name__ for m in self._monitors if "GPU" in type(m).__name__
-                             or "ROCM" in type(m).__name__), None)
+            self._monitors, gpus = _monitors()
             last = [r["step"] for r in read_jsonl(self.path) if isinstance(r.get("step"), int)]
             self._step = max(last) + 1 if last else 0  # a resumed run continues after its last point
         except Exception as exc:  # noqa: BLE001 - system metrics are extra; training goes on without them
@@ -135,6 +134,8 @@ class SystemMetricsSampler:
             return False
         self._thread = threading.Thread(target=self._run, name="mae-system-metrics", daemon=True)
         self._thread.start()
+        _log.info("system metrics: CPU, memory, disk, network and %s, a sample every %g s, into %s",
+                  gpus, self._sample_s, self.path.name)
         return True
 
     def stop(self, timeout_s: float = 5.0) -> None:
