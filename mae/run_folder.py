@@ -7,6 +7,7 @@ torch. Training writes these files; nothing else names them.
     DIR/environment.json   what produced the run: packages, python, git, host, CPU, GPU (mae.provenance)
     DIR/train.log          the log (also on stdout)
     DIR/metrics.jsonl      one JSON object per logged step
+    DIR/system_metrics.jsonl  CPU, memory, disk, network, GPU means over time (mae.system_metrics)
     DIR/checkpoint.pth     resumable state (atomic; the previous one kept as checkpoint.prev.pth)
     DIR/model.pth          final weights, official format {"model": state_dict, "config": {...}}
     DIR/recon.png          pretraining only: reconstruction grid
@@ -24,6 +25,7 @@ CONFIG_YAML = "config.yaml"
 ENVIRONMENT_JSON = "environment.json"
 TRAIN_LOG = "train.log"
 METRICS_JSONL = "metrics.jsonl"
+SYSTEM_METRICS_JSONL = "system_metrics.jsonl"
 METRICS_JSON = "metrics.json"
 CHECKPOINT_PTH = "checkpoint.pth"
 PREVIOUS_CHECKPOINT_PTH = "checkpoint.prev.pth"

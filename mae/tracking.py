@@ -6,6 +6,13 @@ The first MLflow error prints one warning and turns tracking off for the rest of
 waits at most `drain_timeout_s`. `Tracker(enabled=False)` (or a non-main rank) is a no-op.
 `replay(run_dir)` pushes a finished, crashed or offline run folder into MLflow afterwards, into the
 same MLflow run when it exists on that server, and logs only the (metric, step) points it lacks.
+While a run is tracked, `mae.system_metrics` samples the machine (CPU, memory, disk, network, GPU) into
+`system_metrics.jsonl` and the same queue, as MLflow's `system/*` metrics.
+
+Experiments the harness creates or uses are tagged `mlflow.experimentKind=custom_model_development`,
+the tag MLflow's UI writes when a user marks an experiment as model training. MLflow 3.17's UI opens an
+experiment by its sidebar switch (GenAI / Model training, kept per browser, GenAI by default), so the
+links the harness prints (`ui_url`) carry `?workflowType=machine_learning`: they open on the runs list.
 
     tracker = Tracker(enabled=cfg.tracking.enabled and is_main)
     tracker.start(out_dir, params=run_folder.flatten(cfg.resolved().to_dict()), tags=run_tags(...),
@@ -46,9 +53,12 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import UserError
 from .redaction import REDACTED, redact, redact_text, redacted_yaml
-from .run_folder import ARTIFACTS, CONFIG_YAML, METRICS_JSONL, MLFLOW_RUN_ID, flatten, read_jsonl, read_metrics
+from .run_folder import (ARTIFACTS, CONFIG_YAML, METRICS_JSONL, MLFLOW_RUN_ID, SYSTEM_METRICS_JSONL, flatten,
+                         read_jsonl, read_metrics)
+from .system_metrics import SystemMetricsSampler
 
-__all__ = ["Tracker", "replay", "run_tags", "default_uri", "open_store", "ensure_experiment", "StoreUnusable"]
+__all__ = ["Tracker", "replay", "run_tags", "default_uri", "open_store", "ensure_experiment", "ui_url",
+           "StoreUnusable", "EXPERIMENT_KIND_TAG", "MODEL_TRAINING"]
 
 _log = logging.getLogger(__name__)
 
@@ -56,6 +66,13 @@ _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 _BATCH = 100  # params / tags per log_batch call; metrics go 1000 at a time
 
 STORE_LOCK_TIMEOUT_S = 120.0  # a store whose lock is held longer than this is reported as unusable
+
+# The experiment kind as MLflow's UI stores it (mlflow exports no Python constant for it; its JS
+# `ExperimentKind` enum has custom_model_development, genai_development, ...).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+# The UI's workflow switch as a URL parameter: MLflow 3.17 picks the landing tab from it, not from the tag.
+_UI_QUERY = "workflowType=machine_learning"
 
 # MLflow client settings it reads only from the environment: the HTTP ones at every request, telemetry
 # when mlflow is first imported. A value the user set is left alone.
@@ -116,6 +133,13 @@ def run_tags(run_id: str, stage: str, git_revision: str | None = None,
     }
     tags.update(extra or {})
     return {k: str(v) for k, v in tags.items() if v is not None}
+
+
+def _run_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The MLflow params of a flattened config: all but `tracking.*`, which say how the run is filed (its
+    name and tags, already on the run, and the store), not what it computes, and as params would fill
+    the compare view's parallel coordinates with names. Live logging and replay both use this."""
+    return {k: v for k, v in flat.items() if not k.startswith("tracking.")}
 
 
 def _numeric(value: Any) -> float | None:
@@ -210,9 +234,15 @@ def open_store(uri: str, experiments: Sequence[str] = ()):
 
 
 def ensure_experiment(client, uri: str, name: str, locked: bool = False) -> str:
-    """The id of experiment `name`, created when missing (artifacts of an sqlite store next to the database)."""
+    """The id of experiment `name`, created when missing (artifacts of an sqlite store next to the
+    database), marked as a model-training experiment (`EXPERIMENT_KIND_TAG`) unless it names a kind."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older harness or by hand: mark it too
+            try:
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+            except Exception as e:  # noqa: BLE001 - a label for the UI: not worth losing the run's tracking
+                _log.debug("tracking: experiment %s keeps no kind tag (%s)", name, e)
         return exp.experiment_id
     if not locked and _sqlite_path(uri) is not None:
         with _store_lock(uri):
@@ -223,12 +253,27 @@ def ensure_experiment(client, uri: str, name: str, locked: bool = False) -> str:
         # keep artifacts next to the database, not in whatever folder the job was started from
         location = (path.parent / "mlartifacts" / name).resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except Exception:
         exp = client.get_experiment_by_name(name)  # created by a concurrent job (a tracking server)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI page of an experiment (or one of its runs) on a tracking server, opening on the
+    training runs; None for a store without a UI (sqlite: `mlflow ui --backend-store-uri URI` serves one).
+    Credentials in `uri` are left out of the link."""
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return None
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}/{page}?{_UI_QUERY}"
 
 
 class _Session:
@@ -238,6 +283,7 @@ class _Session:
         self.uri = uri
         self.client = open_store(uri)
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
 
     def _experiment_id(self, name: str) -> str:
         return ensure_experiment(self.client, self.uri, name)
@@ -254,12 +300,12 @@ class _Session:
                     raise
                 run = None
             if run is not None and run.info.lifecycle_stage == "active":
-                self.run_id = run_id
+                self.run_id, self.experiment_id = run_id, run.info.experiment_id
                 if run.info.status != "RUNNING":
                     self.client.update_run(run_id, status="RUNNING")
                 return run_id
         run = self.client.create_run(self._experiment_id(experiment), tags=dict(tags), run_name=run_name)
-        self.run_id = run.info.run_id
+        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = id_file.with_suffix(".tmp")
         tmp.write_text(self.run_id + "\n")
@@ -315,6 +361,9 @@ _STOP = ("stop",)
 class Tracker:
     """Mirror a run into MLflow from a background thread; every method returns immediately.
 
+    While started, a `SystemMetricsSampler` writes `run_dir/system_metrics.jsonl` and queues the
+    `system/*` metrics like any other (an outage leaves them in the file for `replay`).
+
     Args:
         enabled: False gives a no-op tracker (tracking off, or not the main rank).
         drain_timeout_s: how long `finish` waits for queued calls before giving up.
@@ -334,6 +383,8 @@ class Tracker:
         self._started = threading.Event()
         self._failed = False
         self._run_dir: Path | None = None
+        self._sampler: SystemMetricsSampler | None = None
+        self.url: str | None = None  # the run's page in the MLflow UI (tracking servers only)
 
     @property
     def active(self) -> bool:
@@ -346,7 +397,8 @@ class Tracker:
 
         Args:
             run_dir: the run folder; holds `mlflow_run_id`.
-            params: flattened config (`model.mask_ratio`: 0.75, ...); redacted before logging.
+            params: flattened config (`model.mask_ratio`: 0.75, ...); redacted before logging; `tracking.*`
+                keys are not logged.
             tags: run tags (see `run_tags`); redacted before logging.
             experiment: MLflow experiment name (created if missing).
             run_name: MLflow run name for a new run.
@@ -358,9 +410,15 @@ class Tracker:
         self._run_dir = Path(run_dir)
         self._thread = threading.Thread(target=self._worker, name="mae-mlflow", daemon=True)
         self._thread.start()
-        self._queue.put(("start", Path(run_dir), redact(params), redact({k: str(v) for k, v in tags.items()}),
-                         experiment, redact_text(run_name) if run_name else run_name))
+        self._queue.put(("start", Path(run_dir), redact(_run_params(params)),
+                         redact({k: str(v) for k, v in tags.items()}), experiment,
+                         redact_text(run_name) if run_name else run_name))
         self._started.wait(self.start_timeout_s)
+        # sampled from now on, whatever MLflow does: the file is the record, the queue the mirror
+        # (under the client settings: the monitors import mlflow, which reads its telemetry switch then)
+        with _client_settings():
+            self._sampler = SystemMetricsSampler(Path(run_dir) / SYSTEM_METRICS_JSONL, publish=self.log_metrics)
+            self._sampler.start()
         return self.run_id
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
@@ -381,6 +439,9 @@ class Tracker:
         """Mark the run `status` (FINISHED, FAILED, KILLED) and wait at most `drain_timeout_s` for the queue."""
         if self._thread is None:
             return
+        if self._sampler is not None:  # its last point goes into the queue before the run is closed
+            self._sampler.stop(timeout_s=min(5.0, self.drain_timeout_s))
+            self._sampler = None
         if not self._failed:
             self._queue.put(("finish", status))
         self._queue.put(None)
@@ -418,6 +479,9 @@ class Tracker:
                     _, run_dir, params, tags, experiment, run_name = item
                     session = _Session(self.uri)
                     self.run_id = session.open(run_dir, experiment, run_name, tags)
+                    self.url = ui_url(self.uri, session.experiment_id, self.run_id)
+                    if self.url:
+                        _log.info("tracking: MLflow run %s", self.url)
                     self._started.set()
                     session.set_tags(tags)
                     self.param_conflicts = session.log_params(params)
@@ -459,7 +523,8 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
     """Push a run folder into MLflow; running it again adds nothing.
 
     Params come from `config.yaml` (flattened, `meta` excluded), tags from its `meta` and
-    `tracking.tags`, metric points from `metrics.jsonl` (every numeric key except `step`, at `step`),
+    `tracking.tags`, metric points from `metrics.jsonl` and `system_metrics.jsonl` (every numeric key
+    except `step` and `time`, at `step`),
     final numbers from `metrics.json` (as `final/<key>` at the last step, as `mae.train` logs them), and `config.yaml`,
     `metrics.json`, `recon.png` as artifacts. The MLflow run is the one in `mlflow_run_id` if this
     server has it, else a new one (whose id is written there).
@@ -488,11 +553,12 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
         raise UserError.message("run_dir", f"{run_dir}/metrics.json cannot be read ({type(exc).__name__}): "
                                 "allowed a valid metrics.json or none") from None
     records = read_jsonl(run_dir / METRICS_JSONL)
+    system_records = read_jsonl(run_dir / SYSTEM_METRICS_JSONL)  # system/* keys: no clash with training keys
     if not config and not records and not summary:
         raise UserError.message("run_dir", f"run_dir={str(run_dir)!r} is invalid: no config.yaml, metrics.jsonl "
                                            f"or metrics.json there")
 
-    params = flatten(config)
+    params = _run_params(flatten(config))
     # host and SLURM job come from the run's record, never from the process that replays it
     tags = {
         "mae.run_id": meta.get("run_id") or summary.get("run_id") or run_dir.name,
@@ -505,7 +571,7 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
 
     points: dict[tuple[str, int], tuple[float, int]] = {}
     now_ms = int(time.time() * 1000)
-    for rec in records:
+    for rec in records + system_records:
         if "step" not in rec:
             continue
         step = int(rec["step"])
@@ -515,7 +581,8 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
             if key in ("step", "time") or v is None:
                 continue
             points.setdefault((key, step), (v, ts))
-    last_step = int(summary.get("steps") or max([s for _, s in points] or [0]))
+    # the training step axis (system metrics count their own points)
+    last_step = int(summary.get("steps") or max([int(r["step"]) for r in records if "step" in r] or [0]))
     for key, value in summary.items():
         v = _numeric(value)
         if v is not None and not math.isnan(v):

@@ -38,14 +38,34 @@ def test_every_cell_is_its_resolved_config_named_by_its_identity(smoke):
     for (stage, run_id), cell in smoke.cells.items():
         assert (cell.stage, cell.run_id) == (stage, run_id)
         assert identity(Config.from_dict(cell.config), stage) == run_id
-        assert cell.config["tracking"]["run_name"] == f"smoke-{stage}-{run_id}"
-        assert cell.config["tracking"]["tags"] == {"mae.preset": "smoke", "mae.ablations": ",".join(cell.ablations)}
+        assert cell.config["tracking"]["tags"] == {
+            "mae.preset": "smoke", "mae.ablations": ",".join(cell.ablations),
+            "mae.rows": "; ".join(f"{a}: {r}" for a, r in cell.rows), "mae.seed": str(cell.config["run"]["seed"])}
     keys = [(e["ablation"], e["row"], e["seed"], e["stage"]) for e in smoke.manifest]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
     for entry in smoke.manifest:
         assert (entry["stage"], entry["run_id"]) in smoke.cells
         assert entry["run_dir"] == f"runs/smoke/{entry['stage']}/{entry['run_id']}"
     assert list(smoke.ablations) == sorted(p.stem for p in (REPO / "ablations").glob("*.yaml"))
+
+
+def test_run_names_say_ablation_row_seed_and_stage(smoke):
+    # the MLflow run list shows these: one name per run, from the manifest entry that asked for it
+    names = {key: cell.config["tracking"]["run_name"] for key, cell in smoke.cells.items()}
+    assert len(set(names.values())) == len(names)
+    for entry in smoke.manifest:
+        cell = smoke.cells[entry["stage"], entry["run_id"]]
+        first_ablation, first_row = cell.rows[0]
+        more = {1: "", 2: " (+1 row)"}.get(len(cell.rows), f" (+{len(cell.rows) - 1} rows)")
+        assert names[entry["stage"], entry["run_id"]] == \
+            f"{first_ablation} · {first_row}{more} · seed {entry['seed']} · {entry['stage']}"
+        assert f"{entry['ablation']}: {entry['row']}" in cell.config["tracking"]["tags"]["mae.rows"].split("; ")
+    def name(ablation, row, stage):
+        run_id = next(e["run_id"] for e in smoke.manifest if (e["ablation"], e["row"], e["stage"]) == (ablation, row, stage))
+        return names[stage, run_id]
+
+    assert name("table1a_decoder_depth", "4", "finetune") == "table1a_decoder_depth · 4 · seed 0 · finetune"
+    assert name("table1a_decoder_depth", "8", "pretrain") == "table1a_decoder_depth · 8 (+1 row) · seed 0 · pretrain"
 
 
 def test_cells_with_the_same_resolved_config_collapse_into_one_run(smoke):

@@ -30,7 +30,8 @@ def _history(uri, run_id, key):
 
 def test_run_with_params_metrics_tags_artifacts(uri, tmp_path):
     run_dir = tmp_path / "run"
-    params = {"model.mask_ratio": 0.75, "pretrain.betas": [0.9, 0.95], "model.tokenizer": None}
+    params = {"model.mask_ratio": 0.75, "pretrain.betas": [0.9, 0.95], "model.tokenizer": None,
+              "tracking.run_name": "r1", "tracking.tags.mae.preset": "tiny"}
     tags = run_tags("abc123", "pretrain", git_revision="deadbeef", extra={"mae.preset": "tiny", "mae.ablations": "table1a"})
     tr = Tracker()
     run_id = tr.start(run_dir, params, tags, experiment="test-exp", run_name="r1", uri=uri)
@@ -45,6 +46,7 @@ def test_run_with_params_metrics_tags_artifacts(uri, tmp_path):
     assert run.info.status == "FINISHED" and run.info.run_name == "r1"
     assert run.data.params["model.mask_ratio"] == "0.75"
     assert run.data.params["pretrain.betas"] == "[0.9, 0.95]"
+    assert not any(k.startswith("tracking.") for k in run.data.params)  # the run's name and tags say it
     assert run.data.tags["mae.run_id"] == "abc123" and run.data.tags["mae.ablations"] == "table1a"
     assert run.data.tags["mae.host"] == socket.gethostname()
     assert _history(uri, run_id, "loss") == [(s, 1.0 / s) for s in range(1, 6)]
@@ -285,3 +287,113 @@ def test_open_store_creates_a_new_store_once_under_concurrency(tmp_path):
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 4 and all(r.data.metrics == {"x": 1.0} for r in runs)
     assert exp.artifact_location.endswith("/new/mlartifacts/exp")
+
+
+# ---------------------------------------------------------------- system metrics, experiment kind, UI links
+
+@pytest.fixture
+def fast_sampling(monkeypatch):
+    """MLflow's own variables, as a user would set them: a sample every 0.2 s, each one a point."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+
+
+def test_system_metrics_reach_the_run_folder_and_mlflow(uri, tmp_path, fast_sampling):
+    import psutil
+
+    from mae.run_folder import SYSTEM_METRICS_JSONL, read_jsonl
+    run_dir = tmp_path / "run"
+    tr = Tracker()
+    run_id = tr.start(run_dir, {"a": 1}, {}, experiment="sysmetrics", uri=uri)
+    busy_until = time.monotonic() + 1.5
+    while time.monotonic() < busy_until:  # this process keeps a core busy: CPU utilisation is above 0
+        pass
+    tr.finish("FINISHED")
+    points = read_jsonl(run_dir / SYSTEM_METRICS_JSONL)
+    assert len(points) >= 4 and [p["step"] for p in points] == list(range(len(points)))
+    total_mb = psutil.virtual_memory().total / 1e6
+    for p in points:
+        assert 0 < p["system/cpu_utilization_percentage"] <= 100
+        assert 0 < p["system/system_memory_usage_megabytes"] < total_mb
+        assert 0 < p["system/system_memory_usage_percentage"] < 100
+        assert p["system/disk_usage_megabytes"] > 0
+    # the same points, step by step, in MLflow (the UI's System metrics tab reads system/*)
+    run = MlflowClient(uri).get_run(run_id)
+    assert {k for k in run.data.metrics if k.startswith("system/")} == {k for k in points[0] if k.startswith("system/")}
+    assert _history(uri, run_id, "system/system_memory_usage_megabytes") == \
+        [(p["step"], p["system/system_memory_usage_megabytes"]) for p in points]
+
+    # a resumed job continues the step axis of the same MLflow run
+    again = Tracker()
+    assert again.start(run_dir, {"a": 1}, {}, uri=uri) == run_id
+    time.sleep(0.5)
+    again.finish("FINISHED")
+    more = read_jsonl(run_dir / SYSTEM_METRICS_JSONL)
+    assert [p["step"] for p in more] == list(range(len(more))) and len(more) > len(points)
+    assert [s for s, _ in _history(uri, run_id, "system/cpu_utilization_percentage")] == list(range(len(more)))
+
+
+def test_system_metrics_outlive_an_outage_and_replay_sends_them(uri, tmp_path, fast_sampling):
+    from mae.run_folder import SYSTEM_METRICS_JSONL, read_jsonl
+    run_dir = tmp_path / "offline"
+    _run_folder(run_dir, range(1, 4))
+    tr = Tracker()
+    assert tr.start(run_dir, {"a": 1}, {}, uri="http://127.0.0.1:9") is None  # nothing listens
+    time.sleep(1.0)
+    t0 = time.perf_counter()
+    tr.finish("FINISHED")
+    assert time.perf_counter() - t0 < 5.5 and not tr.active
+    points = read_jsonl(run_dir / SYSTEM_METRICS_JSONL)
+    assert len(points) >= 3, "sampling must go on while MLflow is down"
+    out = replay(run_dir, uri=uri)
+    keys = {k for k in points[0] if k.startswith("system/")}
+    assert out["metrics_logged"] == 3 * 3 + len(points) * len(keys)
+    assert [s for s, _ in _history(uri, out["run_id"], "system/cpu_utilization_percentage")] == \
+        [p["step"] for p in points]
+    assert replay(run_dir, uri=uri)["metrics_logged"] == 0
+
+
+def test_system_metrics_switch_cadence_and_bad_settings(tmp_path, monkeypatch, caplog):
+    from mae.system_metrics import MAX_PUBLISH_S, MIN_PUBLISH_S, SystemMetricsSampler, publish_interval
+    # short CPU runs get a point a second, long cluster runs one a minute
+    assert publish_interval(0) == publish_interval(10) == MIN_PUBLISH_S == 1.0
+    assert publish_interval(100) == 10.0
+    assert publish_interval(3 * 86400) == MAX_PUBLISH_S == 60.0
+    # MLflow's own switch turns it off
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    sampler = SystemMetricsSampler(tmp_path / "off.jsonl")
+    assert sampler.start() is False
+    sampler.stop()
+    assert not (tmp_path / "off.jsonl").exists()
+    # a value MLflow cannot parse is one warning, and the default cadence is used
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "often")
+    published = []
+    sampler = SystemMetricsSampler(tmp_path / "on.jsonl", publish=lambda m, step: published.append(step))
+    with caplog.at_level("WARNING", logger="mae.system_metrics"):
+        assert sampler.start() is True
+    sampler.stop()  # the samples so far become the last point
+    assert [r.getMessage() for r in caplog.records] == \
+        ["system metrics: MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL='often' is invalid, using 1.0"]
+    assert published == [0] and sampler.points == 1
+
+
+def test_experiments_are_marked_as_model_training(uri):
+    from mae.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, open_store
+    client = open_store(uri, ["kind-new"])
+    assert client.get_experiment_by_name("kind-new").tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # an experiment made before (or by hand) without a kind gets it; a kind the user chose stays
+    old = client.create_experiment("kind-old")
+    chosen = client.create_experiment("kind-chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    open_store(uri, ["kind-old", "kind-chosen"])
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_ui_url_opens_training_runs_without_credentials():
+    from mae.tracking import ui_url
+    assert ui_url("http://me:pw@host.example:5000/", "3", "abc") == \
+        "http://host.example:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert ui_url("https://mlflow.example/prefix", "3") == \
+        "https://mlflow.example/prefix/#/experiments/3?workflowType=machine_learning"
+    assert ui_url("sqlite:////tmp/mlflow.db", "3") is None

@@ -158,11 +158,22 @@ def build_grid(config: Mapping[str, Any], root: str | Path) -> Grid:
                     else:
                         add(stage, data, entry)
 
-    for cell in cells.values():
-        cell.config["tracking"]["run_name"] = f"{preset}-{cell.stage}-{cell.run_id}"
-        cell.config["tracking"]["tags"] = {"mae.preset": preset, "mae.ablations": ",".join(cell.ablations)}
+    for cell in cells.values():  # tracking keys are outside the run identity: run ids stay as they are
+        cell.config["tracking"]["run_name"] = run_name(cell)
+        cell.config["tracking"]["tags"] = {"mae.preset": preset, "mae.ablations": ",".join(cell.ablations),
+                                           "mae.rows": "; ".join(f"{a}: {r}" for a, r in cell.rows),
+                                           "mae.seed": str(cell.config["run"]["seed"])}
     manifest.sort(key=lambda e: (e["ablation"], e["row"], e["seed"], e["stage"]))
     return Grid(preset, ablations, cells, manifest)
+
+
+def run_name(cell: Cell) -> str:
+    """What the run is, for the MLflow run list: `table1a_decoder_depth · 8 · seed 0 · finetune` (the first
+    row it answers, in grid order; `+N rows` when cells collapsed). The run id stays a tag (`mae.run_id`)."""
+    ablation, row = cell.rows[0]
+    others = len(cell.rows) - 1
+    more = f" (+{others} row{'s' if others > 1 else ''})" if others else ""
+    return f"{ablation} · {row}{more} · seed {cell.config['run']['seed']} · {cell.stage}"
 
 
 def validate(data: Any, schema: str, name: str) -> None:

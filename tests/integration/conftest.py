@@ -78,21 +78,34 @@ def mlflow_server(tmp_path_factory) -> MlflowServer:
 
 # ---------------------------------------------------------------------------------------------------
 # `mae` runs
+PRETRAIN_ROWS = (("fig5_mask_ratio", "50"), ("fig5_mask_ratio", "75"))  # mask ratios 0.5 and 0.75
+
+
 @pytest.fixture(scope="session")
 def pretrain_runs(mlflow_server, tmp_path_factory) -> list[PretrainRun]:
-    """Two smoke pretraining runs (mask ratios 0.5 and 0.75) tracked by the session's MLflow server."""
+    """Two smoke pretraining runs of the workflow's grid (Fig. 5's mask ratios 0.5 and 0.75), run as the
+    workflow runs them (`mae pretrain --config <rendered cell config>`, `mlflow_uri` given to the grid),
+    tracked by the session's MLflow server under the names and tags the workflow renders."""
+    import yaml
+
+    from workflow.grid import build_grid
+    from workflow.scripts.render_config import write
+    settings = yaml.safe_load((REPO_ROOT / "workflow" / "config.yaml").read_text())
+    grid = build_grid({**settings, "preset": "smoke", "ablations": [PRETRAIN_ROWS[0][0]],
+                       "mlflow_uri": mlflow_server.uri}, REPO_ROOT)
     base = tmp_path_factory.mktemp("pretrain_runs")
     runs = []
     t0 = time.monotonic()
-    for ratio in ("0.5", "0.75"):
-        name = f"it-mask{ratio}"
-        overrides = ["tracking.enabled=true", f"tracking.uri={mlflow_server.uri}",
-                     "tracking.experiment=it-server", f"tracking.run_name={name}",
-                     f"model.mask_ratio={ratio}"]
-        run = PretrainRun(base / name, name, overrides)
-        proc = mae_pretrain(run.out, overrides, mlflow_server.uri)
+    for ablation, row in PRETRAIN_ROWS:
+        entry = next(e for e in grid.manifest if (e["ablation"], e["row"], e["stage"]) == (ablation, row, "pretrain"))
+        cell = grid.cells["pretrain", entry["run_id"]]
+        config = base / f"{cell.run_id}.yaml"
+        write(str(config), cell.config)
+        run = PretrainRun(base / cell.run_id, cell.config["tracking"]["run_name"], [], cell.config)
+        proc = mae_pretrain(run.out, [], mlflow_server.uri, config=config)
         assert proc.returncode == 0, f"mae pretrain failed (exit {proc.returncode}):\n" \
-                                     f"{tail(base / f'{name}.stdout.log')}"
+                                     f"{tail(base / f'{cell.run_id}.stdout.log')}"
+        assert run.metrics["run_id"] == cell.run_id, "the rendered tracking keys changed the run id"
         runs.append(run)
     record_timing("2 smoke pretrain runs to the server", time.monotonic() - t0)
     return runs

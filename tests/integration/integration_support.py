@@ -152,6 +152,7 @@ class PretrainRun:
     out: Path
     name: str
     overrides: list[str]
+    config: dict = field(default_factory=dict)  # the rendered grid config it ran, when it came from the grid
 
     @property
     def metrics(self) -> dict:
@@ -166,9 +167,9 @@ SMOKE = REPO_ROOT / "workflow" / "presets" / "smoke.yaml"
 
 
 def mae_pretrain(out: Path, overrides: list[str], uri: str, timeout: float = 600,
-                 wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
-    """`mae pretrain --config smoke.yaml --out OUT k=v ...` logging to the MLflow server at uri."""
-    cmd = [*mae_cmd(), "pretrain", "--config", str(SMOKE), "--out", str(out), *overrides]
+                 wait: bool = True, config: Path = SMOKE) -> subprocess.CompletedProcess | subprocess.Popen:
+    """`mae pretrain --config CONFIG --out OUT k=v ...` (CONFIG: smoke.yaml) logging to the MLflow server at uri."""
+    cmd = [*mae_cmd(), "pretrain", "--config", str(config), "--out", str(out), *overrides]
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.stdout.log"
     env = service_env(MLFLOW_TRACKING_URI=uri)

@@ -1,5 +1,7 @@
 """The MLflow UI in headless Chromium (Debian's /usr/bin/chromium driven by Playwright, no browser
-download): the experiment's run list and the run comparison view show the runs and their metrics.
+download), as a user compares the workflow's runs: the harness's link opens the experiment on its
+training runs (not MLflow 3's GenAI overview) with the runs' readable names, the chart and comparison
+views show the runs and their metrics, and a run's System metrics tab has its CPU and memory charts.
 Screenshots land in test-output/ (gitignored)."""
 from __future__ import annotations
 
@@ -43,17 +45,27 @@ def _body_text(page) -> str:
 
 
 def test_ui_experiment_runs_and_compare_view(mlflow_server, pretrain_runs, browser_page):
+    from mae.tracking import ui_url
     page = browser_page
     client = mlflow_server.client()
-    exp = client.get_experiment_by_name("it-server")
+    exp = client.get_experiment_by_name(pretrain_runs[0].config["tracking"]["experiment"])
     run_ids = [r.metrics["mlflow_run_id"] for r in pretrain_runs]
-    names = [r.name for r in pretrain_runs]
+    names = [r.name for r in pretrain_runs]  # "fig5_mask_ratio · 50 · seed 0 · pretrain", ...
     TEST_OUTPUT.mkdir(exist_ok=True)
 
-    # 1. the experiment's training-run list, with the metric columns switched on (Columns menu)
-    page.goto(f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs")
+    # 1. the harness's link to the experiment (a fresh browser: MLflow's own default is the GenAI
+    # overview) lands on the training-run list, which shows the readable names
+    page.goto(ui_url(mlflow_server.uri, exp.experiment_id))
     for name in names:
         page.get_by_text(name, exact=True).first.wait_for()
+    page.get_by_role("heading", name="Runs", exact=True).first.wait_for()
+    text = _body_text(page)
+    page.screenshot(path=str(TEST_OUTPUT / "mlflow_ui_landing.png"))
+    assert f"{len(names)} matching runs" in text
+    for genai in ("Token Usage", "Tokens per Trace", "Detect Issues"):  # the GenAI overview's panels
+        assert genai not in text, f"the experiment opened on the GenAI overview ({genai!r} shown)"
+
+    # the same list with the metric columns switched on (Columns menu)
     close_assistant = page.get_by_role("button", name="Close")
     if close_assistant.count():  # the assistant side panel only hides the table
         close_assistant.first.click()
@@ -65,7 +77,7 @@ def test_ui_experiment_runs_and_compare_view(mlflow_server, pretrain_runs, brows
     text = _body_text(page)
     headers = {h.strip() for h in page.get_by_role("columnheader").all_inner_texts()}
     page.screenshot(path=str(TEST_OUTPUT / "mlflow_ui_experiment.png"))
-    assert "it-server" in text
+    assert exp.name in text
     for name in names:
         assert name in text, f"run {name} not listed on the experiment page"
     assert f"{len(names)} matching runs" in text
@@ -73,7 +85,8 @@ def test_ui_experiment_runs_and_compare_view(mlflow_server, pretrain_runs, brows
 
     # the chart view of the same list: one chart per metric, one line per run (charts below the fold
     # render lazily, so each metric is found through the chart search box)
-    page.goto(f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART")
+    page.goto(f"{mlflow_server.uri}/#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART"
+              "&workflowType=machine_learning")
     page.reload()  # a hash-only change keeps the table view mounted
     search = page.get_by_placeholder("Search metric charts")
     for key in reversed(METRIC_COLUMNS):  # ends filtered on "loss" for the screenshot
@@ -90,7 +103,7 @@ def test_ui_experiment_runs_and_compare_view(mlflow_server, pretrain_runs, brows
     # 2. the comparison view of both runs
     runs_q = urllib.parse.quote(json.dumps(run_ids))
     exps_q = urllib.parse.quote(json.dumps([exp.experiment_id]))
-    page.goto(f"{mlflow_server.uri}/#/compare-runs?runs={runs_q}&experiments={exps_q}")
+    page.goto(f"{mlflow_server.uri}/#/compare-runs?runs={runs_q}&experiments={exps_q}&workflowType=machine_learning")
     page.get_by_text(f"Comparing {len(run_ids)} Runs").first.wait_for()
     for name in names:
         page.get_by_text(name, exact=True).first.wait_for()
@@ -106,3 +119,24 @@ def test_ui_experiment_runs_and_compare_view(mlflow_server, pretrain_runs, brows
     # and the Parameters table the differing param
     params_part = text[text.index("\nParameters\n"):text.index("\nMetrics\n")]
     assert "model.mask_ratio" in params_part
+
+
+def test_ui_run_page_shows_system_metrics(mlflow_server, pretrain_runs, browser_page):
+    from mae.tracking import ui_url
+    page = browser_page
+    client = mlflow_server.client()
+    run = pretrain_runs[0]
+    run_id = run.metrics["mlflow_run_id"]
+    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith("system/"))
+    assert "system/cpu_utilization_percentage" in keys and "system/system_memory_usage_megabytes" in keys, keys
+    page.goto(ui_url(mlflow_server.uri, client.get_run(run_id).info.experiment_id, run_id))
+    page.get_by_role("heading", name=run.name).first.wait_for()
+    page.get_by_role("tab", name="System metrics").click()
+    try:  # one chart per system metric, titled by the key without "system/", its line named after the run
+        for key in ("cpu_utilization_percentage", "system_memory_usage_megabytes"):
+            page.get_by_text(f"{run.name} (system/{key})", exact=True).first.wait_for()
+    finally:
+        page.screenshot(path=str(TEST_OUTPUT / "mlflow_ui_system_metrics.png"))
+    text = _body_text(page)
+    for key in keys:
+        assert key.removeprefix("system/") in text, f"no chart for {key}"

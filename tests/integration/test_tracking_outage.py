@@ -1,5 +1,6 @@
 """The tracking server dies (kill -9) in the middle of a run: training goes on and finishes, the run
-folder is complete, and after a restart `mae replay DIR` brings MLflow up to date."""
+folder is complete (system metrics sampled through the outage included), and after a restart
+`mae replay DIR` brings MLflow up to date."""
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ def test_server_killed_mid_run_then_replay(tmp_path):
         assert seen, f"no metric reached the server before the run ended or 300 s passed:\n{tail(log)}"
         assert proc.poll() is None, "the run finished before the kill: the test would prove nothing"
         server.kill9()
-        killed_at_step = max(m.step for m in seen)
+        killed_at, killed_at_step = time.time(), max(m.step for m in seen)
 
         rc = proc.wait(timeout=600)
         record_timing("outage run (kill -9 mid-run, finish)", time.monotonic() - t0)
@@ -60,6 +61,9 @@ def test_server_killed_mid_run_then_replay(tmp_path):
         assert (out / "model.pth").is_file()
         losses = [r["step"] for r in lines if "loss" in r]
         assert max(losses) > killed_at_step, "no step was logged after the kill"
+        system = read_jsonl(out / "system_metrics.jsonl")
+        assert [p["step"] for p in system] == list(range(len(system)))
+        assert max(p["time"] for p in system) > killed_at + 1, "system metrics stopped with the server"
 
         # restart on the same backend: MLflow lags behind the run folder ...
         server.start()
@@ -74,6 +78,8 @@ def test_server_killed_mid_run_then_replay(tmp_path):
             steps = sorted(m.step for m in client.get_metric_history(run_id, key))
             assert steps == [r["step"] for r in lines if key in r], f"{key}: MLflow history != metrics.jsonl"
         assert len(client.get_metric_history(run_id, "loss")) == len(losses)
+        cpu = sorted(m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage"))
+        assert cpu == [p["step"] for p in system], "MLflow's system metrics != system_metrics.jsonl"
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"
         assert float(run.data.params["pretrain.epochs"]) == EPOCHS
