@@ -97,3 +97,191 @@ def test_model_files_official_and_ours(tmp_path):
     assert torch.equal(sd["bias"], model.bias)
     with pytest.raises(UserError, match="missing.pth"):
         load_model_state(tmp_path / "missing.pth")
+
+
+# ---- official MAE training checkpoints (checkpoint-N.pth) ----------------------------------------------
+# Built as the official code saves them (util/misc.save_model): {'model': model_without_ddp.state_dict(),
+# 'optimizer': AdamW state dict over timm 0.3.2's add_weight_decay groups, 'epoch': int, 'scaler':
+# GradScaler state dict, 'args': the argparse.Namespace of main_pretrain.py after init_distributed_mode}.
+
+OFFICIAL_ARCH = "mae_vit_micro_patch7_dec64d1b"  # 28x28x1, 128-d x 4 blocks: seconds on a CPU
+OFFICIAL_TRAINING = [
+    f"model.arch={OFFICIAL_ARCH}", "model.target=norm_pixel", "data.name=synthetic", "data.train_subset=64",
+    "data.val_subset=16", "data.num_workers=0", "pretrain.batch_size=16", "pretrain.epochs=3",
+    "pretrain.warmup_epochs=1", "pretrain.augmentation=none", "finetune.epochs=1", "finetune.warmup_epochs=0",
+    "finetune.batch_size=16", "finetune.randaug=null", "linprobe.epochs=1", "linprobe.warmup_epochs=0",
+    "linprobe.batch_size=16", "run.log_every_steps=2", "run.checkpoint_every_steps=0", "run.threads=1",
+    "tracking.enabled=false",
+]
+
+
+def _official_args(**changes):
+    """main_pretrain.py's parsed arguments (its defaults, as for a torchrun launch), with `changes`."""
+    import argparse
+    args = dict(batch_size=64, epochs=400, accum_iter=1, model="mae_vit_large_patch16", input_size=224,
+                mask_ratio=0.75, norm_pix_loss=True, weight_decay=0.05, lr=None, blr=1.5e-4, min_lr=0.0,
+                warmup_epochs=40, data_path="/datasets01/imagenet_full_size/061417/", output_dir="./output_dir",
+                log_dir="./output_dir", device="cuda", seed=0, resume="", start_epoch=0, num_workers=10,
+                pin_mem=True, world_size=8, local_rank=-1, dist_on_itp=False, dist_url="env://", rank=0, gpu=0,
+                distributed=True, dist_backend="nccl")
+    args.update(changes)
+    if args["lr"] is None:  # main_pretrain.py writes the absolute lr back into args
+        args["lr"] = args["blr"] * args["batch_size"] * args["accum_iter"] * args["world_size"] / 256
+    return argparse.Namespace(**args)
+
+
+def _official_groups(model, weight_decay):
+    """timm 0.3.2 optim_factory.add_weight_decay, the official pretraining groups: [no decay, decay]."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim == 1 or name.endswith(".bias") else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def _save_official(path, model, optimizer, epoch, scaler, args):
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "scaler": scaler.state_dict(), "args": args}, path)
+
+
+def _official_pretraining_checkpoint(path, steps=2, epoch=3):
+    """A few steps of the official loop (AdamW betas (0.9, 0.95) over its groups, a GradScaler), then save."""
+    from mae.model import create_mae_model
+    torch.manual_seed(0)
+    model = create_mae_model(OFFICIAL_ARCH, target="norm_pixel")
+    optimizer = torch.optim.AdamW(_official_groups(model, 0.05), lr=1e-3, betas=(0.9, 0.95))
+    scaler = torch.amp.GradScaler("cpu")  # the official NativeScaler's torch.cuda.amp.GradScaler, on the CPU
+    for _ in range(steps):
+        loss = model(torch.randn(4, 1, 28, 28))[0]
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+    _save_official(path, model, optimizer, epoch, scaler,
+                   _official_args(model=OFFICIAL_ARCH, input_size=28, batch_size=2, epochs=4))
+    return model
+
+
+def test_official_training_checkpoint_loads(tmp_path):
+    from mae.checkpoint import read_weights_file
+    path = tmp_path / "checkpoint-3.pth"
+    model = _official_pretraining_checkpoint(path)
+    weights = read_weights_file(path)
+    assert weights.kind == "official training checkpoint" and weights.epoch == 3
+    assert list(weights.model) == list(model.state_dict())
+    assert all(torch.equal(weights.model[k], v) for k, v in model.state_dict().items())
+    assert weights.scaler["scale"] > 0 and weights.optimizer["param_groups"][1]["weight_decay"] == 0.05
+    assert weights.args["model"] == OFFICIAL_ARCH and weights.args["dist_backend"] == "nccl"
+    assert weights.config == {"model": {"arch": OFFICIAL_ARCH, "img_size": 28, "mask_ratio": 0.75,
+                                        "target": "norm_pixel"},
+                              "data": {"name": "imagenet", "root": "/datasets01/imagenet_full_size/061417/"},
+                              "run": {"seed": 0}}
+    sd, config = load_model_state(path)
+    assert config == weights.config and sd.keys() == weights.model.keys()
+
+
+def test_official_model_names_map_to_archs():
+    from mae.checkpoint import official_arch
+    for size, patch in (("base", 16), ("large", 16), ("huge", 14)):
+        arch = f"mae_vit_{size}_patch{patch}_dec512d8b"
+        assert official_arch(f"mae_vit_{size}_patch{patch}") == arch  # main_pretrain.py --model
+        assert official_arch(f"vit_{size}_patch{patch}") == arch      # main_finetune.py / main_linprobe.py --model
+    with pytest.raises(UserError, match="args.model='vit_giant_patch14' is invalid"):
+        official_arch("vit_giant_patch14")
+
+
+class _Custom:
+    """A plain class of this test module: unpickling it means importing it."""
+
+    def __init__(self):
+        self.value = 1
+
+
+@pytest.mark.parametrize("extra", ["custom class", "functools.partial", "set", "set inside args"])
+def test_other_non_tensor_types_are_refused(tmp_path, extra):
+    import argparse
+    import functools
+    value = {"custom class": _Custom(), "functools.partial": functools.partial(int, "3"), "set": {1, 2},
+             "set inside args": argparse.Namespace(model=OFFICIAL_ARCH, classes={1, 2})}[extra]
+    path = tmp_path / "checkpoint-1.pth"
+    torch.save({"model": torch.nn.Linear(3, 2).state_dict(), "epoch": 1, "args": value}, path)
+    with pytest.raises(UserError) as info:
+        load_model_state(path)
+    message = str(info.value)
+    assert "\n" not in message and "checkpoint-1.pth" in message and "refused" in message, message
+    if "set" in extra:
+        assert "holds a set at ['args']" in message
+
+
+def _train(stage, out, *extra):
+    from mae import train
+    from mae.config import load_config
+    return getattr(train, stage)(load_config(None, [*OFFICIAL_TRAINING, *extra]), out)
+
+
+def test_official_checkpoint_finetunes_linear_probes_and_visualizes(tmp_path):
+    from mae.downstream import create_vit, load_encoder_weights
+    from mae.visualize import visualize_checkpoint
+    path = tmp_path / "checkpoint-3.pth"
+    model = _official_pretraining_checkpoint(path)
+    report = load_encoder_weights(create_vit(OFFICIAL_ARCH, 10), path)
+    assert "blocks.3.mlp.fc2.weight" in report.loaded and report.missing == ["fc_norm.bias", "fc_norm.weight",
+                                                                              "head.bias", "head.weight"]
+    finetuned = _train("finetune", tmp_path / "ft", f"finetune.checkpoint={path}")
+    probed = _train("linprobe", tmp_path / "lin", f"linprobe.checkpoint={path}")
+    assert finetuned["status"] == probed["status"] == "completed" and "top1" in finetuned and "top1" in probed
+    assert f"encoder weights from {path}" in (tmp_path / "lin" / "train.log").read_text()
+    # the official args name the ImageNet folder; the images come from wherever the user says
+    png = visualize_checkpoint(path, tmp_path / "recon.png", mask_ratios=[0.75], num_images=2,
+                               overrides=["data.name=synthetic"])
+    assert png.stat().st_size > 1000
+    with pytest.raises(UserError, match="data.root"):  # the official data_path is not on this machine
+        visualize_checkpoint(path, tmp_path / "recon2.png", mask_ratios=[0.75], num_images=2)
+    del model
+
+
+def test_official_checkpoint_continues_pretraining_exactly(tmp_path):
+    """An official checkpoint-1.pth of a 3-epoch run, continued by `mae pretrain` with pretrain.checkpoint,
+    ends with the weights of the uninterrupted 3-epoch run: the AdamW moments and step counts, the epoch and
+    the schedule position all carried over (augmentation none: data order and masks follow seed and step)."""
+    from mae.model import create_mae_model
+    steps_per_epoch = 64 // 16
+    full = _train("pretrain", tmp_path / "full")
+    with pytest.raises(Exception) as stop:  # the same run, stopped after epoch 1 (0-based): its checkpoint.pth
+        _train("pretrain", tmp_path / "half", f"run.stop_after_steps={2 * steps_per_epoch}")
+    assert getattr(stop.value, "exit_code", None) == 75
+    saved = load_checkpoint(tmp_path / "half" / CHECKPOINT_PTH)
+    assert saved["loop"]["epoch"] == 2 and saved["loop"]["step_in_epoch"] == 0
+
+    # What main_pretrain.py would have saved at the end of epoch 1: its own model and AdamW, holding that state.
+    model = create_mae_model(OFFICIAL_ARCH, target="norm_pixel")
+    model.load_state_dict(saved["model"])
+    optimizer = torch.optim.AdamW(_official_groups(model, 0.05), lr=1e-3, betas=(0.9, 0.95))
+    ours = saved["optimizer"]["state"]
+    flat = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, param in enumerate(flat):  # the harness saves in the same order: the official rule, checked by name
+        optimizer.state[param] = {k: v.clone() for k, v in ours[i].items()}
+    _save_official(tmp_path / "checkpoint-1.pth", model, optimizer, 1, torch.amp.GradScaler("cpu"),
+                   _official_args(model=OFFICIAL_ARCH, input_size=28, batch_size=16, world_size=1, epochs=3))
+
+    continued = _train("pretrain", tmp_path / "continued", f"pretrain.checkpoint={tmp_path / 'checkpoint-1.pth'}")
+    log = (tmp_path / "continued" / "train.log").read_text()
+    assert "at epoch 2 of 3: weights, AdamW moments" in log
+    assert continued["steps"] == full["steps"] == 3 * steps_per_epoch
+    a = torch.load(tmp_path / "full" / "model.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "continued" / "model.pth", weights_only=True)["model"]
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    # weights without the moments (a released model.pth) start a new schedule at epoch 0 instead
+    fresh = _train("pretrain", tmp_path / "from_weights", f"pretrain.checkpoint={tmp_path / 'full' / 'model.pth'}",
+                   "pretrain.epochs=1", "pretrain.warmup_epochs=0")
+    assert fresh["steps"] == steps_per_epoch
+
+
+def test_continuing_past_the_configured_epochs_is_a_user_error(tmp_path):
+    path = tmp_path / "checkpoint-3.pth"
+    _official_pretraining_checkpoint(path, epoch=3)
+    with pytest.raises(UserError, match=r"pretrain.epochs=3 is invalid: allowed more than the 4 epochs"):
+        _train("pretrain", tmp_path / "run", f"pretrain.checkpoint={path}")
+    from mae.run_folder import METRICS_JSON
+    assert not (tmp_path / "run" / METRICS_JSON).exists()
