@@ -285,3 +285,43 @@ def test_continuing_past_the_configured_epochs_is_a_user_error(tmp_path):
         _train("pretrain", tmp_path / "run", f"pretrain.checkpoint={path}")
     from mae.run_folder import METRICS_JSON
     assert not (tmp_path / "run" / METRICS_JSON).exists()
+
+
+# ---- model EMA (finetune.ema_decay, the Table 11 recipe): evaluated, saved, checkpointed, resumed exactly ----
+
+EMA = ["finetune.ema_decay=0.9", "finetune.epochs=2", "finetune.warmup_epochs=1", "run.checkpoint_every_steps=3"]
+
+
+def test_ema_is_evaluated_saved_and_resumed_exactly(tmp_path):
+    from mae.engine import TrainingStopped
+    from mae.run_folder import read_jsonl
+    full = _train("finetune", tmp_path / "full", *EMA)
+    assert {"top1", "top5", "top1_without_ema", "top5_without_ema"} <= set(full)
+    saved = load_checkpoint(tmp_path / "full" / CHECKPOINT_PTH)
+    final = torch.load(tmp_path / "full" / "model.pth", weights_only=True)["model"]
+    ema = {k.removeprefix("module."): v for k, v in saved["model_ema"].items()}
+    assert final.keys() == saved["model"].keys() == ema.keys()
+    assert all(torch.equal(final[k], ema[k]) for k in final), "model.pth holds the EMA weights"
+    assert not all(torch.equal(final[k], saved["model"][k]) for k in final), "the EMA equals the raw weights"
+
+    with pytest.raises(TrainingStopped) as stop:  # mid-epoch (4 steps per epoch), between two checkpoints
+        _train("finetune", tmp_path / "resumed", *EMA, "run.stop_after_steps=5")
+    assert stop.value.exit_code == 75
+    resumed = _train("finetune", tmp_path / "resumed", *EMA)
+    assert resumed["resumed_from_step"] == 5
+    other = torch.load(tmp_path / "resumed" / "model.pth", weights_only=True)["model"]
+    assert [k for k in final if not torch.equal(final[k], other[k])] == []
+    assert {k: resumed[k] for k in ("top1", "top1_without_ema", "final_loss")} == \
+        {k: full[k] for k in ("top1", "top1_without_ema", "final_loss")}
+    strip = [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_jsonl(tmp_path / "full" / "metrics.jsonl")]
+    again = [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")]
+    assert strip == again
+
+
+def test_ema_decay_is_validated_and_off_by_default():
+    from mae.config import Config, identity, load_config
+    assert Config().finetune.ema_decay is None
+    with pytest.raises(UserError, match=r"finetune.ema_decay=1.5 is invalid: allowed a number in \(0.0, 1.0\)"):
+        load_config(None, ["finetune.ema_decay=1.5"])
+    base = load_config(None, [])
+    assert identity(base.with_overrides(["finetune.ema_decay=0.9999"]), "finetune") != identity(base, "finetune")
