@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mae.checkpoint import (CorruptCheckpoint, capture_rng_state, find_resume_checkpoint, load_checkpoint,
-                            load_model_state, restore_rng_state, save_checkpoint, save_model)
+                            load_model_state, read_weights_file, restore_rng_state, save_checkpoint, save_model)
 from mae.errors import UserError
 from mae.run_folder import CHECKPOINT_PTH, PREVIOUS_CHECKPOINT_PTH
 
@@ -164,7 +164,6 @@ def _official_pretraining_checkpoint(path, steps=2, epoch=3):
 
 
 def test_official_training_checkpoint_loads(tmp_path):
-    from mae.checkpoint import read_weights_file
     path = tmp_path / "checkpoint-3.pth"
     model = _official_pretraining_checkpoint(path)
     weights = read_weights_file(path)
@@ -212,6 +211,33 @@ def test_other_non_tensor_types_are_refused(tmp_path, extra):
     assert "\n" not in message and "checkpoint-1.pth" in message and "refused" in message, message
     if "set" in extra:
         assert "holds a set at ['args']" in message
+
+
+def test_official_finetuning_checkpoint_loads_and_is_refused_as_an_encoder(tmp_path):
+    """main_finetune.py saves the same five keys (a timm ViT with head, AdamW over the layer-decay groups
+    with their lr_scale, its own args): it loads; as a starting encoder it is refused in one line, as the
+    official --finetune refuses it (its assert on the missing keys)."""
+    from mae.downstream import create_vit
+    from mae.optim import param_groups_layer_decay
+    vit = create_vit(OFFICIAL_ARCH, 10)
+    optimizer = torch.optim.AdamW(param_groups_layer_decay(vit, 0.05, 0.75), lr=1e-3)
+    vit(torch.randn(2, 1, 28, 28)).sum().backward()
+    optimizer.step()
+    args = _official_args(model=OFFICIAL_ARCH, input_size=28, drop_path=0.2, clip_grad=None, layer_decay=0.75,
+                          color_jitter=None, aa="rand-m9-mstd0.5-inc1", smoothing=0.1, reprob=0.25, remode="pixel",
+                          recount=1, resplit=False, mixup=0.8, cutmix=1.0, cutmix_minmax=None, mixup_prob=1.0,
+                          mixup_switch_prob=0.5, mixup_mode="batch", finetune="mae_pretrain_vit_large.pth",
+                          global_pool=True, nb_classes=10, eval=False, dist_eval=True, blr=1e-3, epochs=50)
+    del args.mask_ratio, args.norm_pix_loss  # not main_finetune.py arguments
+    path = tmp_path / "checkpoint-49.pth"
+    _save_official(path, vit, optimizer, 49, torch.amp.GradScaler("cpu"), args)
+    weights = read_weights_file(path)
+    assert weights.kind == "official training checkpoint" and weights.epoch == 49
+    assert "head.weight" in weights.model and weights.optimizer["param_groups"][0]["lr_scale"] > 0
+    assert weights.config["model"] == {"arch": OFFICIAL_ARCH, "img_size": 28}
+    with pytest.raises(UserError, match="is a fine-tuned classifier") as info:
+        _train("finetune", tmp_path / "ft", f"finetune.checkpoint={path}")
+    assert "\n" not in str(info.value)
 
 
 def _train(stage, out, *extra):

@@ -35,7 +35,7 @@ KEYS = {
     "batch_size": "batch_size", "eff. batch": "batch_size", "warmup_epochs": "warmup_epochs", "epochs": "epochs",
     "layer_wise_lr_decay": "layer_decay", "layer_decay": "layer_decay", "drop_path": "drop_path",
     "label_smoothing": "smoothing", "smoothing": "smoothing", "mixup": "mixup", "cutmix": "cutmix",
-    "reprob": "reprob", "aa": "randaug", "EMA": "ema_decay", "pooling": "global_pool",
+    "reprob": "reprob", "aa": "randaug", "min_lr": "min_lr", "EMA": "ema_decay", "pooling": "global_pool",
     "mask_ratio": "model.mask_ratio", "reconstruction_target": "model.target", "decoder": "model.decoder",
     "augmentation": "augmentation", "not_used": "not_used", "recipe": "recipe",
 }
