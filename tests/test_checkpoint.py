@@ -11,6 +11,9 @@ from mae.checkpoint import (CorruptCheckpoint, capture_rng_state, find_resume_ch
                             load_model_state, read_weights_file, restore_rng_state, save_checkpoint, save_model)
 from mae.errors import UserError
 from mae.run_folder import CHECKPOINT_PTH, PREVIOUS_CHECKPOINT_PTH
+from official_checkpoints import (OFFICIAL_ARCH, official_args as _official_args, official_groups as _official_groups,
+                                  official_pretraining_checkpoint as _official_pretraining_checkpoint,
+                                  save_official as _save_official)
 
 
 def _state(step):
@@ -99,12 +102,8 @@ def test_model_files_official_and_ours(tmp_path):
         load_model_state(tmp_path / "missing.pth")
 
 
-# ---- official MAE training checkpoints (checkpoint-N.pth) ----------------------------------------------
-# Built as the official code saves them (util/misc.save_model): {'model': model_without_ddp.state_dict(),
-# 'optimizer': AdamW state dict over timm 0.3.2's add_weight_decay groups, 'epoch': int, 'scaler':
-# GradScaler state dict, 'args': the argparse.Namespace of main_pretrain.py after init_distributed_mode}.
+# ---- official MAE training checkpoints (checkpoint-N.pth, built as tests/official_checkpoints.py says) ----
 
-OFFICIAL_ARCH = "mae_vit_micro_patch7_dec64d1b"  # 28x28x1, 128-d x 4 blocks: seconds on a CPU
 OFFICIAL_TRAINING = [
     f"model.arch={OFFICIAL_ARCH}", "model.target=norm_pixel", "data.name=synthetic", "data.train_subset=64",
     "data.val_subset=16", "data.num_workers=0", "pretrain.batch_size=16", "pretrain.epochs=3",
@@ -113,54 +112,6 @@ OFFICIAL_TRAINING = [
     "linprobe.batch_size=16", "run.log_every_steps=2", "run.checkpoint_every_steps=0", "run.threads=1",
     "tracking.enabled=false",
 ]
-
-
-def _official_args(**changes):
-    """main_pretrain.py's parsed arguments (its defaults, as for a torchrun launch), with `changes`."""
-    import argparse
-    args = dict(batch_size=64, epochs=400, accum_iter=1, model="mae_vit_large_patch16", input_size=224,
-                mask_ratio=0.75, norm_pix_loss=True, weight_decay=0.05, lr=None, blr=1.5e-4, min_lr=0.0,
-                warmup_epochs=40, data_path="/datasets01/imagenet_full_size/061417/", output_dir="./output_dir",
-                log_dir="./output_dir", device="cuda", seed=0, resume="", start_epoch=0, num_workers=10,
-                pin_mem=True, world_size=8, local_rank=-1, dist_on_itp=False, dist_url="env://", rank=0, gpu=0,
-                distributed=True, dist_backend="nccl")
-    args.update(changes)
-    if args["lr"] is None:  # main_pretrain.py writes the absolute lr back into args
-        args["lr"] = args["blr"] * args["batch_size"] * args["accum_iter"] * args["world_size"] / 256
-    return argparse.Namespace(**args)
-
-
-def _official_groups(model, weight_decay):
-    """timm 0.3.2 optim_factory.add_weight_decay, the official pretraining groups: [no decay, decay]."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim == 1 or name.endswith(".bias") else decay).append(param)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-def _save_official(path, model, optimizer, epoch, scaler, args):
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "scaler": scaler.state_dict(), "args": args}, path)
-
-
-def _official_pretraining_checkpoint(path, steps=2, epoch=3):
-    """A few steps of the official loop (AdamW betas (0.9, 0.95) over its groups, a GradScaler), then save."""
-    from mae.model import create_mae_model
-    torch.manual_seed(0)
-    model = create_mae_model(OFFICIAL_ARCH, target="norm_pixel")
-    optimizer = torch.optim.AdamW(_official_groups(model, 0.05), lr=1e-3, betas=(0.9, 0.95))
-    scaler = torch.amp.GradScaler("cpu")  # the official NativeScaler's torch.cuda.amp.GradScaler, on the CPU
-    for _ in range(steps):
-        loss = model(torch.randn(4, 1, 28, 28))[0]
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad()
-    _save_official(path, model, optimizer, epoch, scaler,
-                   _official_args(model=OFFICIAL_ARCH, input_size=28, batch_size=2, epochs=4))
-    return model
 
 
 def test_official_training_checkpoint_loads(tmp_path):
