@@ -235,6 +235,10 @@ class Pretrain(Recipe):
         log.info("continuing %s (%s, model %s) at epoch %d of %d: weights, AdamW moments%s", path, weights.kind,
                  (weights.args or {}).get("model"), start, run.cfg.pretrain.epochs,
                  ", grad scaler" if scaler is not None and weights.scaler else "")
+        planned = (weights.args or {}).get("epochs")
+        if isinstance(planned, int) and planned != run.cfg.pretrain.epochs:  # the schedule is the config's
+            log.warning("%s was written by a run of %d epochs; the learning-rate schedule continues over "
+                        "pretrain.epochs=%d", path, planned, run.cfg.pretrain.epochs)
         return start
 
     def before_training(self, run: Run, model: nn.Module) -> None:

@@ -302,3 +302,12 @@ def test_ema_decay_is_validated_and_off_by_default():
         load_config(None, ["finetune.ema_decay=1.5"])
     base = load_config(None, [])
     assert identity(base.with_overrides(["finetune.ema_decay=0.9999"]), "finetune") != identity(base, "finetune")
+
+
+def test_pretrain_checkpoint_mistakes_are_one_line_user_errors(tmp_path):
+    path = tmp_path / "checkpoint-0.pth"
+    _official_pretraining_checkpoint(path, epoch=0)
+    with pytest.raises(UserError, match=r"pretrain.checkpoint=.*does not match the config's model: .*wrong shape"):
+        _train("pretrain", tmp_path / "other", f"pretrain.checkpoint={path}", "model.embed_dim=64")
+    with pytest.raises(UserError, match="checkpoint=.*none.pth.* is invalid: allowed an existing checkpoint file"):
+        _train("pretrain", tmp_path / "missing", f"pretrain.checkpoint={tmp_path / 'none.pth'}")
