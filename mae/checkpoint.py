@@ -495,7 +495,8 @@ def official_arch(model_name: str) -> str:
         if candidate in MAE_ARCHS:
             return candidate
     raise UserError("args.model", model_name, "an official model name (mae_vit_{base,large}_patch16, "
-                    "mae_vit_huge_patch14, vit_{base,large}_patch16, vit_huge_patch14) or one of " + ", ".join(MAE_ARCHS))
+                    "mae_vit_huge_patch14, vit_{base,large}_patch16, vit_huge_patch14) or one of "
+                    + ", ".join(MAE_ARCHS))
 
 
 def config_from_official_args(args: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from test_reliability_common import (LONG_SMOKE, assert_no_finished_outputs, assert_same_run, fault,  # noqa: F401
-                                     metrics, pretrain_cmd, reference_run, run, run_many)
+from test_reliability_common import (LONG_SMOKE, MAE, SMOKE, assert_no_finished_outputs, assert_same_run,  # noqa: F401
+                                     fault, metrics, one_error_line, pretrain_cmd, reference_run, run, run_many)
 
 STOP = 12  # checkpoints at 10 (every 5) and at 12 (stop): checkpoint.pth = step 12, prev = step 10
 
@@ -160,7 +160,6 @@ def test_official_training_checkpoint_through_the_cli(tmp_path, fault):
     import torch
 
     from official_checkpoints import official_pretraining_checkpoint
-    from test_reliability_common import MAE, SMOKE, assert_no_finished_outputs, one_error_line
     fault.describe("checkpoint", "official checkpoint-0.pth (args as argparse.Namespace) given to finetune, "
                    "linprobe, visualize and pretrain (pretrain.checkpoint); the same file with a set or a "
                    "functools.partial added", "the four commands complete (pretraining continues at epoch 1); "
