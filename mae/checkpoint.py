@@ -8,10 +8,14 @@ The payload carries its own sha256, so a damaged file is detected and the previo
 
 Final weights (`DIR/model.pth`) use the official MAE format `{"model": state_dict, "config": {...}}`.
 Every load uses `torch.load(weights_only=True)`: a file that needs arbitrary code to unpickle is refused.
+Official MAE training checkpoints (`checkpoint-N.pth` of main_pretrain.py / main_finetune.py /
+main_linprobe.py: `model`, `optimizer`, `epoch`, `scaler`, `args`) load too: the one extra type they
+hold, `args` (an `argparse.Namespace` of plain values), is allowed, and nothing else.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import os
@@ -21,6 +25,7 @@ import random
 import re
 import warnings
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,12 @@ from mae.errors import UserError
 from mae.run_folder import CHECKPOINT_PTH, PREVIOUS_CHECKPOINT_PTH
 
 CHECKPOINT_FORMAT = "mae-harness-checkpoint-v1"
+# The classes an official MAE training checkpoint needs besides torch's weights-only set: misc.save_model
+# stores the script's parsed `args` (an argparse.Namespace of str / int / float / bool / None / lists).
+OFFICIAL_CHECKPOINT_GLOBALS = (argparse.Namespace,)
+# What a weights file may hold once unpickled (torch's weights-only set also admits sets, complex numbers
+# and more: no official or harness file holds them, so they are refused too).
+_PLAIN_TYPES = (str, int, float, bool, bytes, type(None), torch.dtype, torch.device, torch.Size)
 
 
 class CorruptCheckpoint(Exception):
@@ -191,8 +202,8 @@ def _safe_load(source: str | Path | io.BytesIO, name: str) -> Any:
         CorruptCheckpoint: anything else that cannot be read (truncated, damaged, not a torch file).
     """
     try:
-        with warnings.catch_warnings():  # torch warns about the protocol of a raw pickle before refusing it
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(OFFICIAL_CHECKPOINT_GLOBALS)):
+            warnings.simplefilter("ignore", UserWarning)  # torch warns about a raw pickle's protocol before refusing it
             return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch words a blocked import "Unsupported global: GLOBAL x" or (2.6+) "Trying to load unsupported
@@ -357,40 +368,155 @@ def save_model(path: str | Path, model_or_state_dict: torch.nn.Module | dict[str
     atomic_write_bytes(path, _serialize({"model": state_dict, "config": config or {}}))
 
 
+@dataclass
+class WeightsFile:
+    """What a weights file holds, whichever program wrote it.
+
+    Args:
+        model: the state dict (a DDP `module.` prefix removed).
+        config: the harness config of the run that wrote it; for an official training checkpoint the
+            part its `args` determine (`config_from_official_args`); None when the file carries neither.
+        kind: 'model.pth' (ours or a released official file), 'resumable checkpoint' (ours),
+            'official training checkpoint' (checkpoint-N.pth) or 'state dict'.
+        optimizer / epoch / scaler / args: an official training checkpoint's AdamW state dict, last
+            finished epoch, GradScaler state dict and `vars(args)`; None otherwise.
+    """
+
+    model: dict[str, torch.Tensor]
+    config: dict[str, Any] | None
+    kind: str
+    optimizer: dict[str, Any] | None = None
+    epoch: int | None = None
+    scaler: dict[str, Any] | None = None
+    args: dict[str, Any] | None = None
+
+
 def load_model_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """Weights from `model.pth` (ours or the official release: `{"model": sd}`), a plain state dict, or a resumable checkpoint.
+    """Weights from `model.pth` (ours or the official release: `{"model": sd}`), an official training
+    checkpoint (`checkpoint-N.pth`), a plain state dict, or a resumable checkpoint.
 
     Returns:
-        (state_dict, config dict or None when the file carries none).
+        (state_dict, config dict or None when the file carries none): `read_weights_file`'s model and config.
     Raises:
         UserError: missing, unreadable, unsafe or holding no weights.
+    """
+    weights = read_weights_file(path)
+    return weights.model, weights.config
+
+
+def read_weights_file(path: str | Path) -> WeightsFile:
+    """Read any weights file the harness accepts (see `WeightsFile.kind`), weights_only, and check it.
+
+    Raises:
+        UserError: missing, unreadable, needing code to load, holding a type no weights file holds (a set,
+            ...), holding no weights, or weights with NaN / Inf.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError("checkpoint", str(path), "an existing checkpoint file (a model.pth or an official MAE .pth)")
     try:
         obj = _safe_load(path, str(path))
-        if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        harness = isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+        if harness:
             obj = load_checkpoint(path)
     except CorruptCheckpoint as exc:
         raise UserError.message("checkpoint", f"checkpoint={str(path)!r} is invalid: {exc}; allowed: a model.pth "
                                 "written by `mae pretrain` / `mae finetune` or an official MAE .pth") from None
-    if isinstance(obj, dict):
-        found = None
-        for key in ("model", "state_dict", "model_state"):
-            if isinstance(obj.get(key), dict):
-                config = obj.get("config") if isinstance(obj.get("config"), dict) else None
-                found = _strip_module_prefix(obj[key]), config
-                break
-        if found is None and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            found = _strip_module_prefix(obj), None
-        if found is not None:
-            bad = non_finite_tensor(found[0])
-            if bad is not None:
-                raise UserError.message("checkpoint", f"checkpoint={str(path)!r} is invalid: tensor {bad!r} holds "
-                                        "NaN or Inf; allowed: finite weights (a model.pth of a finished run)")
-            return found
-    raise UserError.message("checkpoint", f"{path} holds no model weights (expected {{'model': state_dict}})")
+    _check_plain(obj, str(path))
+    weights = _weights_of(obj, harness)
+    if weights is None:
+        raise UserError.message("checkpoint", f"{path} holds no model weights (expected {{'model': state_dict}})")
+    bad = non_finite_tensor(weights.model)
+    if bad is not None:
+        raise UserError.message("checkpoint", f"checkpoint={str(path)!r} is invalid: tensor {bad!r} holds "
+                                "NaN or Inf; allowed: finite weights (a model.pth of a finished run)")
+    return weights
+
+
+def _weights_of(obj: Any, harness: bool) -> WeightsFile | None:
+    if not isinstance(obj, dict):
+        return None
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(obj.get(key), dict):
+            state_dict = _strip_module_prefix(obj[key])
+            config = obj.get("config") if isinstance(obj.get("config"), dict) else None
+            args = obj.get("args")
+            if harness:
+                return WeightsFile(state_dict, config, "resumable checkpoint")
+            if isinstance(args, argparse.Namespace):  # official misc.save_model: model, optimizer, epoch, scaler, args
+                args = vars(args)
+                epoch = obj.get("epoch")
+                return WeightsFile(
+                    state_dict, config if config is not None else config_from_official_args(args),
+                    "official training checkpoint", optimizer=obj.get("optimizer") if isinstance(
+                        obj.get("optimizer"), dict) else None,
+                    epoch=epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
+                    scaler=obj.get("scaler") if isinstance(obj.get("scaler"), dict) else None, args=args)
+            return WeightsFile(state_dict, config, "model.pth")
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return WeightsFile(_strip_module_prefix(obj), None, "state dict")
+    return None
+
+
+def _check_plain(obj: Any, name: str, where: str = "", depth: int = 0) -> None:
+    """Refuse any value outside tensors, plain scalars, lists / tuples / dicts of them and argparse.Namespace."""
+    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN_TYPES:
+        return
+    if depth > 64:
+        raise UserError.message("checkpoint", f"checkpoint {name!r} was refused: containers nested deeper than 64 "
+                                f"levels at {where or 'the top'}")
+    if isinstance(obj, dict) and type(obj) in (dict, OrderedDict):
+        for key, value in obj.items():
+            _check_plain(key, name, f"{where}[{key!r}] (key)", depth + 1)
+            _check_plain(value, name, f"{where}[{key!r}]", depth + 1)
+        return
+    if type(obj) in (list, tuple):
+        for i, value in enumerate(obj):
+            _check_plain(value, name, f"{where}[{i}]", depth + 1)
+        return
+    if type(obj) in OFFICIAL_CHECKPOINT_GLOBALS:
+        _check_plain(vars(obj), name, where, depth + 1)
+        return
+    raise UserError.message("checkpoint", f"checkpoint {name!r} was refused: it holds a {type(obj).__name__} at "
+                            f"{where or 'the top'}; allowed: tensors, numbers, strings, None, lists, tuples, dicts "
+                            "and the argparse.Namespace `args` of official MAE training checkpoints")
+
+
+def official_arch(model_name: str) -> str:
+    """The `model.arch` of an official `--model` name: main_pretrain.py's `mae_vit_large_patch16` (models_mae.py
+    aliases it to the 8-block 512-d decoder) or main_finetune.py's `vit_large_patch16`; an arch name as is.
+
+    Raises:
+        UserError: a name that maps to no arch of `mae.archs.MAE_ARCHS`.
+    """
+    from mae.archs import MAE_ARCHS
+    candidates = (model_name, f"{model_name}_dec512d8b", f"mae_{model_name}_dec512d8b")
+    for candidate in candidates:
+        if candidate in MAE_ARCHS:
+            return candidate
+    raise UserError("args.model", model_name, "an official model name (mae_vit_{base,large}_patch16, "
+                    "mae_vit_huge_patch14, vit_{base,large}_patch16, vit_huge_patch14) or one of "
+                    + ", ".join(MAE_ARCHS))
+
+
+def config_from_official_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The harness config sections an official training checkpoint's `args` determine: the model (arch,
+    input size, mask ratio, norm_pix_loss -> target), the data (`data_path`, an ImageNet-style folder
+    with train/ and val/) and the seed. The recipe's numbers are left to the config that uses the file.
+    """
+    model: dict[str, Any] = {"arch": official_arch(str(args.get("model", "mae_vit_large_patch16")))}
+    if isinstance(args.get("input_size"), int):
+        model["img_size"] = args["input_size"]
+    if isinstance(args.get("mask_ratio"), float):
+        model["mask_ratio"] = args["mask_ratio"]
+    if isinstance(args.get("norm_pix_loss"), bool):
+        model["target"] = "norm_pixel" if args["norm_pix_loss"] else "pixel"
+    config: dict[str, Any] = {"model": model}
+    if isinstance(args.get("data_path"), str) and args["data_path"]:
+        config["data"] = {"name": "imagenet", "root": args["data_path"]}
+    if isinstance(args.get("seed"), int):
+        config["run"] = {"seed": args["seed"]}
+    return config
 
 
 def _strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@
     mae finetune --config C.yaml finetune.checkpoint=runs/x/model.pth --out runs/y
     mae linprobe --config C.yaml linprobe.checkpoint=runs/x/model.pth --out runs/z
     mae visualize --checkpoint runs/x/model.pth --out recon.png [--mask-ratios 0.75,0.85,0.95] [--num-images 4]
+    mae visualize --checkpoint checkpoint-799.pth --out recon.png data.root=/data/imagenet   # official files too
     mae replay runs/x [--uri http://host:5000]      # default: env MLFLOW_TRACKING_URI, then the run's tracking.uri
     mae features --checkpoint runs/x/model.pth --config C.yaml --out feats.pth [--pool token|avg] [--raw-pixels]
     mae knn --checkpoint runs/x/model.pth|random --config C.yaml [--raw-pixels] [--linprobe] [key=value ...]
@@ -46,12 +47,15 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", required=True, help="run folder (created; resumed if it holds a checkpoint)")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.mask_ratio=0.9")
     vis = commands.add_parser("visualize", help="reconstruction grid of a pretrained model.pth")
-    vis.add_argument("--checkpoint", required=True, help="model.pth written by `mae pretrain`")
+    vis.add_argument("--checkpoint", required=True, help="model.pth written by `mae pretrain`, or an official MAE "
+                     "training checkpoint-N.pth")
     vis.add_argument("--out", required=True, help="PNG to write")
     vis.add_argument("--mask-ratios", default="0.75,0.85,0.95", help="comma-separated ratios")
     vis.add_argument("--num-images", type=int, default=4)
     vis.add_argument("--seed", type=int, default=0)
     vis.add_argument("--device", default="cpu")
+    vis.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="changes to the checkpoint's config, e.g. data.root=/data/imagenet (where the images are)")
     for name, text in (("features", "frozen-encoder features of the config's train and val splits, to a file"),
                        ("knn", "k-NN accuracy (k 20, cosine, T 0.07) of a frozen encoder, printed as JSON")):
         sub = commands.add_parser(name, help=text, description=text)
@@ -82,7 +86,7 @@ def _parse_ratios(text: str) -> list[float]:
 def run(argv: list[str]) -> int:
     """Run one command; returns the exit code (UserError and training stops are raised to `main`)."""
     args, extra = _parser().parse_known_args(argv)
-    if args.command in ("pretrain", "finetune", "linprobe", "features", "knn"):
+    if args.command in ("pretrain", "finetune", "linprobe", "features", "knn", "visualize"):
         # Overrides may also come after `--out DIR`; argparse hands those back as unknown arguments.
         args.overrides = [*args.overrides, *extra]
         extra = [e for e in extra if e.startswith("-")]
@@ -105,8 +109,12 @@ def run(argv: list[str]) -> int:
         return _features_command(args)
     if args.command == "visualize":
         from mae.visualize import visualize_checkpoint
+        stray = [o for o in args.overrides if "=" not in o]
+        if stray:
+            raise UserError("override", stray[0], "'section.key=value' (e.g. data.root=/data/imagenet)")
         path = visualize_checkpoint(args.checkpoint, args.out, mask_ratios=_parse_ratios(args.mask_ratios),
-                                    num_images=args.num_images, seed=args.seed, device=args.device)
+                                    num_images=args.num_images, seed=args.seed, device=args.device,
+                                    overrides=args.overrides)
         print(path)
         return 0
     if args.command == "replay":

@@ -44,7 +44,9 @@ IGNORED_TOP_LEVEL_KEYS = ("meta",)
 DATA_KEYS_OUTSIDE_IDENTITY = ("num_workers", "download")
 # Keys added after run ids were published: at their default they stay out of the identity, so every
 # config that does not set them keeps its run id (a set value changes the id as any other key does).
-KEYS_OUTSIDE_IDENTITY_AT_DEFAULT = {"data.val_split": None, "linprobe.features": "augmented"}
+KEYS_OUTSIDE_IDENTITY_AT_DEFAULT = {"data.val_split": None, "linprobe.features": "augmented",
+                                    "pretrain.checkpoint": None, "finetune.ema_decay": None,
+                                    "finetune.betas": [0.9, 0.999]}
 MAX_INT64 = 2 ** 63 - 1  # every integer setting fits a signed 64-bit integer (torch, numpy, sqlite)
 
 
@@ -123,6 +125,10 @@ class DataConfig:
 
 @dataclass
 class PretrainConfig:
+    # Weights to start from (null = the arch's initialisation): a model.pth, or an official MAE training
+    # checkpoint-N.pth, which continues as the official --resume does (weights, AdamW moments, grad scaler,
+    # from epoch N+1 of `epochs`).
+    checkpoint: str | None = None
     epochs: int = 800
     warmup_epochs: float = 40
     batch_size: int = 4096
@@ -137,10 +143,7 @@ class PretrainConfig:
 
     def validate(self) -> None:
         _validate_schedule("pretrain", self)
-        if len(self.betas) != 2:
-            raise UserError("pretrain.betas", self.betas, "a list of two numbers in [0, 1)")
-        for i, beta in enumerate(self.betas):
-            check_range(f"pretrain.betas[{i}]", beta, 0.0, 1.0)
+        _check_betas("pretrain.betas", self.betas)
         if self.clip_grad is not None:
             _check_positive("pretrain.clip_grad", self.clip_grad)
         check_choice("pretrain.augmentation", self.augmentation, AUGMENTATIONS)
@@ -167,9 +170,14 @@ class FinetuneConfig:
     trainable_blocks: float | None = None
     min_lr: float = 1e-6
     clip_grad: float | None = None
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    ema_decay: float | None = None  # model EMA (Table 11's from-scratch recipe: 0.9999); null = off
 
     def validate(self) -> None:
         _validate_schedule("finetune", self)
+        _check_betas("finetune.betas", self.betas)
+        if self.ema_decay is not None:
+            check_range("finetune.ema_decay", self.ema_decay, 0.0, 1.0, lo_open=True)
         check_range("finetune.layer_decay", self.layer_decay, 0.0, 1.0, lo_open=True, hi_open=False)
         check_range("finetune.drop_path", self.drop_path, 0.0, 1.0)
         check_range("finetune.smoothing", self.smoothing, 0.0, 1.0)
@@ -557,6 +565,13 @@ def _check_positive(name: str, value: float) -> None:
 def _check_non_negative(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
         raise UserError(name, value, "a number >= 0")
+
+
+def _check_betas(name: str, betas: list[float]) -> None:
+    if len(betas) != 2:
+        raise UserError(name, betas, "a list of two numbers in [0, 1)")
+    for i, beta in enumerate(betas):
+        check_range(f"{name}[{i}]", beta, 0.0, 1.0)
 
 
 def _validate_schedule(stage: str, section: Any) -> None:

@@ -137,6 +137,10 @@ def load_encoder_weights(vit: VisionTransformer, state_dict_or_path: Mapping[str
         raise UserError.message("checkpoint", f"checkpoint {source!r} is not a state dict (or {{'model': state_dict}}) "
                                 "of tensors")
 
+    if any(k.startswith("head.") for k in sd):  # e.g. an official main_finetune.py checkpoint-N.pth
+        raise UserError.message("checkpoint", f"checkpoint {source!r} is a fine-tuned classifier (it holds head.*), "
+                                "not an MAE encoder: allowed a pretrained MAE (a model.pth of `mae pretrain`, an "
+                                "official mae_pretrain_*.pth or a main_pretrain.py checkpoint-N.pth)")
     model_sd = vit.state_dict()
     uses_fc_norm = not isinstance(vit.fc_norm, nn.Identity)
     new_keys = {k for k in model_sd if k.startswith("head.") or (uses_fc_norm and k.startswith("fc_norm."))}

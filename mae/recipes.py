@@ -125,6 +125,17 @@ class Recipe(abc.ABC):
     def build_objective(self, run: Run, model: nn.Module, micro_batch_size: int) -> Objective:
         """The loss of one micro batch and the batch transform, if any."""
 
+    def build_ema(self, run: Run, model: nn.Module) -> nn.Module | None:
+        """A moving average of `model`'s weights (on its device), updated after every optimizer step,
+        evaluated and saved instead of the model; None when the stage keeps none."""
+        return None
+
+    def start(self, run: Run, model: nn.Module, optimizer: torch.optim.Optimizer,
+              scaler: torch.amp.GradScaler | None) -> int:
+        """A fresh start only (not a resume), before `before_training`: fill the model (and optimizer and
+        scaler) from a training checkpoint the stage continues; returns the epoch to start at."""
+        return 0
+
     def before_training(self, run: Run, model: nn.Module) -> None:
         """A fresh start only (not a resume), after per-rank seeding, before the first step."""
 
@@ -200,9 +211,40 @@ class Pretrain(Recipe):
             batch_size=run.cfg.pretrain.batch_size, micro_batch_size=micro_batch_size, rank=run.dist.rank,
             world_size=run.dist.world_size, random_masks=run.cfg.model.mask_sampling == "random"))
 
+    def start(self, run: Run, model: nn.Module, optimizer: torch.optim.Optimizer,
+              scaler: torch.amp.GradScaler | None) -> int:
+        """`pretrain.checkpoint`: its weights; an official training checkpoint-N.pth continues as the
+        official `--resume` does (AdamW moments and step counts, grad scaler, epoch N+1; the learning
+        rate, betas and weight decay stay the config's)."""
+        from mae.checkpoint import read_weights_file
+        path = run.cfg.pretrain.checkpoint
+        if path is None:
+            return 0
+        weights = read_weights_file(path)
+        _load_weights(model, weights.model, path)
+        if weights.optimizer is None or weights.epoch is None:
+            log.info("pretraining starts from the weights of %s (%s)", path, weights.kind)
+            return 0
+        start = weights.epoch + 1
+        if start >= run.cfg.pretrain.epochs:
+            raise UserError("pretrain.epochs", run.cfg.pretrain.epochs,
+                            f"more than the {start} epochs {path} has finished (it was saved after epoch {weights.epoch})")
+        _load_official_optimizer_state(optimizer, weights.optimizer, path)
+        if scaler is not None and weights.scaler:
+            scaler.load_state_dict(weights.scaler)
+        log.info("continuing %s (%s, model %s) at epoch %d of %d: weights, AdamW moments%s", path, weights.kind,
+                 (weights.args or {}).get("model"), start, run.cfg.pretrain.epochs,
+                 ", grad scaler" if scaler is not None and weights.scaler else "")
+        planned = (weights.args or {}).get("epochs")
+        if isinstance(planned, int) and planned != run.cfg.pretrain.epochs:  # the schedule is the config's
+            log.warning("%s was written by a run of %d epochs; the learning-rate schedule continues over "
+                        "pretrain.epochs=%d", path, planned, run.cfg.pretrain.epochs)
+        return start
+
     def before_training(self, run: Run, model: nn.Module) -> None:
-        """The PCA target's basis, fitted on patches of (unaugmented) training images."""
-        if run.cfg.model.target != "pca":
+        """The PCA target's basis, fitted on patches of (unaugmented) training images (unless the starting
+        checkpoint brought one)."""
+        if run.cfg.model.target != "pca" or bool(model.recon_target.fitted):
             return
         train_set = run.dataset("train")
         loader = run.loader(train_set, "eval", min(256, len(train_set)))
@@ -261,6 +303,39 @@ class Pretrain(Recipe):
                                  mask_ratios=sorted(ratios), mean=images_set.mean, std=images_set.std)
 
 
+def _load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str) -> None:
+    """All of `state_dict` into `model` (same keys, same shapes), else a UserError naming the difference."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
+    if missing or unexpected or shapes:
+        raise UserError.message("pretrain.checkpoint", f"pretrain.checkpoint={path!r} does not match the config's "
+                                f"model: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {shapes[:5]}; "
+                                "allowed: an MAE of the same model.* settings (not a fine-tuned ViT)")
+    model.load_state_dict(state_dict)
+
+
+def _load_official_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any], path: str) -> None:
+    """The per-parameter AdamW state (moments, step counts) of an official checkpoint, into `optimizer`.
+
+    Both programs order the parameters alike: timm's weight-decay groups [no decay, decay], each in
+    `named_parameters` order, over the same state-dict names; the shapes are checked one by one.
+    """
+    ours = [p for group in optimizer.param_groups for p in group["params"]]
+    theirs = [i for group in saved.get("param_groups", []) for i in group.get("params", [])]
+    state = saved.get("state", {})
+    bad = [k for k, i in enumerate(theirs[:len(ours)]) if i in state
+           and isinstance(state[i].get("exp_avg"), torch.Tensor) and state[i]["exp_avg"].shape != ours[k].shape]
+    if len(theirs) != len(ours) or bad:
+        raise UserError.message("pretrain.checkpoint", f"pretrain.checkpoint={path!r}: its optimizer state does not "
+                                f"match this model's parameters ({len(theirs)} parameters saved, {len(ours)} here"
+                                f"{f', wrong shape at positions {bad[:5]}' if bad else ''}); allowed: an official "
+                                "main_pretrain.py checkpoint of the same model")
+    current = optimizer.state_dict()
+    optimizer.load_state_dict({"state": {k: state[i] for k, i in enumerate(theirs) if i in state},
+                               "param_groups": current["param_groups"]})
+
+
 # ---- fine-tuning and linear probing ----------------------------------------------------------------
 
 
@@ -298,11 +373,18 @@ class Finetune(Recipe):
             set_trainable_blocks(vit, section.trainable_blocks)
         return vit
 
+    def build_ema(self, run: Run, model: nn.Module) -> nn.Module | None:
+        """`finetune.ema_decay`: timm's ModelEmaV3 over the weights and buffers (Table 11's EMA, constant decay)."""
+        if run.cfg.finetune.ema_decay is None:
+            return None
+        from timm.utils import ModelEmaV3
+        return ModelEmaV3(model, decay=run.cfg.finetune.ema_decay)
+
     def build_optimizer(self, run: Run, model: nn.Module) -> torch.optim.Optimizer:
         from mae.optim import absolute_lr, build_finetune_optimizer
         section = run.cfg.finetune
         lr = absolute_lr(section.blr, section.batch_size, section.lr)
-        return build_finetune_optimizer(model, lr, section.weight_decay, section.layer_decay)
+        return build_finetune_optimizer(model, lr, section.weight_decay, section.layer_decay, section.betas)
 
     def build_objective(self, run: Run, model: nn.Module, micro_batch_size: int) -> Objective:
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy

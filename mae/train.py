@@ -101,6 +101,7 @@ class _Trainable:
     scheduler: Any
     scaler: torch.amp.GradScaler | None
     loader: Any
+    ema: nn.Module | None  # the recipe's weight average (timm ModelEmaV3), or None
 
 
 def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
@@ -127,15 +128,21 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
                                 min_lr=section.min_lr)
     val_set = run.dataset("val") if recipe.evaluates else None
     scaler = torch.amp.GradScaler(run.device.type) if run.autocast_dtype == torch.float16 else None
-    parts = _Trainable(model, optimizer, scheduler, scaler, loader)
+    ema = recipe.build_ema(run, model)  # after _wrap: the copy lives on the model's device
+    if ema is not None:  # after every optimizer step (a GradScaler-skipped step changes nothing to average)
+        optimizer.register_step_post_hook(lambda *_: ema.update(model))
+    parts = _Trainable(model, optimizer, scheduler, scaler, loader, ema)
 
     # ---- resume from the newest valid checkpoint, or start fresh
     state = LoopState()
     resume = ckpt.find_resume_checkpoint(run.out_dir)
     if resume is not None:
-        prior_time_s = _restore(run, resume, parts, state)
+        prior_time_s, start_step = _restore(run, resume, parts, state)
     else:
         prior_time_s = 0.0
+        # A continued training checkpoint (official checkpoint-N.pth) starts at a later epoch.
+        state.epoch = recipe.start(run, model, optimizer, scaler)
+        state.global_step = start_step = state.epoch * steps_per_epoch
         # Per-rank randomness (drop path, mixup, non-random masks) from here on.
         seed_all(mix_seed(cfg.run.seed, run.dist.rank))
         recipe.before_training(run, model)
@@ -152,7 +159,7 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
 
     def save_checkpoint(state: LoopState) -> str:
         # Collective in DDP (every rank's RNG is gathered): every rank takes part, the main one writes.
-        payload = _checkpoint_payload(run, parts, state, prior_time_s + (time.perf_counter() - started))
+        payload = _checkpoint_payload(run, parts, state, prior_time_s + (time.perf_counter() - started), start_step)
         if run.is_main:
             ckpt.save_checkpoint(run.out_dir, payload)
             log.info("checkpoint: %s (step %d)", run.out_dir / CHECKPOINT_PTH, state.global_step)
@@ -186,12 +193,12 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
             loader.set_epoch(state.epoch)
             every = cfg.run.eval_every_epochs
             if recipe.evaluates and ((every and state.epoch % every == 0) or state.epoch == section.epochs):
-                val_loader = run.loader(val_set, "eval", micro)
-                eval_result = evaluate(train_model, iter(val_loader), run.device, run.autocast_dtype)
+                eval_result = _evaluate(run, train_model, ema, val_set, micro)
                 if run.is_main:
                     write_record({"step": state.global_step, "epoch": epoch, "val_loss": eval_result["loss"],
-                                  "top1": eval_result["top1"], "top5": eval_result["top5"]})
-                log.info("epoch %d: val top1 %.2f top5 %.2f", epoch, eval_result["top1"], eval_result["top5"])
+                                  **{k: v for k, v in eval_result.items() if k.startswith("top")}})
+                log.info("epoch %d: val top1 %.2f top5 %.2f%s", epoch, eval_result["top1"], eval_result["top5"],
+                         f" (EMA; without: top1 {eval_result['top1_without_ema']:.2f})" if ema is not None else "")
                 train_model.train()
             ctx.last_checkpoint = save_checkpoint(state)
             if stop_reason is not None:
@@ -203,10 +210,12 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
         extra_metrics = {**extra_metrics, **recipe.final_metrics(run, model)}
 
         # ---- save: model.pth, the recipe's outputs, metrics.json last (its presence means the run is complete)
-        metrics = _final_metrics(run, model, state, eval_result, train_time_s, extra_metrics, tracker, resumed_from)
+        metrics = _final_metrics(run, model, state, eval_result, train_time_s, extra_metrics, tracker, resumed_from,
+                                 start_step)
         if run.is_main:
-            if recipe.saves_model:
-                ckpt.save_model(run.out_dir / MODEL_PTH, model, _shareable_config(cfg))
+            if recipe.saves_model:  # with an EMA, its weights: the model that was evaluated
+                ckpt.save_model(run.out_dir / MODEL_PTH, ema.module if ema is not None else model,
+                                _shareable_config(cfg))
             recipe.save_outputs(run, model)
             if tracker is not None:
                 for name in ARTIFACTS:  # metrics.json goes when the tracker finishes
@@ -264,7 +273,7 @@ def _train_cached_probe(run: Run, command: str) -> dict[str, Any]:
         frozen = nn.ModuleList([probe.head] if cfg.linprobe.features == "pixels" else
                                [build_encoder_for_count(cfg), probe.head])
         metrics = _final_metrics(run, frozen, state, {"top1": probe.top1, "top5": probe.top5},
-                                 features.extract_s + probe.time_s, extra, tracker, None)
+                                 features.extract_s + probe.time_s, extra, tracker, None, 0)
         if run.is_main:
             ckpt.atomic_write_text(run.out_dir / METRICS_JSON, json.dumps(metrics, indent=2) + "\n")
         distributed.barrier()
@@ -391,7 +400,18 @@ def _truncate_records(path: Path, global_step: int) -> None:
         ckpt.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def _checkpoint_payload(run: Run, parts: _Trainable, state: LoopState, train_time_s: float) -> dict[str, Any]:
+def _evaluate(run: Run, train_model: nn.Module, ema: nn.Module | None, val_set, micro: int) -> dict[str, float]:
+    """Top-1 / top-5 on the validation split; with an EMA, the EMA's (as the paper reports Table 11's
+    recipe) and the model's own as `top1_without_ema` / `top5_without_ema`."""
+    result = evaluate(train_model, iter(run.loader(val_set, "eval", micro)), run.device, run.autocast_dtype)
+    if ema is None:
+        return result
+    averaged = evaluate(ema.module, iter(run.loader(val_set, "eval", micro)), run.device, run.autocast_dtype)
+    return {**averaged, "top1_without_ema": result["top1"], "top5_without_ema": result["top5"]}
+
+
+def _checkpoint_payload(run: Run, parts: _Trainable, state: LoopState, train_time_s: float,
+                        start_step: int) -> dict[str, Any]:
     rng = ckpt.capture_rng_state()
     if run.dist.distributed:  # every rank's RNG, so that a resumed DDP run continues each rank's stream
         rng_per_rank: list[Any] = [None] * run.dist.world_size
@@ -405,7 +425,9 @@ def _checkpoint_payload(run: Run, parts: _Trainable, state: LoopState, train_tim
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+        "model_ema": parts.ema.state_dict() if parts.ema is not None else None,
         "loop": state.state_dict(),
+        "start_step": start_step,
         "loader": parts.loader.state_dict(),
         "rng_per_rank": rng_per_rank,
         "train_time_s": train_time_s,
@@ -415,8 +437,9 @@ def _checkpoint_payload(run: Run, parts: _Trainable, state: LoopState, train_tim
     }
 
 
-def _restore(run: Run, resume: ckpt.ResumePoint, parts: _Trainable, state: LoopState) -> float:
-    """Load a checkpoint into `parts` and `state`; returns the training time it had already taken."""
+def _restore(run: Run, resume: ckpt.ResumePoint, parts: _Trainable, state: LoopState) -> tuple[float, int]:
+    """Load a checkpoint into `parts` and `state`; returns the training time it had already taken and the
+    step the run started at (0, or the epoch a continued official checkpoint began with)."""
     saved = resume.state
     if saved.get("stage") != run.stage or saved.get("run_id") != run.run_id:
         raise UserError.message("--out", f"{resume.path} belongs to {saved.get('stage')} run "
@@ -433,6 +456,8 @@ def _restore(run: Run, resume: ckpt.ResumePoint, parts: _Trainable, state: LoopS
     parts.scheduler.load_state_dict(saved["scheduler"])
     if parts.scaler is not None and saved.get("scaler"):
         parts.scaler.load_state_dict(saved["scaler"])
+    if parts.ema is not None:
+        parts.ema.load_state_dict(saved["model_ema"])
     state.load_state_dict(saved["loop"])
     parts.loader.load_state_dict(saved["loader"])
     rngs = saved["rng_per_rank"]
@@ -444,12 +469,13 @@ def _restore(run: Run, resume: ckpt.ResumePoint, parts: _Trainable, state: LoopS
         ckpt.restore_rng_state(rngs[run.dist.rank])
     log.info("resumed at epoch %d, step %d of the epoch, global step %d", state.epoch, state.step_in_epoch,
              state.global_step)
-    return float(saved.get("train_time_s", 0.0))
+    return float(saved.get("train_time_s", 0.0)), int(saved.get("start_step", 0))
 
 
 def _final_metrics(run: Run, model: nn.Module, state: LoopState, eval_result: dict[str, float] | None,
-                   train_time_s: float, extra: dict[str, Any], tracker, resumed_from: int | None) -> dict[str, Any]:
-    """metrics.json's content."""
+                   train_time_s: float, extra: dict[str, Any], tracker, resumed_from: int | None,
+                   start_step: int) -> dict[str, Any]:
+    """metrics.json's content (`images_per_s` over the steps this run took, from `start_step`)."""
     metrics: dict[str, Any] = {
         "stage": run.stage,
         "run_id": run.run_id,
@@ -459,10 +485,10 @@ def _final_metrics(run: Run, model: nn.Module, state: LoopState, eval_result: di
         "final_loss": state.last_loss,
     }
     if eval_result is not None:
-        metrics["top1"], metrics["top5"] = eval_result["top1"], eval_result["top5"]
+        metrics.update({k: v for k, v in eval_result.items() if k.startswith("top")})
     metrics.update({
         "train_time_s": train_time_s,
-        "images_per_s": state.global_step * run.section.batch_size / max(train_time_s, 1e-9),
+        "images_per_s": (state.global_step - start_step) * run.section.batch_size / max(train_time_s, 1e-9),
         **extra,
         "num_params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),

@@ -142,17 +142,19 @@ def check_request(mask_ratios: Sequence[float], num_images: int, seed: int, devi
 
 
 def visualize_checkpoint(checkpoint: str | Path, out: str | Path, *, mask_ratios: Sequence[float] = (0.75, 0.85, 0.95),
-                         num_images: int = 4, seed: int = 0, device: str = "cpu") -> Path:
+                         num_images: int = 4, seed: int = 0, device: str = "cpu", overrides: Sequence[str] = ()) -> Path:
     """Rebuild the model stored in a pretraining `model.pth`, take `num_images` validation images of
     its dataset and draw the reconstruction grid.
 
     Args:
-        checkpoint: a `model.pth` written by `mae pretrain` (it carries the config).
+        checkpoint: a `model.pth` written by `mae pretrain` (it carries the config), or an official
+            training checkpoint-N.pth (its `args` give the model and the data folder).
         out: the PNG to write.
         mask_ratios: column groups.
         num_images: rows.
         seed: mask seed.
         device: where to run the model.
+        overrides: `section.key=value` changes to the checkpoint's config (e.g. `data.root=...`).
     """
     from mae.checkpoint import load_model_state
     from mae.config import Config
@@ -163,7 +165,7 @@ def visualize_checkpoint(checkpoint: str | Path, out: str | Path, *, mask_ratios
     state_dict, config = load_model_state(checkpoint)
     if not config or "model" not in config:
         raise UserError.message("--checkpoint", f"{checkpoint} carries no config: use a model.pth written by `mae pretrain`")
-    cfg = Config.from_dict(config, source=str(checkpoint)).resolved()
+    cfg = Config.from_dict(config, source=str(checkpoint)).with_overrides(overrides).resolved()
     model = build_mae(cfg.model)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:

@@ -177,7 +177,8 @@ VALID = {"model.arch": "mae_vit_base_patch16_dec512d8b", "model.mask_sampling": 
          "model.mask_ratio": 0.5, "pretrain.betas": [0.9, 0.99], "model.pca_components": 48,
          "finetune.layer_decay": 0.5, "finetune.reprob": 0.5, "data.num_classes": 1000, "model.num_heads": 8,
          "model.decoder_num_heads": 8, "model.depth": 3, "model.decoder_depth": 3, "model.mlp_ratio": 2.0,
-         "tracking.uri": "http://x", "tracking.run_name": "r", "linprobe.features": "cached", "data.val_split": 1000}
+         "tracking.uri": "http://x", "tracking.run_name": "r", "linprobe.features": "cached", "data.val_split": 1000,
+         "pretrain.checkpoint": "/x.pth", "finetune.ema_decay": 0.9999}
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune", "linprobe"])

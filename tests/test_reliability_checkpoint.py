@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from test_reliability_common import (LONG_SMOKE, assert_no_finished_outputs, assert_same_run, fault,  # noqa: F401
-                                     metrics, pretrain_cmd, reference_run, run, run_many)
+from test_reliability_common import (LONG_SMOKE, MAE, SMOKE, assert_no_finished_outputs, assert_same_run,  # noqa: F401
+                                     fault, metrics, one_error_line, pretrain_cmd, reference_run, run, run_many)
 
 STOP = 12  # checkpoints at 10 (every 5) and at 12 (stop): checkpoint.pth = step 12, prev = step 10
 
@@ -149,3 +149,47 @@ def test_failed_checkpoint_write_leaves_no_temporary(tmp_path, monkeypatch, faul
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
     assert ckpt.load_checkpoint(tmp_path / "checkpoint.pth")["loop"] == {"step": 1}
     fault.observe(f"{info.value.strerror} at {Path(info.value.filename).name}; folder holds only checkpoint.pth (step 1)")
+
+
+def test_official_training_checkpoint_through_the_cli(tmp_path, fault):
+    """#19 item 6: an official main_pretrain.py checkpoint-N.pth (model, optimizer, epoch, scaler, args) is
+    taken by every command that reads weights; one with any other non-tensor type is refused in one line."""
+    import argparse
+    import functools
+
+    import torch
+
+    from official_checkpoints import official_pretraining_checkpoint
+    fault.describe("checkpoint", "official checkpoint-0.pth (args as argparse.Namespace) given to finetune, "
+                   "linprobe, visualize and pretrain (pretrain.checkpoint); the same file with a set or a "
+                   "functools.partial added", "the four commands complete (pretraining continues at epoch 1); "
+                   "the altered files: exit 2, one line, nothing finished-looking written")
+    official = tmp_path / "checkpoint-0.pth"
+    official_pretraining_checkpoint(official, epoch=0, target="pixel", epochs=2)
+    bad = {}
+    for name, extra in (("set", {"classes": {1, 2}}), ("partial", {"loader": functools.partial(int, "3")})):
+        state = torch.load(official, weights_only=False)  # the test's own file
+        bad[name] = tmp_path / f"checkpoint-{name}.pth"
+        torch.save({**state, "args": argparse.Namespace(**vars(state["args"]), **extra)}, bad[name])
+    common = ["--config", str(SMOKE), "tracking.enabled=false", "run.threads=1"]
+    cmds = {
+        "finetune": [MAE, "finetune", *common, "--out", str(tmp_path / "ft"), f"finetune.checkpoint={official}"],
+        "linprobe": [MAE, "linprobe", *common, "--out", str(tmp_path / "lin"), f"linprobe.checkpoint={official}"],
+        "visualize": [MAE, "visualize", "--checkpoint", str(official), "--out", str(tmp_path / "recon.png"),
+                      "--num-images", "2", "data.name=synthetic"],
+        "pretrain": [MAE, "pretrain", *common, "--out", str(tmp_path / "pt"), f"pretrain.checkpoint={official}"],
+        "set": [MAE, "finetune", *common, "--out", str(tmp_path / "bad-set"), f"finetune.checkpoint={bad['set']}"],
+        "partial": [MAE, "pretrain", *common, "--out", str(tmp_path / "bad-partial"),
+                    f"pretrain.checkpoint={bad['partial']}"],
+    }
+    results = dict(zip(cmds, run_many(list(cmds.values()))))
+    for name in ("finetune", "linprobe", "visualize", "pretrain"):
+        assert results[name].returncode == 0, results[name].explain()
+    assert (tmp_path / "recon.png").stat().st_size > 1000
+    assert "at epoch 1 of 2: weights, AdamW moments" in (tmp_path / "pt" / "train.log").read_text()
+    lines = {name: one_error_line(results[name], 2, [bad[name].name, "refused"]) for name in ("set", "partial")}
+    assert "holds a set at ['args']['classes']" in lines["set"] and "arbitrary code" in lines["partial"]
+    for name in ("set", "partial"):
+        assert_no_finished_outputs(tmp_path / f"bad-{name}")
+    fault.observe(f"finetune / linprobe / visualize / pretrain exit 0; set: {lines['set'][:120]}...; partial: "
+                  f"{lines['partial'][:100]}...")
