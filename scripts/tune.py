@@ -133,7 +133,8 @@ def report(spec: dict, rows: pd.DataFrame) -> str:
              f"Each run trains on the training images minus {spec['base']['data.val_split']:,} held out and is "
              "scored on those held-out images (top-1 %); the test set is not read. The winner (**bold**) is "
              "the best mean of the sweep's last stage. Time: training seconds of the whole chain "
-             "(pretraining + k-NN + fine-tuning / probe) on one thread.", ""]
+             "(pretraining + k-NN + fine-tuning / probe) on one thread, as measured: a machine shared with "
+             "other work gives longer times, so they say what a sweep cost, not the preset's speed.", ""]
     for sweep in spec["sweeps"]:
         part = rows[rows.sweep == sweep["name"]]
         if part.empty:
