@@ -141,6 +141,11 @@ SwitchType=switch/none
 MailProg=/bin/true
 ReturnToService=2
 SchedulerType=sched/backfill
+# Speed for a test cluster, not a site's values: a requeued job may start again cred_expire seconds
+# after its requeue (default 120), and a job that became eligible waits for the next scheduling pass
+# (sched_interval 60 s, bf_interval 30 s). The chained-segments test requeues a job every minute.
+AuthInfo=cred_expire=10
+SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=500

@@ -79,6 +79,14 @@ def get_threads(stage):
     return config["resources"][PRESET][stage]["threads"]
 
 
+def get_slurm_extra():
+    """sbatch options of every training job (the SLURM plugin's `slurm_extra`; ignored elsewhere): SIGUSR1
+    before the time limit, and --requeue so the job may requeue itself at that signal (rules/train.smk)
+    even where the site's JobRequeue=0 makes jobs non-requeueable. A rule resource, not a profile's
+    default-resources: a site's own default-resources (partition, account) replace that whole list."""
+    return f"--signal=USR1@{config['slurm_signal_before_s']} --requeue"
+
+
 def _executable(name):
     """`name` from PATH, else from the environment that runs Snakemake (.venv/bin need not be on PATH)."""
     return shutil.which(name) or str(Path(sys.executable).parent / name)
