@@ -15,7 +15,7 @@ from workflow.results.figures import figure_stems, read_ablation_files
 
 ROOT = Path(workflow.main_snakefile).parent  # the repository: presets, ablations, paper numbers
 
-# Inside a SLURM job, `scancel --signal=USR1`, the profile's `--signal=USR1@300` (time limit ahead) and
+# Inside a SLURM job, `scancel --signal=USR1`, the training jobs' `--signal=USR1@300` (time limit ahead) and
 # the SIGTERM of a cancel, preemption or requeue reach every process of the job step: the jobstep
 # `python -m snakemake` that parses this file, the job's bash and `mae` (or torchrun and its workers).
 # Only `mae` acts on them: it checkpoints and exits 75 for the retry. The others ignore them, so that

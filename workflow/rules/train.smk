@@ -53,9 +53,9 @@ def training_rule(stage):
             "rm -f {log}.exit2; "
             f"{{params.launcher}} {stage} --config {{input.config}} --out {{params.out_dir}} > {{log}} 2>&1 "
             "|| {{ code=$?; if [ $code -eq 2 ]; then touch {log}.exit2; fi; "
-            "if [ $code -eq 75 ] && [ -n \"${{SLURM_JOB_ID:-}}\" ] "
-            "&& [ \"$(squeue -h -j $SLURM_JOB_ID -o %T)\" = RUNNING ] && scontrol requeue $SLURM_JOB_ID >> {log} 2>&1; "
-            "then echo \"exit 75: requeued SLURM job $SLURM_JOB_ID, the next allocation resumes\" >> {log}; fi; "
+            "if [ $code -eq 75 ] && [ -n \"${{SLURM_JOB_ID:-}}\" ] && [ \"$(squeue -h -j $SLURM_JOB_ID -o %T)\" = RUNNING ]; "
+            "then echo \"exit 75: requeueing SLURM job $SLURM_JOB_ID, the next allocation resumes\" >> {log}; "
+            "scontrol requeue $SLURM_JOB_ID >> {log} 2>&1 || true; fi; "
             "exit $code; }}"
 
 
