@@ -132,3 +132,47 @@ def test_run_longer_than_the_time_limit_chains_allocations_and_equals_an_uninter
     print(f"{speed:.1f} steps/s measured -> {done['steps']} steps; {segments} allocations of job(s) "
           f"{','.join(submitted)} ({', '.join(f'{s} {e}' for _, s, _, _, e in rows)}); checkpointed at steps "
           f"{', '.join(signalled)}; {tensors} tensors torch.equal to the uninterrupted run; {seconds:.0f} s")
+
+
+def test_a_cancelled_job_does_not_requeue_itself(slurm_cluster, tmp_path):
+    """`scancel` sends SIGTERM too: `mae` checkpoints and exits 75 as at the time-limit signal, but the job
+    is COMPLETING by then, so the rule does not requeue it (a naive `scontrol requeue` at exit 75 brings a
+    cancelled job back: measured). The job stays CANCELLED. (The plugin, 2.8.0, does not take sacct's
+    "CANCELLED by 0" for a failure and waits on: the test stops Snakemake itself.)"""
+    copy = workflow_copy(tmp_path / "wf").resolve()
+    (copy / "ablations" / f"{ABLATION}.yaml").write_text(ablation_yaml(epochs=200))
+    log = tmp_path / "snakemake.log"
+    cmd = ["timeout", "-k", "30", "600", str(VENV_BIN / "snakemake"), "--profile", "slurm", "--config", "preset=smoke",
+           f"ablations=[{ABLATION}]", "--until", "pretrain", "--retries", "0",
+           "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3"]
+    proc = subprocess.Popen(cmd, cwd=copy, env=slurm_cluster.env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    job = None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and job is None:
+            runs = list((copy / "runs" / "smoke" / "pretrain").glob("*/metrics.jsonl"))
+            submitted = re.findall(r"submitted with SLURM jobid (\d+)", log.read_text())
+            if submitted and runs and len(read_jsonl(runs[0])) >= 5:
+                job = submitted[0]
+            time.sleep(0.5)
+        assert job is not None, f"the pretrain job never got going:\n{tail(log, 40)}"
+        subprocess.run(["scancel", job], env=slurm_cluster.env, check=True, timeout=60)
+        time.sleep(20)  # past cred_expire (10 s) and a scheduling pass: a requeued job would be back by now
+        queued = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True,
+                                env=slurm_cluster.env, timeout=60).stdout.split()
+    finally:
+        proc.terminate()  # `timeout` passes SIGTERM on to Snakemake
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert not set(queued) & {"PENDING", "RUNNING", "REQUEUED"}, (job, queued)
+    (run_dir,) = (copy / "runs" / "smoke" / "pretrain").iterdir()
+    assert "received SIGTERM: checkpointed at step" in (run_dir / "train.log").read_text()
+    assert "requeueing SLURM job" not in (copy / "runs/smoke/logs/pretrain" / f"{run_dir.name}.log").read_text()
+    deadline = time.monotonic() + 60
+    # one allocation, ended "CANCELLED by 0" (no REQUEUED record before it)
+    while not re.fullmatch(r"CANCELLED( by \d+)?", states := slurm_cluster.sacct(
+            "-X", "-D", "-n", "-P", "-j", job, "-o", "State").strip()):
+        assert time.monotonic() < deadline, states
+        time.sleep(2)
