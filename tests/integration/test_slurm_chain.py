@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -50,6 +52,18 @@ def steps_per_second(tmp: Path) -> float:
     return sum(speeds) / len(speeds) / BATCH
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """End a Snakemake started in its own session: SIGTERM (it cancels its SLURM jobs), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
 def ablation_yaml(epochs: int) -> str:
     return yaml.safe_dump({
         "title": "time-limit chain: one pretraining cell longer than its 1-minute SLURM time limit",
@@ -75,7 +89,8 @@ def test_run_longer_than_the_time_limit_chains_allocations_and_equals_an_uninter
            "--set-resources", "pretrain:runtime=1", "--until", "pretrain",
            "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3"]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=copy, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=copy, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     reference = None
     try:
         # The uninterrupted reference runs meanwhile (outside SLURM), from the config the workflow rendered
@@ -92,8 +107,7 @@ def test_run_longer_than_the_time_limit_chains_allocations_and_equals_an_uninter
             time.sleep(1)
         code = proc.wait(TIMEOUT_S + 60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
         out = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], capture_output=True, text=True, env=env).stdout
         leftovers = [line.split("|")[0] for line in out.splitlines() if line.split("|")[-1] == str(copy)]
         if leftovers:
@@ -145,7 +159,8 @@ def test_a_cancelled_job_does_not_requeue_itself(slurm_cluster, tmp_path):
     cmd = ["timeout", "-k", "30", "600", str(VENV_BIN / "snakemake"), "--profile", "slurm", "--config", "preset=smoke",
            f"ablations=[{ABLATION}]", "--until", "pretrain", "--retries", "0",
            "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3"]
-    proc = subprocess.Popen(cmd, cwd=copy, env=slurm_cluster.env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=copy, env=slurm_cluster.env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     job = None
     try:
         deadline = time.monotonic() + 300
@@ -161,11 +176,7 @@ def test_a_cancelled_job_does_not_requeue_itself(slurm_cluster, tmp_path):
         queued = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True,
                                 env=slurm_cluster.env, timeout=60).stdout.split()
     finally:
-        proc.terminate()  # `timeout` passes SIGTERM on to Snakemake
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     assert not set(queued) & {"PENDING", "RUNNING", "REQUEUED"}, (job, queued)
     (run_dir,) = (copy / "runs" / "smoke" / "pretrain").iterdir()
     assert "received SIGTERM: checkpointed at step" in (run_dir / "train.log").read_text()
