@@ -333,9 +333,10 @@ stop_pid() {  # stop_pid NAME: TERM, wait up to 20 s, then KILL.
 
 stop() {
   local any=0 d f
-  for d in "${nodes[@]/#/slurmd-}" slurmctld slurmdbd mariadbd munged; do [ -f "$run/$d.pid" ] && any=1; done
+  for d in "${nodes[@]/#/slurmd-}" slurmd slurmctld slurmdbd mariadbd munged; do [ -f "$run/$d.pid" ] && any=1; done
   [ $any -eq 1 ] || { say "nothing to stop (state dir $state)"; }
   for d in "${nodes[@]}"; do stop_pid "slurmd-$d"; done
+  stop_pid slurmd   # run/slurmd.pid: a cluster started by the single-node version of this script
   stop_pid slurmctld
   stop_pid slurmdbd
   stop_pid mariadbd
