@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster on this Debian 12 machine, for the integration tests and for
-# running the workflow with `snakemake --profile slurm` on one box. No systemd: every daemon is
-# started by hand, keeps a pid file under the state dir and is stopped by pid, in reverse order.
+# A real SLURM cluster on this Debian 12 machine, for the integration tests and for running the
+# workflow with `snakemake --profile slurm` on one box. It looks like a site's cluster: two nodes
+# (node1, node2: two slurmd daemons on this machine, each with all its CPUs), a partition `batch`
+# (the default, not `debug`) and accounting that enforces associations: a job runs only under an
+# account its user belongs to (root: `general`, its default, and the project account `mae`). No
+# systemd: every daemon is started by hand, keeps a pid file under the state dir and is stopped by pid,
+# in reverse order.
 #
-#   scripts/slurm_cluster.sh start  [--state-dir DIR]   # munged, mariadbd, slurmdbd, slurmctld, slurmd
-#   scripts/slurm_cluster.sh status [--state-dir DIR]   # exit 0 when the node is up and sacct works
+#   scripts/slurm_cluster.sh start  [--state-dir DIR]   # munged, mariadbd, slurmdbd, slurmctld, 2 slurmd
+#   scripts/slurm_cluster.sh status [--state-dir DIR]   # exit 0 when both nodes are up and sacct works
 #   scripts/slurm_cluster.sh stop   [--state-dir DIR]
 #
 # State dir (default .services/slurm in the repo): etc/ (slurm.conf, slurmdbd.conf), run/ (pids,
 # sockets), log/, spool/, mysql/ (a private MariaDB on 127.0.0.1:$MAE_SLURM_DB_PORT, default 33306).
+# Ports: slurmctld 6817, slurmd 6818 (node1) and 6820 (node2), slurmdbd 6819.
 # Needs root: the daemons run as SlurmUser=root, and the jobstep plugin strips SLURM_CONF inside jobs,
 # so /etc/slurm/slurm.conf must be a symlink to the generated file (docs: shared/notes/local-slurm.md).
 # Daemons bind loopback (CommunicationParameters=NoCtldInAddrAny,NoInAddrAny; MariaDB 127.0.0.1).
@@ -33,6 +38,13 @@ db_port=${MAE_SLURM_DB_PORT:-33306}
 cluster=${MAE_SLURM_CLUSTER:-maelocal}
 etc=$state/etc; run=$state/run; logd=$state/log; spool=$state/spool; dbdir=$state/mysql
 conf=$etc/slurm.conf; dbdconf=$etc/slurmdbd.conf
+# Two nodes on one machine: slurmd -N NAME reads its own NodeName line (Port=, and %n in the spool, pid
+# and log paths). Ports are fixed: one cluster per machine.
+nodes=(node1 node2)
+declare -A node_port=([node1]=6818 [node2]=6820)
+partition=batch
+default_account=general       # root's default account: a job without --account runs under it
+project_account=mae           # a second account, as a site's project: the tests name it explicitly
 export SLURM_CONF=$conf
 t0=$(date +%s%N)
 
@@ -51,7 +63,8 @@ wait_for() {
   done
 }
 
-node_idle() { sinfo -h -N -n localhost -o '%T' 2>/dev/null | grep -qx 'idle'; }
+# node_states: "node1 idle" lines, one per node.
+node_states() { timeout 20 sinfo -h -N -o '%N %T' 2>/dev/null | sort -u; }
 sacct_works() { sacct -n -X -S now-1hours -o JobID >/dev/null 2>&1; }
 munge_works() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -62,14 +75,17 @@ show_log_tail() { [ -f "$1" ] && { echo "--- last lines of $1:" >&2; tail -n 20 
 # ---------------------------------------------------------------------------------------------------
 status() {
   local ok=0 d
-  for d in mariadbd slurmdbd slurmctld slurmd; do
+  for d in mariadbd slurmdbd slurmctld "${nodes[@]/#/slurmd-}"; do
     if pid_alive "$run/$d.pid"; then echo "$d: running (pid $(cat "$run/$d.pid"))"; else echo "$d: stopped"; ok=1; fi
   done
   # sinfo/sacct retry for many seconds against a dead daemon: only ask them when the daemons run.
   [ $ok -eq 0 ] || { echo "cluster: down (state dir $state)"; return 1; }
   if munge_works; then echo "munge: ok"; else echo "munge: not working"; return 1; fi
-  local st; st=$(timeout 20 sinfo -h -N -n localhost -o '%T' 2>/dev/null || true)
-  case "$st" in idle|mixed|allocated|completing) echo "node localhost: $st" ;; *) echo "node localhost: not up (${st:-no answer})"; ok=1 ;; esac
+  local n st states; states=$(node_states || true)
+  for n in "${nodes[@]}"; do
+    st=$(awk -v n="$n" '$1 == n {print $2}' <<<"$states")
+    case "$st" in idle|mixed|allocated|completing) echo "node $n: $st" ;; *) echo "node $n: not up (${st:-no answer})"; ok=1 ;; esac
+  done
   if timeout 20 sacct -n -X -S now-1hours -o JobID >/dev/null 2>&1; then echo "sacct: ok"; else echo "sacct: not working"; ok=1; fi
   return $ok
 }
@@ -88,7 +104,7 @@ install_packages() {
 }
 
 write_configs() {
-  mkdir -p "$etc" "$run" "$logd" "$spool/ctld" "$spool/d"
+  mkdir -p "$etc" "$run" "$logd" "$spool/ctld" "${nodes[@]/#/$spool/d-}"
   # Node size from the hardware; RealMemory a little below the total so slurmd does not drain the node.
   local hw cpus mem gres="" grestypes=""
   hw=$(slurmd -C | head -1)
@@ -101,8 +117,9 @@ write_configs() {
     ngpu=$(find /dev -maxdepth 1 -regex '/dev/nvidia[0-9]+' | wc -l)
   fi
   if [ "$ngpu" -gt 0 ]; then
+    # The GPUs belong to node1 only: two nodes claiming the same devices would hand each GPU out twice.
     grestypes="GresTypes=gpu"; gres="Gres=gpu:$ngpu"
-    echo "Name=gpu File=/dev/nvidia[0-$((ngpu - 1))]" >"$etc/gres.conf"
+    echo "NodeName=${nodes[0]} Name=gpu File=/dev/nvidia[0-$((ngpu - 1))]" >"$etc/gres.conf"
   else
     rm -f "$etc/gres.conf"
   fi
@@ -124,25 +141,34 @@ SwitchType=switch/none
 MailProg=/bin/true
 ReturnToService=2
 SchedulerType=sched/backfill
+# Speed for a test cluster, not a site's values: a requeued job may start again cred_expire seconds
+# after its requeue (default 120), and a job that became eligible waits for the next scheduling pass
+# (sched_interval 60 s, bf_interval 30 s). The chained-segments test requeues a job every minute.
+AuthInfo=cred_expire=10
+SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=500
 MinJobAge=600
 SlurmdTimeout=300
 StateSaveLocation=$spool/ctld
-SlurmdSpoolDir=$spool/d
+SlurmdSpoolDir=$spool/d-%n
 SlurmctldPidFile=$run/slurmctld.pid
-SlurmdPidFile=$run/slurmd.pid
+SlurmdPidFile=$run/slurmd-%n.pid
 SlurmctldLogFile=$logd/slurmctld.log
-SlurmdLogFile=$logd/slurmd.log
+SlurmdLogFile=$logd/slurmd-%n.log
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
+# As at a site: a job needs an association (user + account); an unknown --account is refused at sbatch.
+AccountingStorageEnforce=associations
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 $grestypes
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem $gres State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+$(for n in "${nodes[@]}"; do
+  echo "NodeName=$n NodeHostname=localhost NodeAddr=127.0.0.1 Port=${node_port[$n]} CPUs=$cpus RealMemory=$mem $([ "$n" = "${nodes[0]}" ] && echo "$gres") State=UNKNOWN"
+done)
+PartitionName=$partition Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
   mv "$conf.tmp" "$conf"
 
@@ -234,23 +260,40 @@ start_slurmctld() {
   wait_for 30 "slurmctld" scontrol ping || { show_log_tail "$logd/slurmctld.log"; die "slurmctld does not answer"; }
 }
 
-start_slurmd() {
-  if pid_alive "$run/slurmd.pid"; then say "slurmd: already running"; return 0; fi
-  say "slurmd: starting"
-  /usr/sbin/slurmd || { show_log_tail "$logd/slurmd.log"; die "slurmd failed to start"; }
+start_slurmd() {  # start_slurmd NODE
+  local n=$1
+  if pid_alive "$run/slurmd-$n.pid"; then say "slurmd $n: already running"; return 0; fi
+  say "slurmd $n: starting (port ${node_port[$n]})"
+  /usr/sbin/slurmd -N "$n" || { show_log_tail "$logd/slurmd-$n.log"; die "slurmd -N $n failed to start"; }
   # slurmd writes its pid file slightly after forking.
-  wait_for 15 "slurmd pid file" test -s "$run/slurmd.pid" || { show_log_tail "$logd/slurmd.log"; die "slurmd did not start"; }
+  wait_for 15 "slurmd $n pid file" test -s "$run/slurmd-$n.pid" || { show_log_tail "$logd/slurmd-$n.log"; die "slurmd -N $n did not start"; }
+}
+
+# The associations AccountingStorageEnforce=associations asks for: accounts general and mae, root in
+# both (general its default). sacctmgr -i commits without asking; an existing entry is left as is.
+add_associations() {
+  local a
+  for a in "$default_account" "$project_account"; do
+    if [ -z "$(sacctmgr -n -P list account "$a" format=account 2>/dev/null)" ]; then
+      sacctmgr -i -Q add account "$a" cluster="$cluster" description="$a" organization=mae-harness >/dev/null \
+        || die "sacctmgr could not add account $a"
+    fi
+  done
+  if [ -z "$(sacctmgr -n -P list assoc user=root account="$project_account" format=account 2>/dev/null)" ]; then
+    sacctmgr -i -Q add user root account="$default_account","$project_account" \
+      defaultaccount="$default_account" cluster="$cluster" >/dev/null || die "sacctmgr could not add user root"
+  fi
 }
 
 start() {
   [ "$(id -u)" -eq 0 ] || die "needs root (daemons run as SlurmUser=root; /etc/slurm/slurm.conf is a symlink)"
   install_packages
   if status >/dev/null 2>&1; then say "cluster already up (state dir $state)"; return 0; fi
-  say "starting a single-node cluster (state dir $state)"
+  say "starting a two-node cluster (state dir $state)"
   # Another cluster (another state dir) would hold the SLURM ports: say so instead of failing later.
   local port
-  for port in 6817 6818 6819; do
-    if port_open "$port" && ! pid_alive "$run/slurmctld.pid" && ! pid_alive "$run/slurmd.pid" && ! pid_alive "$run/slurmdbd.pid"; then
+  for port in 6817 6818 6819 6820; do
+    if port_open "$port" && ! pid_alive "$run/slurmctld.pid" && ! pid_alive "$run/slurmd-node1.pid" && ! pid_alive "$run/slurmdbd.pid"; then
       die "port $port is in use by another process (another cluster? stop it first)"
     fi
   done
@@ -259,15 +302,21 @@ start() {
   start_mariadb
   start_slurmdbd
   start_slurmctld
-  start_slurmd
+  local n
+  for n in "${nodes[@]}"; do start_slurmd "$n"; done
   # A node left DOWN/DRAIN by an earlier unclean stop comes back with ReturnToService=2; nudge it anyway.
-  wait_for 60 "node localhost to be idle" bash -c '
-    st=$(sinfo -h -N -n localhost -o %T 2>/dev/null)
-    case "$st" in idle) exit 0 ;; down*|drain*) scontrol update nodename=localhost state=resume ;; esac
-    exit 1' || { status >&2 || true; show_log_tail "$logd/slurmd.log"; show_log_tail "$logd/slurmctld.log"; die "node did not become idle"; }
+  wait_for 60 "nodes ${nodes[*]} to be idle" bash -c '
+    idle=0
+    while read -r n st; do
+      case "$st" in idle) idle=$((idle + 1)) ;; down*|drain*) scontrol update nodename="$n" state=resume ;; esac
+    done < <(sinfo -h -N -o "%N %T" 2>/dev/null | sort -u)
+    [ "$idle" -eq '"${#nodes[@]}"' ]' \
+    || { status >&2 || true; for n in "${nodes[@]}"; do show_log_tail "$logd/slurmd-$n.log"; done
+         show_log_tail "$logd/slurmctld.log"; die "the nodes did not become idle"; }
   wait_for 60 "sacct (slurmctld registering with slurmdbd)" sacct_works \
     || { show_log_tail "$logd/slurmdbd.log"; die "sacct does not work"; }
-  say "cluster up: node localhost idle ($(sinfo -h -N -n localhost -o '%c CPUs, %m MB')), sacct ok"
+  add_associations
+  say "cluster up: partition $partition, nodes $(sinfo -h -N -o '%N (%c CPUs, %m MB)' | sort -u | paste -sd ' '), accounts $default_account (default) and $project_account, sacct ok"
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -284,9 +333,10 @@ stop_pid() {  # stop_pid NAME: TERM, wait up to 20 s, then KILL.
 
 stop() {
   local any=0 d f
-  for d in slurmd slurmctld slurmdbd mariadbd munged; do [ -f "$run/$d.pid" ] && any=1; done
+  for d in "${nodes[@]/#/slurmd-}" slurmd slurmctld slurmdbd mariadbd munged; do [ -f "$run/$d.pid" ] && any=1; done
   [ $any -eq 1 ] || { say "nothing to stop (state dir $state)"; }
-  stop_pid slurmd
+  for d in "${nodes[@]}"; do stop_pid "slurmd-$d"; done
+  stop_pid slurmd   # run/slurmd.pid: a cluster started by the single-node version of this script
   stop_pid slurmctld
   stop_pid slurmdbd
   stop_pid mariadbd

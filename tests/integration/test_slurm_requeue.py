@@ -99,7 +99,7 @@ def hit_workflow(request, slurm_cluster, tmp_path_factory) -> dict:
 def test_slurm_signal_or_requeue_mid_run_completes_equal(hit_workflow, tmp_path, fault):
     h = hit_workflow
     fault.describe("SLURM", f"`{h['action']} JOBID` on the running pretrain job of a workflow "
-                   "(snakemake --profile slurm, retries from profiles/default)",
+                   "(snakemake --profile slurm)",
                    "the workflow completes; the run resumed from a checkpoint; weights and metrics equal "
                    "to an undisturbed run")
     assert h["job"] is not None, f"no running job reached step 10\n{h['log'].read_text()[-4000:]}"
@@ -121,8 +121,8 @@ def test_slurm_signal_or_requeue_mid_run_completes_equal(hit_workflow, tmp_path,
 def test_slurm_signalled_mae_checkpoints_at_the_signal(hit_workflow, fault):
     """The jobstep snakemake and the job's shell ignore SIGUSR1 and SIGTERM (workflow/rules/common.smk),
     so `mae` is the one process of the step that acts on them: it checkpoints at the signalled step, exits
-    75, and the retry (the SLURM retry for USR1, the requeued job for a requeue's SIGTERM) resumes from
-    exactly that step: nothing is recomputed."""
+    75, and the next allocation (the job requeues itself after USR1; after an outside requeue's SIGTERM,
+    that requeue's) resumes from exactly that step: nothing is recomputed."""
     h = hit_workflow
     signal_name = "SIGUSR1" if h["action"].startswith("scancel") else "SIGTERM"  # a requeue terminates the step
     fault.describe("SLURM", f"`{h['action']} JOBID`: how the hit job step ends",
@@ -142,9 +142,9 @@ def test_slurm_signalled_mae_checkpoints_at_the_signal(hit_workflow, fault):
 
 def test_slurm_and_mariadb_listen_on_loopback_only(slurm_cluster, fault):
     import psutil
-    fault.describe("security", "scripts/slurm_cluster.sh daemons: slurmctld 6817, slurmd 6818, slurmdbd 6819, "
-                   "MariaDB 33306", "every listening socket on those ports is bound to 127.0.0.1")
-    ports = {6817: "slurmctld", 6818: "slurmd", 6819: "slurmdbd", 33306: "mariadb"}
+    fault.describe("security", "scripts/slurm_cluster.sh daemons: slurmctld 6817, slurmd 6818 (node1) and 6820 "
+                   "(node2), slurmdbd 6819, MariaDB 33306", "every listening socket on those ports is bound to 127.0.0.1")
+    ports = {6817: "slurmctld", 6818: "slurmd node1", 6820: "slurmd node2", 6819: "slurmdbd", 33306: "mariadb"}
     found = {}
     for c in psutil.net_connections(kind="inet"):
         if c.status == psutil.CONN_LISTEN and c.laddr.port in ports:

@@ -1,4 +1,4 @@
-"""The smoke workflow through a real single-node SLURM cluster (`snakemake --profile slurm`), tracked
+"""The smoke workflow through the real local SLURM cluster (`snakemake --profile slurm`), tracked
 by a real MLflow server: every job is COMPLETED in `sacct`, and each run folder's metrics.json and
 MLflow tags carry the SLURM job id it ran under.
 
@@ -86,7 +86,7 @@ def test_smoke_workflow_through_slurm(slurm_cluster, mlflow_server, tmp_path):
            str(snakemake), "--profile", "slurm",
            "--config", "preset=smoke", f"ablations=[{ABLATION}]", f"mlflow_uri={mlflow_server.uri}",
            "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "5",
-           "--retries", "0", "--slurm-no-account"]  # this cluster has no accounts (pitfall 5)
+           "--retries", "0", "--slurm-no-account"]  # no --account: jobs run under root's default account
     t0 = time.monotonic()
     try:
         with open(log, "w") as f:

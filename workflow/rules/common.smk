@@ -15,7 +15,7 @@ from workflow.results.figures import figure_stems, read_ablation_files
 
 ROOT = Path(workflow.main_snakefile).parent  # the repository: presets, ablations, paper numbers
 
-# Inside a SLURM job, `scancel --signal=USR1`, the profile's `--signal=USR1@300` (time limit ahead) and
+# Inside a SLURM job, `scancel --signal=USR1`, the training jobs' `--signal=USR1@300` (time limit ahead) and
 # the SIGTERM of a cancel, preemption or requeue reach every process of the job step: the jobstep
 # `python -m snakemake` that parses this file, the job's bash and `mae` (or mae.launch, which passes
 # them on to its torchrun workers). Only `mae` acts on them: it checkpoints and exits 75 for the retry.
@@ -85,6 +85,14 @@ def get_resources(stage):
 
 def get_threads(stage):
     return config["resources"][PRESET][stage]["threads"]
+
+
+def get_slurm_extra():
+    """sbatch options of every training job (the SLURM plugin's `slurm_extra`; ignored elsewhere): SIGUSR1
+    before the time limit, and --requeue so the job may requeue itself at that signal (rules/train.smk)
+    even where the site's JobRequeue=0 makes jobs non-requeueable. A rule resource, not a profile's
+    default-resources: a site's own default-resources (partition, account) replace that whole list."""
+    return f"--signal=USR1@{config['slurm_signal_before_s']} --requeue"
 
 
 def _executable(name):
