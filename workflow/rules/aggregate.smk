@@ -13,8 +13,6 @@ rule collect_runs:
         ablation_runs=get_ablation_runs(),
     log:
         f"{RUNS}/logs/collect_runs.log",
-    conda:
-        "../../environment.yml"
     script:
         "../scripts/collect_runs.py"
 
@@ -32,8 +30,6 @@ rule make_tables:
         paper_dir=str(ROOT / "paper"),
     log:
         f"{RUNS}/logs/make_tables.log",
-    conda:
-        "../../environment.yml"
     script:
         "../scripts/make_tables.py"
 
@@ -50,7 +46,5 @@ rule make_figures:
         paper_dir=str(ROOT / "paper"),
     log:
         f"{RUNS}/logs/make_figures.log",
-    conda:
-        "../../environment.yml"
     script:
         "../scripts/make_figures.py"

@@ -8,8 +8,6 @@ rule render_config:
         data=get_rendered_config,
     log:
         f"{RUNS}/logs/render_config/{{stage}}/{{run_id}}.log",
-    conda:
-        "../../environment.yml"
     script:
         "../scripts/render_config.py"
 
@@ -21,8 +19,6 @@ rule write_manifest:
         data=get_manifest(),
     log:
         f"{RUNS}/logs/write_manifest.log",
-    conda:
-        "../../environment.yml"
     script:
         "../scripts/render_config.py"
 
@@ -37,7 +33,5 @@ rule prepare_mlflow:
         experiments=get_experiments(),
     log:
         f"{RUNS}/logs/prepare_mlflow.log",
-    conda:
-        "../../environment.yml"
     script:
         "../scripts/prepare_mlflow.py"

@@ -45,8 +45,6 @@ def training_rule(stage):
             **get_resources(stage),
             slurm_extra=get_slurm_extra(),
             mae_attempt=lambda wildcards, attempt: attempt,
-        conda:
-            "../../environment.yml"
         shell:
             "if [ {resources.mae_attempt} -gt 1 ] && [ -f {log}.exit2 ]; then "
             "echo 'not retried: the previous attempt exited 2 (user error), see {log}' >&2; exit 2; fi; "
