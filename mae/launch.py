@@ -38,7 +38,7 @@ from pathlib import Path
 from mae.errors import UserError
 from mae.signals import STOP_SIGNALS
 
-__all__ = ["RDZV_PORT_BASE", "RDZV_PORT_SPAN", "first_host", "main", "rendezvous_port", "srun_command",
+__all__ = ["RDZV_PORT_BASE", "RDZV_PORT_SPAN", "first_host", "main", "rendezvous_port", "srun_command", "srun_env",
            "standalone_args", "torchrun_args"]
 
 # Rendezvous ports: below Linux's ephemeral range (32768-60999, where outgoing connections get theirs)
@@ -84,8 +84,10 @@ def srun_command(env: Mapping[str, str], nodes: int, nproc_per_node: int, cpus_p
                  command: Sequence[str]) -> list[str]:
     """The srun command line that starts this module once on each of `nodes` nodes of the job in `env`.
 
-    --overlap: the Snakemake jobstep runs the rule inside a step of its own, which holds the first node's
-    CPUs and GPUs (it changes nothing in a plain batch script). --wait: once one node's task has ended
+    The job is named (--jobid) and the step sized (--nodes, --ntasks) outright: srun runs with none of
+    the caller's SLURM_* / SRUN_* variables (srun_env), which inside the Snakemake jobstep's own one-node
+    step (`srun -n1`) would shrink it to that node. --overlap: that step holds the first node's CPUs and
+    GPUs (it changes nothing in a plain batch script). --wait: once one node's task has ended
     (done, checkpointed, crashed), the others get 120 s to end too instead of waiting in a collective for
     its 30-minute timeout. --kill-on-bad-exit=0 (whatever the site's KillOnBadExit): killing the step on
     the first non-zero exit would end rank 0 while it finishes after exit 75.
@@ -97,9 +99,19 @@ def srun_command(env: Mapping[str, str], nodes: int, nproc_per_node: int, cpus_p
     if nodes < 1:
         raise UserError("--nodes", nodes, "an integer >= 1")
     cpus = [f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []
-    return ["srun", f"--jobid={job_id}", f"--nodes={nodes}", "--ntasks-per-node=1", *cpus, "--overlap",
+    return ["srun", f"--jobid={job_id}", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", *cpus, "--overlap",
             "--kill-on-bad-exit=0", "--wait=120", sys.executable, "-m", "mae.launch",
             f"--nproc-per-node={nproc_per_node}", "--", *command]
+
+
+def srun_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without SLURM_* (but SLURM_CONF) and SRUN_*: the variables of the step srun is called from.
+    Inside the jobstep's one-node step, srun takes SLURM_NODELIST as the nodes it may use and
+    SLURM_NTASKS=1 as its task count ("Only allocated 1 nodes asked for 2", or "can't run 1 processes on
+    2 nodes, setting nnodes to 1": measured on SLURM 22.05); the job's own allocation is what it should see.
+    """
+    return {name: value for name, value in env.items()
+            if not name.startswith(("SLURM_", "SRUN_")) or name == "SLURM_CONF"}
 
 
 def standalone_args(nproc_per_node: int, command: Sequence[str]) -> list[str]:
@@ -238,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.nodes is not None:
         try:
-            os.execvp(srun[0], srun)  # srun's exit code is the highest of its tasks': the workers' own
+            os.execvpe(srun[0], srun, srun_env(os.environ))  # srun's exit code is the highest of its tasks': the workers' own
         except FileNotFoundError:
             print("error: srun is not on PATH: --nodes needs SLURM's client commands", file=sys.stderr)
             return 2

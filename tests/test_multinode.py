@@ -167,7 +167,7 @@ def test_nodes_starts_one_task_per_node_with_srun_and_keeps_its_exit_code(tmp_pa
                           text=True, timeout=60)
     assert proc.returncode == 75, proc.stderr
     assert (tmp_path / "argv").read_text().splitlines() == [
-        "--jobid=4242", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=16", "--overlap",
+        "--jobid=4242", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=16", "--overlap",
         "--kill-on-bad-exit=0", "--wait=120", sys.executable, "-m", "mae.launch", "--nproc-per-node=8", "--",
         "mae", "pretrain", "--out", "DIR"]
 
