@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -144,10 +145,10 @@ def torchrun_args(env: Mapping[str, str], nproc_per_node: int, command: Sequence
     nodelist = env.get("SLURM_STEP_NODELIST") or _slurm(env, "SLURM_JOB_NODELIST")
     _check_workers(nproc_per_node, command)
     endpoint = f"{first_host(nodelist)}:{rendezvous_port(job_id)}"
-    # The first node hosts the rendezvous store: said outright, not guessed from host names and addresses.
-    is_host = "1" if node_id == "0" else "0"
+    # Every agent is a client of the rendezvous store; this module serves it on the first node (main:
+    # _StoreHost), said outright, not guessed from host names and addresses.
     return [f"--nnodes={nnodes}", f"--nproc-per-node={nproc_per_node}", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={job_id}", f"--rdzv-conf=is_host={is_host}",
+            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={job_id}", "--rdzv-conf=is_host=0",
             "--max-restarts=0", "--no-python", *command]
 
 
@@ -228,6 +229,46 @@ def _exit_code(failures: Mapping) -> int:
     return codes.pop() if len(codes) == 1 else 1
 
 
+class _StoreHost:
+    """The rendezvous store, served by the first node's launcher rather than by its torchrun agent, and
+    kept until every node's launcher has left (or `timeout_s`).
+
+    torchrun's own host agent ends as soon as its workers have, and an agent whose workers are still
+    exiting (after a stop every rank agreed on) then loses the store while it polls it and ends with
+    exit 1 instead of its workers' 75 (measured), its workers stopped by SIGTERM. Each launcher counts
+    itself out in the store (`leave`); the first node's waits for all of them.
+    """
+
+    KEY = "mae.launch/left"
+
+    def __init__(self, env: Mapping[str, str], timeout_s: float = 120):
+        from datetime import timedelta
+
+        from torch.distributed import TCPStore
+
+        self.nnodes = int(env["SLURM_NNODES"])
+        self.timeout_s = timeout_s
+        host = first_host(env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"])
+        port = rendezvous_port(env["SLURM_JOB_ID"])
+        if env["SLURM_NODEID"] == "0":  # the server, before any agent connects to it
+            self.store = TCPStore(host, port, is_master=True, wait_for_workers=False, multi_tenant=True)
+            self.serving = True
+        else:
+            self.store, self.serving = None, False
+            self._client = lambda: TCPStore(host, port, is_master=False, timeout=timedelta(seconds=30))
+
+    def leave(self) -> None:
+        """Count this node out; on the first node, wait until every node has (at most timeout_s)."""
+        try:
+            store = self.store if self.serving else self._client()
+            store.add(self.KEY, 1)
+            deadline = time.monotonic() + self.timeout_s
+            while self.serving and store.add(self.KEY, 0) < self.nnodes and time.monotonic() < deadline:
+                time.sleep(0.2)
+        except Exception as err:  # the first node gone: nobody left to wait for
+            print(f"mae.launch: rendezvous store: {err}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mae.launch", description=__doc__.split("\n\n")[0])
     where = parser.add_mutually_exclusive_group()
@@ -260,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    store = None if args.standalone else _StoreHost(os.environ)
     try:
         run(parse_args(torchrun))
     except ChildFailedError as err:
@@ -267,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_code(err.failures)
     finally:
         relay.close()
+        if store is not None:
+            store.leave()
     return 0
 
 
