@@ -10,7 +10,8 @@ That runs `srun --nodes=4 --ntasks-per-node=1 ... python -m mae.launch --nproc-p
 srun runs this module once per node with SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID and SLURM_STEP_NODELIST
 set for its task (Snakemake's SLURM jobstep removes SLURM_* from the job's shell, so they are read there,
 never in the rule). Every node joins torchrun's c10d rendezvous hosted by the first node of the step
-(`scontrol show hostnames`; node names must resolve, as they do on clusters), on a port derived from
+(`scontrol show hostnames`; node names must resolve, as they do on clusters), whose launcher keeps the
+store until every node's launcher has left (_StoreHost), on a port derived from
 the job id: jobs sharing a node get different ports unless their ids are a multiple of 10000 apart (a
 port in use fails the job, and its retry, a new job, gets another). Global ranks are assigned by the
 rendezvous; nothing depends on which node holds which rank (a checkpoint holds every rank's state, and
@@ -100,8 +101,8 @@ def srun_command(env: Mapping[str, str], nodes: int, nproc_per_node: int, cpus_p
     if nodes < 1:
         raise UserError("--nodes", nodes, "an integer >= 1")
     cpus = [f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []
-    return ["srun", f"--jobid={job_id}", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", *cpus, "--overlap",
-            "--kill-on-bad-exit=0", "--wait=120", sys.executable, "-m", "mae.launch",
+    return ["srun", f"--jobid={job_id}", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", *cpus,
+            "--overlap", "--kill-on-bad-exit=0", "--wait=120", sys.executable, "-m", "mae.launch",
             f"--nproc-per-node={nproc_per_node}", "--", *command]
 
 
@@ -140,7 +141,8 @@ def torchrun_args(env: Mapping[str, str], nproc_per_node: int, command: Sequence
     job_id = _slurm(env, "SLURM_JOB_ID")
     if not job_id.isdigit():
         raise UserError("SLURM_JOB_ID", job_id, "a number")
-    nnodes, node_id = _slurm(env, "SLURM_NNODES"), _slurm(env, "SLURM_NODEID")
+    nnodes = _slurm(env, "SLURM_NNODES")
+    _slurm(env, "SLURM_NODEID")  # not an argument of torchrun's, but main's _StoreHost needs it
     # The step's nodes (SLURM_NODEID counts within the step); the job's when srun did not say.
     nodelist = env.get("SLURM_STEP_NODELIST") or _slurm(env, "SLURM_JOB_NODELIST")
     _check_workers(nproc_per_node, command)
@@ -291,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.nodes is not None:
         try:
-            os.execvpe(srun[0], srun, srun_env(os.environ))  # srun's exit code is the highest of its tasks': the workers' own
+            # srun's exit code is the highest of its tasks': the workers' own
+            os.execvpe(srun[0], srun, srun_env(os.environ))
         except FileNotFoundError:
             print("error: srun is not on PATH: --nodes needs SLURM's client commands", file=sys.stderr)
             return 2
