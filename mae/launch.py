@@ -10,7 +10,8 @@ That runs `srun --nodes=4 --ntasks-per-node=1 ... python -m mae.launch --nproc-p
 srun runs this module once per node with SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID and SLURM_STEP_NODELIST
 set for its task (Snakemake's SLURM jobstep removes SLURM_* from the job's shell, so they are read there,
 never in the rule). Every node joins torchrun's c10d rendezvous hosted by the first node of the step
-(`scontrol show hostnames`; node names must resolve, as they do on clusters), on a port derived from
+(`scontrol show hostnames`; node names must resolve, as they do on clusters), whose launcher keeps the
+store until every node's launcher has left (_StoreHost), on a port derived from
 the job id: jobs sharing a node get different ports unless their ids are a multiple of 10000 apart (a
 port in use fails the job, and its retry, a new job, gets another). Global ranks are assigned by the
 rendezvous; nothing depends on which node holds which rank (a checkpoint holds every rank's state, and
@@ -32,13 +33,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mae.errors import UserError
 from mae.signals import STOP_SIGNALS
 
-__all__ = ["RDZV_PORT_BASE", "RDZV_PORT_SPAN", "first_host", "main", "rendezvous_port", "srun_command",
+__all__ = ["RDZV_PORT_BASE", "RDZV_PORT_SPAN", "first_host", "main", "rendezvous_port", "srun_command", "srun_env",
            "standalone_args", "torchrun_args"]
 
 # Rendezvous ports: below Linux's ephemeral range (32768-60999, where outgoing connections get theirs)
@@ -84,8 +86,10 @@ def srun_command(env: Mapping[str, str], nodes: int, nproc_per_node: int, cpus_p
                  command: Sequence[str]) -> list[str]:
     """The srun command line that starts this module once on each of `nodes` nodes of the job in `env`.
 
-    --overlap: the Snakemake jobstep runs the rule inside a step of its own, which holds the first node's
-    CPUs and GPUs (it changes nothing in a plain batch script). --wait: once one node's task has ended
+    The job is named (--jobid) and the step sized (--nodes, --ntasks) outright: srun runs with none of
+    the caller's SLURM_* / SRUN_* variables (srun_env), which inside the Snakemake jobstep's own one-node
+    step (`srun -n1`) would shrink it to that node. --overlap: that step holds the first node's CPUs and
+    GPUs (it changes nothing in a plain batch script). --wait: once one node's task has ended
     (done, checkpointed, crashed), the others get 120 s to end too instead of waiting in a collective for
     its 30-minute timeout. --kill-on-bad-exit=0 (whatever the site's KillOnBadExit): killing the step on
     the first non-zero exit would end rank 0 while it finishes after exit 75.
@@ -97,9 +101,19 @@ def srun_command(env: Mapping[str, str], nodes: int, nproc_per_node: int, cpus_p
     if nodes < 1:
         raise UserError("--nodes", nodes, "an integer >= 1")
     cpus = [f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []
-    return ["srun", f"--jobid={job_id}", f"--nodes={nodes}", "--ntasks-per-node=1", *cpus, "--overlap",
-            "--kill-on-bad-exit=0", "--wait=120", sys.executable, "-m", "mae.launch",
+    return ["srun", f"--jobid={job_id}", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", *cpus,
+            "--overlap", "--kill-on-bad-exit=0", "--wait=120", sys.executable, "-m", "mae.launch",
             f"--nproc-per-node={nproc_per_node}", "--", *command]
+
+
+def srun_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without SLURM_* (but SLURM_CONF) and SRUN_*: the variables of the step srun is called from.
+    Inside the jobstep's one-node step, srun takes SLURM_NODELIST as the nodes it may use and
+    SLURM_NTASKS=1 as its task count ("Only allocated 1 nodes asked for 2", or "can't run 1 processes on
+    2 nodes, setting nnodes to 1": measured on SLURM 22.05); the job's own allocation is what it should see.
+    """
+    return {name: value for name, value in env.items()
+            if not name.startswith(("SLURM_", "SRUN_")) or name == "SLURM_CONF"}
 
 
 def standalone_args(nproc_per_node: int, command: Sequence[str]) -> list[str]:
@@ -127,15 +141,16 @@ def torchrun_args(env: Mapping[str, str], nproc_per_node: int, command: Sequence
     job_id = _slurm(env, "SLURM_JOB_ID")
     if not job_id.isdigit():
         raise UserError("SLURM_JOB_ID", job_id, "a number")
-    nnodes, node_id = _slurm(env, "SLURM_NNODES"), _slurm(env, "SLURM_NODEID")
+    nnodes = _slurm(env, "SLURM_NNODES")
+    _slurm(env, "SLURM_NODEID")  # not an argument of torchrun's, but main's _StoreHost needs it
     # The step's nodes (SLURM_NODEID counts within the step); the job's when srun did not say.
     nodelist = env.get("SLURM_STEP_NODELIST") or _slurm(env, "SLURM_JOB_NODELIST")
     _check_workers(nproc_per_node, command)
     endpoint = f"{first_host(nodelist)}:{rendezvous_port(job_id)}"
-    # The first node hosts the rendezvous store: said outright, not guessed from host names and addresses.
-    is_host = "1" if node_id == "0" else "0"
+    # Every agent is a client of the rendezvous store; this module serves it on the first node (main:
+    # _StoreHost), said outright, not guessed from host names and addresses.
     return [f"--nnodes={nnodes}", f"--nproc-per-node={nproc_per_node}", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={job_id}", f"--rdzv-conf=is_host={is_host}",
+            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={job_id}", "--rdzv-conf=is_host=0",
             "--max-restarts=0", "--no-python", *command]
 
 
@@ -216,6 +231,46 @@ def _exit_code(failures: Mapping) -> int:
     return codes.pop() if len(codes) == 1 else 1
 
 
+class _StoreHost:
+    """The rendezvous store, served by the first node's launcher rather than by its torchrun agent, and
+    kept until every node's launcher has left (or `timeout_s`).
+
+    torchrun's own host agent ends as soon as its workers have, and an agent whose workers are still
+    exiting (after a stop every rank agreed on) then loses the store while it polls it and ends with
+    exit 1 instead of its workers' 75 (measured), its workers stopped by SIGTERM. Each launcher counts
+    itself out in the store (`leave`); the first node's waits for all of them.
+    """
+
+    KEY = "mae.launch/left"
+
+    def __init__(self, env: Mapping[str, str], timeout_s: float = 120):
+        from datetime import timedelta
+
+        from torch.distributed import TCPStore
+
+        self.nnodes = int(env["SLURM_NNODES"])
+        self.timeout_s = timeout_s
+        host = first_host(env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"])
+        port = rendezvous_port(env["SLURM_JOB_ID"])
+        if env["SLURM_NODEID"] == "0":  # the server, before any agent connects to it
+            self.store = TCPStore(host, port, is_master=True, wait_for_workers=False, multi_tenant=True)
+            self.serving = True
+        else:
+            self.store, self.serving = None, False
+            self._client = lambda: TCPStore(host, port, is_master=False, timeout=timedelta(seconds=30))
+
+    def leave(self) -> None:
+        """Count this node out; on the first node, wait until every node has (at most timeout_s)."""
+        try:
+            store = self.store if self.serving else self._client()
+            store.add(self.KEY, 1)
+            deadline = time.monotonic() + self.timeout_s
+            while self.serving and store.add(self.KEY, 0) < self.nnodes and time.monotonic() < deadline:
+                time.sleep(0.2)
+        except Exception as err:  # the first node gone: nobody left to wait for
+            print(f"mae.launch: rendezvous store: {err}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mae.launch", description=__doc__.split("\n\n")[0])
     where = parser.add_mutually_exclusive_group()
@@ -238,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.nodes is not None:
         try:
-            os.execvp(srun[0], srun)  # srun's exit code is the highest of its tasks': the workers' own
+            # srun's exit code is the highest of its tasks': the workers' own
+            os.execvpe(srun[0], srun, srun_env(os.environ))
         except FileNotFoundError:
             print("error: srun is not on PATH: --nodes needs SLURM's client commands", file=sys.stderr)
             return 2
@@ -248,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    store = None if args.standalone else _StoreHost(os.environ)
     try:
         run(parse_args(torchrun))
     except ChildFailedError as err:
@@ -255,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_code(err.failures)
     finally:
         relay.close()
+        if store is not None:
+            store.leave()
     return 0
 
 

@@ -17,6 +17,8 @@
 # Needs root: the daemons run as SlurmUser=root, and the jobstep plugin strips SLURM_CONF inside jobs,
 # so /etc/slurm/slurm.conf must be a symlink to the generated file (docs: shared/notes/local-slurm.md).
 # Daemons bind loopback (CommunicationParameters=NoCtldInAddrAny,NoInAddrAny; MariaDB 127.0.0.1).
+# Node names resolve as on a site's cluster (multi-node jobs rendezvous on the first node's name):
+# `start` adds "127.0.0.1 node1 node2" to /etc/hosts where they do not, `stop` removes that line.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -69,6 +71,23 @@ sacct_works() { sacct -n -X -S now-1hours -o JobID >/dev/null 2>&1; }
 munge_works() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 db() { mariadb --no-defaults --socket="$run/mysqld.sock" -u root "$@"; }
+
+hosts_mark="# mae-harness scripts/slurm_cluster.sh"
+
+add_host_names() {
+  local n missing=()
+  for n in "${nodes[@]}"; do getent hosts "$n" >/dev/null || missing+=("$n"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "/etc/hosts: adding 127.0.0.1 ${missing[*]} (node names must resolve for a multi-node rendezvous)"
+  echo "127.0.0.1 ${missing[*]} $hosts_mark" >>/etc/hosts
+}
+
+remove_host_names() {
+  grep -qF "$hosts_mark" /etc/hosts 2>/dev/null || return 0
+  # Rewritten in place (not sed -i's rename): /etc/hosts is often a bind mount in containers.
+  local kept; kept=$(grep -vF "$hosts_mark" /etc/hosts || true)
+  printf '%s\n' "$kept" >/etc/hosts
+}
 
 show_log_tail() { [ -f "$1" ] && { echo "--- last lines of $1:" >&2; tail -n 20 "$1" >&2; }; return 0; }
 
@@ -288,6 +307,7 @@ add_associations() {
 start() {
   [ "$(id -u)" -eq 0 ] || die "needs root (daemons run as SlurmUser=root; /etc/slurm/slurm.conf is a symlink)"
   install_packages
+  add_host_names   # also for a cluster already up (started before this step existed)
   if status >/dev/null 2>&1; then say "cluster already up (state dir $state)"; return 0; fi
   say "starting a two-node cluster (state dir $state)"
   # Another cluster (another state dir) would hold the SLURM ports: say so instead of failing later.
@@ -341,6 +361,7 @@ stop() {
   stop_pid slurmdbd
   stop_pid mariadbd
   stop_pid munged
+  remove_host_names
   # Remove our symlinks in /etc/slurm and put back what was there before.
   for f in slurm.conf slurmdbd.conf gres.conf; do
     if [ -L "/etc/slurm/$f" ] && [ "$(readlink "/etc/slurm/$f")" = "$etc/$f" ]; then
