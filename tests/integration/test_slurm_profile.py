@@ -67,7 +67,7 @@ def test_site_settings_keep_the_time_limit_signal(site, tmp_path):
     for line in lines:
         assert f"slurm_extra={SIGNAL}," in line, line                     # the rule's own, not the site's
         assert "slurm_partition=gpu" in line and "slurm_account=myproject" in line and "qos=normal" in line, line
-        assert "gpu=8" in line and "runtime=2880" in line, line               # workflow/config.yaml (paper)
+        assert "nodes=8" in line and "gres=gpu:8" in line and "runtime=2880" in line, line  # workflow/config.yaml (paper)
 
 
 def test_cluster_refuses_jobs_without_a_valid_account(slurm_cluster, tmp_path):
