@@ -8,7 +8,8 @@ A sweep file (workflow/tuning/tiny.yaml) names the preset, `base` overrides for 
 `data.val_split`: tuning never reads the test set), seeds, and sweeps. A sweep runs its `stages` (a
 pretraining, then fine-tuning / linear probing from its model.pth; or a fine-tuning alone from scratch)
 for each value of its `vary` key on top of `base` and its `set`; `best_of` takes a key's value from an
-earlier sweep's winner. Each run is `mae <stage>` in a folder named by its run id under --runs, so a
+earlier sweep's winner; `curve: true` marks a sweep that measures a trend (level against epochs),
+which has no winner. Each run is `mae <stage>` in a folder named by its run id under --runs, so a
 run is done once and an interrupted sweep continues where it stopped (a run folder with metrics.json is
 finished; `mae` resumes one with a checkpoint).
 
@@ -37,7 +38,7 @@ from mae.errors import UserError  # noqa: E402
 from mae.run_folder import read_metrics  # noqa: E402
 from mae.yaml_loading import load_yaml_file  # noqa: E402
 
-SWEEP_KEYS = {"name", "stages", "set", "vary", "values", "best_of"}
+SWEEP_KEYS = {"name", "stages", "set", "vary", "values", "best_of", "curve"}
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,10 @@ def load_spec(path: Path) -> dict:
                 raise UserError(f"{where}.stages", stage, f"one of {list(STAGES)}")
         for key, source in (sweep.get("best_of") or {}).items():
             if source not in names:
-                raise UserError(f"{where}.best_of.{key}", source, f"an earlier sweep: {sorted(names) or 'none'}")
-        names.add(sweep["name"])
+                raise UserError(f"{where}.best_of.{key}", source, f"an earlier sweep that is not a curve: "
+                                f"{sorted(names) or 'none'}")
+        if not sweep.get("curve"):  # a curve measures a trend (e.g. level against epochs): it has no winner
+            names.add(sweep["name"])
     return spec
 
 
@@ -144,7 +147,8 @@ def report(spec: dict, rows: pd.DataFrame) -> str:
         knn = part[part.stage == "pretrain"].groupby("value", sort=False).knn_top1.mean()
         chain = part.groupby("value", sort=False).chain_time_s.max()
         seeds = part.groupby("value", sort=False).seed.nunique()
-        best = _value_text(winner(rows, sweep)) if set(sweep["stages"]) <= set(part.stage) else None
+        best = (_value_text(winner(rows, sweep)) if set(sweep["stages"]) <= set(part.stage) and not sweep.get("curve")
+                else None)
         fixed = {**(sweep.get("set") or {})}
         lines += [f"## {sweep['name']}: {sweep['vary']}", "",
                   "stages " + " → ".join(sweep["stages"]) + "; set " +
@@ -199,13 +203,15 @@ def main(argv: list[str] | None = None) -> int:
             winners = {}
             for sweep in spec["sweeps"]:
                 if args.sweep and sweep["name"] not in args.sweep:
-                    if not rows.empty and set(sweep["stages"]) <= set(rows[rows.sweep == sweep["name"]].stage):
+                    if (not sweep.get("curve") and not rows.empty
+                            and set(sweep["stages"]) <= set(rows[rows.sweep == sweep["name"]].stage)):
                         winners[sweep["name"]] = winner(rows, sweep)
                     continue
                 new = pd.DataFrame(run_sweep(spec, sweep, preset, args.runs, winners))
                 rows = _store(csv, sweep["name"], new)
-                winners[sweep["name"]] = winner(rows, sweep)
-                print(f"tune: {sweep['name']}: best {sweep['vary']} = {winners[sweep['name']]}", flush=True)
+                if not sweep.get("curve"):
+                    winners[sweep["name"]] = winner(rows, sweep)
+                    print(f"tune: {sweep['name']}: best {sweep['vary']} = {winners[sweep['name']]}", flush=True)
         (out_dir / "tuning.md").write_text(report(spec, rows))
         print(f"tune: wrote {csv} and tuning.md")
     except UserError as exc:

@@ -23,6 +23,7 @@ sweeps:
     vary: finetune.blr
     values: [1.0e-3, 4.0e-3]
   - name: epochs
+    curve: true
     stages: [pretrain, linprobe]
     set: {linprobe.features: cached}
     best_of: {finetune.blr: lr}
@@ -65,6 +66,7 @@ def test_sweeps_run_once_and_report(tmp_path):
     assert (tmp_path / "runs" / "pretrain").is_dir() and len(list((tmp_path / "runs" / "pretrain").iterdir())) == 2
     report = (tmp_path / "out" / "tuning.md").read_text()
     assert f"| **{best}** |" in report and "test set is not read" in report
+    assert report.split("## epochs")[1].count("**") == 0  # a curve has no winner
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "tune: /" not in again.stdout  # every run was already finished
 
@@ -73,6 +75,8 @@ def test_sweeps_run_once_and_report(tmp_path):
     (SPEC.replace("data.val_split: 32, ", ""), "base.data.val_split=None is invalid"),
     (SPEC.replace("best_of: {finetune.blr: lr}", "best_of: {finetune.blr: later}"), "best_of.finetune.blr='later'"),
     (SPEC.replace("stages: [pretrain, linprobe]", "stages: [pretrain, probe]"), "stages='probe'"),
+    (SPEC + "  - {name: late, stages: [finetune], vary: finetune.blr, values: [1], best_of: {run.seed: epochs}}\n",
+     "best_of.run.seed='epochs'"),
 ])
 def test_bad_sweep_files_are_one_line_errors(tmp_path, text, needle):
     spec = tmp_path / "spec.yaml"
