@@ -67,6 +67,19 @@ def run_logged(cmd: list[str], log: Path, timeout: float, **kw) -> subprocess.Co
     return proc
 
 
+def stop_session(proc: subprocess.Popen, grace_s: float = 120) -> None:
+    """End a command started in its own session (start_new_session=True), e.g. a Snakemake that must cancel
+    its SLURM jobs: SIGTERM to the whole process group, SIGKILL after `grace_s`."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
 def tail(path: Path, n: int = 60) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])

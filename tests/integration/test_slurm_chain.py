@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from integration_support import REPO_ROOT, TEST_OUTPUT, VENV_BIN, read_jsonl, record_timing, tail
+from integration_support import REPO_ROOT, TEST_OUTPUT, VENV_BIN, read_jsonl, record_timing, stop_session, tail
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from test_reliability_common import MAE, assert_same_run, mae_env, run, start, workflow_copy  # noqa: E402
@@ -50,18 +48,6 @@ def steps_per_second(tmp: Path) -> float:
     assert result.returncode == 0, result.explain()
     speeds = [r["images_per_s"] for r in read_jsonl(out / "metrics.jsonl") if r["step"] > TRAIN_SUBSET // BATCH]
     return sum(speeds) / len(speeds) / BATCH
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a Snakemake started in its own session: SIGTERM (it cancels its SLURM jobs), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
 
 
 def ablation_yaml(epochs: int) -> str:
@@ -107,7 +93,7 @@ def test_run_longer_than_the_time_limit_chains_allocations_and_equals_an_uninter
             time.sleep(1)
         code = proc.wait(TIMEOUT_S + 60)
     finally:
-        stop(proc)
+        stop_session(proc)
         out = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], capture_output=True, text=True, env=env).stdout
         leftovers = [line.split("|")[0] for line in out.splitlines() if line.split("|")[-1] == str(copy)]
         if leftovers:
@@ -176,7 +162,7 @@ def test_a_cancelled_job_does_not_requeue_itself(slurm_cluster, tmp_path):
         queued = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True,
                                 env=slurm_cluster.env, timeout=60).stdout.split()
     finally:
-        stop(proc)
+        stop_session(proc)
     assert not set(queued) & {"PENDING", "RUNNING", "REQUEUED"}, (job, queued)
     (run_dir,) = (copy / "runs" / "smoke" / "pretrain").iterdir()
     assert "received SIGTERM: checkpointed at step" in (run_dir / "train.log").read_text()

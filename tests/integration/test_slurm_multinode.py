@@ -15,9 +15,7 @@ Both workflows run at once (each job holds one of the two CPUs of each node), th
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from integration_support import VENV_BIN, record_timing, tail
+from integration_support import VENV_BIN, record_timing, stop_session, tail
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # read_jsonl: a file not yet there, or with its last line half written, reads as the records so far
@@ -64,17 +62,6 @@ def _start_workflow(root: Path, cluster) -> tuple[subprocess.Popen, Path, Path]:
     proc = subprocess.Popen(cmd, cwd=copy, env=cluster.env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     return proc, copy, log
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to Snakemake's session (it cancels its SLURM jobs), then SIGKILL."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
 
 
 def _run_dir(copy: Path) -> Path:
@@ -140,8 +127,8 @@ def two_node_workflows(slurm_cluster, tmp_path_factory) -> dict:
             time.sleep(0.1)
         codes = {"undisturbed": plain.wait(TIMEOUT_S + 60), "signalled": hit.wait(TIMEOUT_S + 60)}
     finally:
-        _stop(plain)
-        _stop(hit)
+        stop_session(plain, 60)
+        stop_session(hit, 60)
     workflows_s = time.monotonic() - t0
     assert codes == {"undisturbed": 0, "signalled": 0}, (
         f"{codes}\n--- undisturbed:\n{tail(plain_log, 40)}\n--- signalled:\n{tail(hit_log, 40)}")
