@@ -15,13 +15,13 @@ results/bench/compile_tiny.csv.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from bench.common import REPO_ROOT, machine_info
 
@@ -104,11 +104,12 @@ def main(argv: list[str] | None = None) -> None:
               f"{row['speedup']:8.2f}x")
     CSV.parent.mkdir(parents=True, exist_ok=True)
     keys = ["stage", "variant", "first_step_s", "images_per_s", "speedup", "steps", "warmup", "threads", "cpu", "load1", "torch"]
-    with open(CSV, "w") as f:
-        f.write(",".join(keys) + "\n")
+    with open(CSV, "w", newline="") as f:
+        writer = csv.writer(f)  # quotes "compiled, cold cache"
+        writer.writerow(keys)
         for row in rows:
             row.update(steps=args.steps, warmup=args.warmup, **{k: info[k] for k in ("threads", "cpu", "load1", "torch")})
-            f.write(",".join(f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys) + "\n")
+            writer.writerow([f"{row[k]:.3f}" if isinstance(row[k], float) else row[k] for k in keys])
     print(f"wrote {CSV}")
 
 
