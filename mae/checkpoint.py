@@ -391,6 +391,20 @@ class WeightsFile:
     args: dict[str, Any] | None = None
 
 
+def load_whole_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], field: str, source: str,
+                     allowed: str) -> None:
+    """All of `state_dict` into `model` (the same keys, the same shapes), else one UserError on `field`
+    naming the first differences; `allowed` says what would fit. (`load_state_dict` raises a bare
+    RuntimeError on a shape it cannot copy, even with strict=False.)"""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
+    if missing or unexpected or shapes:
+        raise UserError.message(field, f"{field}={source!r} does not match the config's model: missing "
+                                f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shape {shapes[:5]}; allowed: {allowed}")
+    model.load_state_dict(state_dict)
+
+
 def load_model_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Weights from `model.pth` (ours or the official release: `{"model": sd}`), an official training
     checkpoint (`checkpoint-N.pth`), a plain state dict, or a resumable checkpoint.

@@ -216,12 +216,13 @@ class Pretrain(Recipe):
         """`pretrain.checkpoint`: its weights; an official training checkpoint-N.pth continues as the
         official `--resume` does (AdamW moments and step counts, grad scaler, epoch N+1; the learning
         rate, betas and weight decay stay the config's)."""
-        from mae.checkpoint import read_weights_file
+        from mae.checkpoint import load_whole_state, read_weights_file
         path = run.cfg.pretrain.checkpoint
         if path is None:
             return 0
         weights = read_weights_file(path)
-        _load_weights(model, weights.model, path)
+        load_whole_state(model, weights.model, "pretrain.checkpoint", path,
+                         "an MAE of the same model.* settings (not a fine-tuned ViT)")
         if weights.optimizer is None or weights.epoch is None:
             log.info("pretraining starts from the weights of %s (%s)", path, weights.kind)
             return 0
@@ -301,18 +302,6 @@ class Pretrain(Recipe):
             ratios |= {r for r in (0.75, 0.85, 0.95) if num_kept(model.num_patches, r) >= 1}
         save_reconstruction_grid(model, images.to(run.device), run.out_dir / RECON_PNG, seed=run.cfg.run.seed,
                                  mask_ratios=sorted(ratios), mean=images_set.mean, std=images_set.std)
-
-
-def _load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str) -> None:
-    """All of `state_dict` into `model` (same keys, same shapes), else a UserError naming the difference."""
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
-    shapes = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
-    if missing or unexpected or shapes:
-        raise UserError.message("pretrain.checkpoint", f"pretrain.checkpoint={path!r} does not match the config's "
-                                f"model: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {shapes[:5]}; "
-                                "allowed: an MAE of the same model.* settings (not a fine-tuned ViT)")
-    model.load_state_dict(state_dict)
 
 
 def _load_official_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any], path: str) -> None:

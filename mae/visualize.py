@@ -156,7 +156,7 @@ def visualize_checkpoint(checkpoint: str | Path, out: str | Path, *, mask_ratios
         device: where to run the model.
         overrides: `section.key=value` changes to the checkpoint's config (e.g. `data.root=...`).
     """
-    from mae.checkpoint import load_model_state
+    from mae.checkpoint import load_model_state, load_whole_state
     from mae.config import Config
     from mae.data import build_dataset, build_loader
     from mae.recipes import build_mae
@@ -167,10 +167,8 @@ def visualize_checkpoint(checkpoint: str | Path, out: str | Path, *, mask_ratios
         raise UserError.message("--checkpoint", f"{checkpoint} carries no config: use a model.pth written by `mae pretrain`")
     cfg = Config.from_dict(config, source=str(checkpoint)).with_overrides(overrides).resolved()
     model = build_mae(cfg.model)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise UserError.message("--checkpoint", f"{checkpoint} does not match its config's model: missing "
-                                f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]} (is it a fine-tuned model?)")
+    load_whole_state(model, state_dict, "--checkpoint", str(checkpoint),
+                     "the pretraining model.pth its config describes (not a fine-tuned model)")
     model.to(device)
     try:
         dataset = build_dataset(cfg.data.name, cfg.data.root, "val", img_size=cfg.model.img_size,
