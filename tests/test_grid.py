@@ -123,7 +123,23 @@ BAD = {
                        "ablations/bad.yaml: model.depth=-1 is invalid: allowed a positive number"),
     "no row for the preset": (ROW_A + "    presets: [paper]\n",
                               "ablations/bad.yaml: rows: no row runs under preset 'smoke' (see each row's presets)"),
+    "file not for the preset": ("presets: [tiny, paper]\n" + ROW_A,
+                                "ablations/bad.yaml: presets: the file runs under tiny, paper, not 'smoke': allowed "
+                                "there, or another ablation"),
 }
+
+
+def test_a_file_can_leave_out_a_preset_and_change_its_evaluations(root):
+    # `ablations=all` skips a file whose `presets` leave the preset out; `evaluations_by_preset` replaces the
+    # file's evaluations under one preset (and the grid's ablations carry the resolved list to the tables).
+    (root / "ablations/one.yaml").write_text(HEADER + "evaluations_by_preset: {tiny: [linprobe]}\n" + ROW_A)
+    (root / "ablations/two.yaml").write_text(HEADER + "presets: [paper]\n" + ROW_A)
+    smoke, tiny = grid("smoke", root, ablations="all"), grid("tiny", root, ablations="all")
+    assert list(smoke.ablations) == list(tiny.ablations) == ["one"]
+    assert {c.stage for c in smoke.cells.values()} == {"pretrain", "finetune"}
+    assert {c.stage for c in tiny.cells.values()} == {"pretrain", "linprobe"}
+    assert tiny.ablations["one"]["evaluations"] == ["linprobe"]
+    assert list(grid("paper", root, ablations="all", data_root="/datasets/imagenet").ablations) == ["one", "two"]
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

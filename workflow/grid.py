@@ -235,8 +235,8 @@ def _load_settings(config: Mapping[str, Any], root: Path) -> tuple[str, dict, li
                         "pass --config data_root=/path/to/dataset")
     names = sorted(p.stem for p in (root / "ablations").glob("*.yaml"))
     selected = config["ablations"]
-    if selected == "all":
-        selected = names
+    if selected == "all":  # every file that has rows for this preset (a file's `presets` can leave one out)
+        selected = [name for name in names if preset in _file_presets(root, name)]
     elif isinstance(selected, str):
         if selected not in config["subsets"]:
             raise GridError(f"ablations={selected!r} is invalid: allowed 'all', a subset "
@@ -247,6 +247,17 @@ def _load_settings(config: Mapping[str, Any], root: Path) -> tuple[str, dict, li
             raise GridError(f"ablations: {name!r} is not a file in ablations/: allowed {', '.join(names)}")
     seeds = config.get("seeds")
     return preset, base, list(selected), [seeds] if isinstance(seeds, int) else seeds
+
+
+def _file_presets(root: Path, name: str) -> list[str]:
+    """The presets ablations/{name}.yaml runs under (its top-level `presets`, default all); a file that
+    cannot be read counts as running everywhere, so that loading it reports the mistake."""
+    try:
+        ablation = load_yaml_file(root / "ablations" / f"{name}.yaml", name=f"ablations/{name}.yaml")
+    except UserError:
+        return ["smoke", "tiny", "paper"]
+    presets = ablation.get("presets") if isinstance(ablation, dict) else None
+    return presets if isinstance(presets, list) else ["smoke", "tiny", "paper"]
 
 
 def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict) -> tuple[Path, dict, list]:
@@ -271,7 +282,14 @@ def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict
                 raise GridError(f"{path}: rows[{i}].{what}: duplicates rows[{seen[what, value]}] "
                                 "(each row needs its own label and settings)")
             seen[what, value] = i
-    rows = [(i, row) for i, row in enumerate(ablation["rows"]) if preset in row.get("presets", [preset])]
+    # A preset's own evaluations (the tiny grid probes its ablations and fine-tunes only where a finding
+    # needs it), resolved here so that the grid, the tables and the findings read one list.
+    ablation["evaluations"] = ablation.get("evaluations_by_preset", {}).get(preset, ablation["evaluations"])
+    file_presets = ablation.get("presets", [preset])
+    rows = [(i, row) for i, row in enumerate(ablation["rows"]) if preset in row.get("presets", file_presets)]
+    if preset not in file_presets:
+        raise GridError(f"{path}: presets: the file runs under {', '.join(file_presets)}, not {preset!r}: "
+                        "allowed there, or another ablation")
     if not rows:
         raise GridError(f"{path}: rows: no row runs under preset {preset!r} (see each row's presets)")
     return path, ablation, rows
