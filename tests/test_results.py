@@ -440,25 +440,15 @@ def test_rows_of_other_presets_are_left_out_of_our_panel(manifest, runs, ablatio
     assert list(data_lines(paper_ax)[0].get_ydata()) == [73.5, 81.0, 84.6, 84.9]
 
 
-def test_fig5_draws_the_all_images_rows_as_a_second_series_of_ours(tmp_path, manifest, runs, ablations):
-    """An ablation with paper_ref 'Fig. 5 (all images)' in the run adds its rows to Fig. 5's ours panel of
-    the evaluations it has (here the linear probe), with its own legend entry; fine-tuning is untouched."""
-    all_images = {**ablations["fig5_mask_ratio"], "paper_ref": "Fig. 5 (all images)", "evaluations": ["linprobe"],
-                  "title": "Masking ratio, pre-trained and probed on the whole training set"}
-    companion_entries = [{**entry, "ablation": "fig5_all_images"} for entry in manifest
-                         if entry["ablation"] == "fig5_mask_ratio" and entry["stage"] == "linprobe"]
-    built = make_figures(manifest + companion_entries, runs, {**ablations, "fig5_all_images": all_images},
-                         PAPER_DIR, PRESET, [tmp_path / "fig5_mask_ratio.png"], base_dir=FIXTURE)
-    figure = built["fig5_mask_ratio"]
-    ft_ax, _, lin_ax, _ = figure.axes
-    assert len(data_lines(ft_ax)) == 1
-    lin_lines = lines_by_label(lin_ax)
-    companion = lin_lines["ours, pre-trained and probed on the whole training set"]
-    ours = lin_lines["ours: mean ± sample std over seeds"]
-    assert list(companion.get_xdata()) == list(ours.get_xdata()) == [50.0, 75.0, 90.0]
-    assert list(companion.get_ydata())[:2] == list(ours.get_ydata())[:2]  # the same runs, listed twice here
-    assert companion.get_color() != ours.get_color()
-    assert "ours, pre-trained and probed on the whole training set" in [t.get_text() for t in figure.legends[0].get_texts()]
+def test_a_preset_that_only_probes_gets_only_the_probe_panels(tmp_path, manifest, runs, ablations):
+    """The grid resolves `evaluations_by_preset` into the ablation's `evaluations` (the tiny Fig. 5 probes
+    only): the figure then has the linear-probing pair of panels and no empty fine-tuning pair."""
+    probe_only = {**ablations["fig5_mask_ratio"], "evaluations": ["linprobe"]}
+    built = make_figures(manifest, runs, {**ablations, "fig5_mask_ratio": probe_only}, PAPER_DIR, PRESET,
+                         [tmp_path / "fig5_mask_ratio.png"], base_dir=FIXTURE)
+    ours_ax, paper_ax = built["fig5_mask_ratio"].axes
+    assert ours_ax.get_title().startswith("linear probing") and paper_ax.get_title().startswith("linear probing")
+    assert list(lines_by_label(ours_ax)["ours: mean ± sample std over seeds"].get_xdata()) == [50.0, 75.0, 90.0]
 
 
 def test_fig7_spaces_epochs_evenly_and_names_our_epochs(figures):

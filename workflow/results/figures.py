@@ -16,8 +16,6 @@ FIGURES: dict[str, str] = {"fig5_mask_ratio": "Fig. 5", "fig7_schedule": "Fig. 7
 # Figures drawn for every grid, whatever ablations it holds.
 ALWAYS_FIGURES = ("reconstruction", "loss_curves")
 FIGURE_NAMES = [*FIGURES, *ALWAYS_FIGURES]
-# Drawn into Fig. 5's panels when part of the run: the same ratios pretrained and probed on all training images.
-FIG5_ALL_IMAGES = "Fig. 5 (all images)"
 
 
 def figure_stems(paper_refs) -> list[str]:

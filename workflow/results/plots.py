@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mae.run_folder import METRICS_JSONL, RECON_PNG, read_jsonl  # noqa: E402
-from workflow.results.figures import FIG5_ALL_IMAGES, FIGURE_NAMES, FIGURES, find_ablation  # noqa: E402
+from workflow.results.figures import FIGURE_NAMES, FIGURES, find_ablation  # noqa: E402
 from workflow.results.paper import paper_setting, parse_speedup  # noqa: E402
 from workflow.results.style import (EVALUATION_NAMES, OURS_BAR, OURS_COLOR, OURS_LINE, PALETTE,  # noqa: E402
                                     PAPER_BAR, PAPER_LINE, apply_theme, arch_display, dataset_display,
@@ -39,10 +39,6 @@ from workflow.results.style import (EVALUATION_NAMES, OURS_BAR, OURS_COLOR, OURS
 from workflow.results.summary import EVALUATION_SHORT, AblationSummary, summarize_ablation  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-# Fig. 5's all-images series (FIG5_ALL_IMAGES): a third colour, diamond markers.
-ALL_IMAGES_LINE = dict(color=PALETTE[2], linestyle="-", marker="D", markersize=6, linewidth=2)
-
 
 def message_figure(title: str, message: str) -> plt.Figure:
     """A figure that says why there is nothing to plot (so the declared output still exists)."""
@@ -110,8 +106,7 @@ def plot_series(ax: plt.Axes, x: np.ndarray, values: list[dict[int, float]], lab
     return line, bool(single.any())
 
 
-def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, categorical: bool,
-                    companion: AblationSummary | None = None, companion_ablation: dict | None = None) -> plt.Figure:
+def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, categorical: bool) -> plt.Figure:
     """Per evaluation two panels, ours and the paper, each on its own y axis (different data and scale:
     never one twin axis). Ours shows every seed, the mean ± sample std, hollow single-seed means and
     only the rows this preset runs; the paper shows the rows it reports.
@@ -119,8 +114,6 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
     Args:
         categorical: rows evenly spaced in their listed order (Fig. 7, 9, as the paper draws them);
             otherwise x is the row label as a number (Fig. 5's masking ratio).
-        companion: a second series of ours on the same x (numeric rows only), drawn in the panels of
-            the evaluations it has (Fig. 5's all-images rows on the linear-probing panel).
     """
     apply_theme()
     rows = summary.rows
@@ -149,14 +142,6 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
         if any(values):
             handles.setdefault("seeds", Line2D([], [], linestyle="none", marker="o", color=OURS_COLOR, alpha=0.45,
                                                markersize=4, label="ours: one seed's run"))
-        if companion is not None and evaluation in companion.evaluations:
-            companion_labels = companion.rows["row"].astype(str).tolist()
-            under = runs_under(companion_ablation or {"rows": [{}] * len(companion_labels)}, summary.preset)
-            companion_labels = [label for label, runs in zip(companion_labels, under) if runs]
-            handles["companion"], _ = plot_series(
-                ours_ax, row_positions(companion_labels, False),
-                [companion.values(label, evaluation) for label in companion_labels],
-                f"ours, {companion.title.split(', ', 1)[-1]}", ALL_IMAGES_LINE)
         if not any(values):
             say_no_finished_run(ours_ax)
         ours_ax.set_xticks(ours_x, ours_ticks)
@@ -179,7 +164,7 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
             ax.set_xlabel(x_label + ("  (bold: paper default)" if rows["default"].any() else ""))
     figure.suptitle(wrap(f"{summary.paper_ref}: {summary.title.lower()}: ours (left) and the paper (right) on "
                          "their own axes: different data and scale, compare the shapes"))
-    order = [handles[key] for key in ("mean", "single", "seeds", "companion", "paper") if key in handles]
+    order = [handles[key] for key in ("mean", "single", "seeds", "paper") if key in handles]
     figure.legend(handles=order, loc="outside lower center", ncols=min(3, len(order)))
     return figure
 
@@ -190,12 +175,9 @@ def say_no_finished_run(ax: plt.Axes) -> None:
     ax.text(0.5, 0.5, "no finished run yet", transform=ax.transAxes, ha="center", va="center", color="gray")
 
 
-def figure_mask_ratio(summary: AblationSummary, ablation: dict, all_images: AblationSummary | None = None,
-                      all_images_ablation: dict | None = None) -> plt.Figure:
-    """Fig. 5: masking ratio (%) against fine-tuning and linear-probing accuracy; with `all_images`,
-    the rows pretrained and probed on the whole training set as a second series of ours."""
-    return accuracy_curves(summary, ablation, "masking ratio (%)", categorical=False, companion=all_images,
-                           companion_ablation=all_images_ablation)
+def figure_mask_ratio(summary: AblationSummary, ablation: dict) -> plt.Figure:
+    """Fig. 5: masking ratio (%) against fine-tuning and linear-probing accuracy."""
+    return accuracy_curves(summary, ablation, "masking ratio (%)", categorical=False)
 
 
 def figure_schedule(summary: AblationSummary, ablation: dict) -> plt.Figure:
@@ -391,17 +373,11 @@ def ablation_figure(stem: str, manifest: list[dict], runs: pd.DataFrame, ablatio
     if name is None:
         return message_figure(paper_ref, f"no ablation with paper_ref {paper_ref!r} in this workflow run")
 
-    def summarize(name: str) -> AblationSummary:
-        return summarize_ablation(name, ablations[name], manifest, runs, paper_dir, preset)
-
-    summary, ablation = summarize(name), ablations[name]
+    summary, ablation = summarize_ablation(name, ablations[name], manifest, runs, paper_dir, preset), ablations[name]
     if stem == "table2_wallclock":
         return figure_wallclock(summary)
-    if stem == "fig5_mask_ratio":
-        all_images = find_ablation(ablations, FIG5_ALL_IMAGES)
-        return figure_mask_ratio(summary, ablation, None if all_images is None else summarize(all_images),
-                                 None if all_images is None else ablations[all_images])
-    return {"fig7_schedule": figure_schedule, "fig9_partial_ft": figure_partial_ft}[stem](summary, ablation)
+    builders = {"fig5_mask_ratio": figure_mask_ratio, "fig7_schedule": figure_schedule, "fig9_partial_ft": figure_partial_ft}
+    return builders[stem](summary, ablation)
 
 
 def make_figures(manifest: list[dict], runs: pd.DataFrame, ablations: dict[str, dict], paper_dir: str | Path,
