@@ -34,6 +34,11 @@ RECON_PNG = "recon.png"
 MLFLOW_RUN_ID = "mlflow_run_id"
 
 # Small files mirrored to MLflow as artifacts (when present).
+# Fields of metrics.json / metrics.jsonl that measure wall-clock time, and fields that say where and when a
+# run happened: the only ones two runs of one config on one machine may differ in (tests/test_determinism.py).
+TIMING_FIELDS = frozenset({"images_per_s", "train_time_s", "knn_time_s", "feature_time_s"})
+PROVENANCE_FIELDS = frozenset({"host", "git_revision", "mlflow_run_id", "slurm_job_id"})
+
 ARTIFACTS = (CONFIG_YAML, ENVIRONMENT_JSON, METRICS_JSON, RECON_PNG)
 
 

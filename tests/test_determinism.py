@@ -1,8 +1,9 @@
 """Repeatable runs: the same command on the same machine gives bitwise-identical weights and metrics.
 
-A smoke-sized cell is trained twice, each time in a fresh `mae` process, for pretraining and
-fine-tuning, with run.threads unset and with run.threads=2; the model.pth tensors must be equal and
-metrics.jsonl / metrics.json equal except for timing fields.
+A cell is trained twice, each time in a fresh `mae` process, for pretraining, fine-tuning and (tiny) the
+cached linear probe: the smoke preset with run.threads unset and with run.threads=2, and the tiny preset
+(real Fashion-MNIST, the workflow's recipe) on a few hundred images; the model.pth tensors must be equal
+and metrics.jsonl / metrics.json equal except for timing fields.
 """
 
 import json
@@ -14,11 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from mae.run_folder import PROVENANCE_FIELDS, TIMING_FIELDS
+
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "workflow" / "presets" / "smoke.yaml"
-TIMING = {"images_per_s", "train_time_s", "knn_time_s", "feature_time_s"}
-VOLATILE = TIMING | {"host", "git_revision", "mlflow_run_id", "slurm_job_id"}
+PRESETS = ROOT / "workflow" / "presets"
+TIMING = TIMING_FIELDS
+VOLATILE = TIMING_FIELDS | PROVENANCE_FIELDS
 CELL = ["data.train_subset=128", "data.val_subset=64", "run.log_every_steps=1", "run.checkpoint_every_steps=0"]
+TINY_CELL = ["data.train_subset=512", "data.val_subset=256", "pretrain.epochs=1", "finetune.epochs=1",
+             "linprobe.epochs=5", "tracking.enabled=false", "run.log_every_steps=1", "run.checkpoint_every_steps=0"]
 
 
 def _mae(*args, cwd):
@@ -38,6 +43,10 @@ def _metrics(run_dir):
 
 
 def _assert_same_run(a, b):
+    if not (a / "model.pth").exists():  # the cached probe keeps no weights: its records and metrics must repeat
+        assert not (b / "model.pth").exists() and (a / "metrics.json").exists()
+        assert _records(a) == _records(b) and _metrics(a) == _metrics(b)
+        return
     sa = torch.load(a / "model.pth", weights_only=True)["model"]
     sb = torch.load(b / "model.pth", weights_only=True)["model"]
     assert sa.keys() == sb.keys()
@@ -47,18 +56,23 @@ def _assert_same_run(a, b):
     assert _metrics(a) == _metrics(b)
 
 
-@pytest.mark.parametrize("threads", [None, 2])
-def test_pretrain_and_finetune_bitwise_repeatable(tmp_path, threads):
-    extra = [] if threads is None else [f"run.threads={threads}"]
+@pytest.mark.parametrize("preset, threads", [("smoke", None), ("smoke", 2), ("tiny", None)])
+def test_pretrain_and_finetune_bitwise_repeatable(tmp_path, preset, threads):
+    config = str(PRESETS / f"{preset}.yaml")
+    cell = (TINY_CELL if preset == "tiny" else CELL) + ([] if threads is None else [f"run.threads={threads}"])
+    stages = ("pretrain", "finetune", "linprobe") if preset == "tiny" else ("pretrain", "finetune")
     for copy in ("a", "b"):
-        _mae("pretrain", "--config", str(SMOKE), *CELL, *extra, "--out", str(tmp_path / copy / "pretrain"), cwd=tmp_path)
-    pretrained = tmp_path / "a" / "pretrain" / "model.pth"  # the same input (and run id) for both fine-tunings
-    for copy in ("a", "b"):
-        _mae("finetune", "--config", str(SMOKE), *CELL, *extra, f"finetune.checkpoint={pretrained}",
-             "--out", str(tmp_path / copy / "finetune"), cwd=tmp_path)
-    for stage in ("pretrain", "finetune"):
+        _mae("pretrain", "--config", config, *cell, "--out", str(tmp_path / copy / "pretrain"), cwd=tmp_path)
+    pretrained = tmp_path / "a" / "pretrain" / "model.pth"  # the same input (and run id) for both evaluations
+    for stage in stages[1:]:
+        for copy in ("a", "b"):
+            _mae(stage, "--config", config, *cell, f"{stage}.checkpoint={pretrained}",
+                 "--out", str(tmp_path / copy / stage), cwd=tmp_path)
+    for stage in stages:
         _assert_same_run(tmp_path / "a" / stage, tmp_path / "b" / stage)
     metrics = json.loads((tmp_path / "a" / "pretrain" / "metrics.json").read_text())
     assert "knn_top1" in metrics  # the k-NN of the pretraining is part of what must repeat
     if threads is not None:
         assert metrics["threads"] == threads
+    if preset == "tiny":  # the cached probe's own k-NN and features repeat too
+        assert "knn_top1" in json.loads((tmp_path / "a" / "linprobe" / "metrics.json").read_text())

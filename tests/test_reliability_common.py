@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from mae.run_folder import TIMING_FIELDS
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 MAE = str(VENV_BIN / "mae")
@@ -41,7 +43,7 @@ TOTAL_STEPS = 24
 
 # metrics.json fields that measure wall-clock time, and ones that legitimately differ between an
 # undisturbed and a resumed run (git_revision: teammates commit to this checkout while tests run).
-TIMING_KEYS = {"train_time_s", "images_per_s", "knn_time_s", "feature_time_s"}  # wall-clock measurements
+TIMING_KEYS = TIMING_FIELDS  # wall-clock measurements
 RESUME_KEYS = {"resumed_from_step", "git_revision"}
 
 
