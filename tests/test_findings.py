@@ -146,6 +146,19 @@ def test_fewer_than_three_seeds_or_a_row_of_another_preset_is_inconclusive_with_
     assert frame.at["absent", "reason"] == "ablation nothing has no runs in runs.csv"
 
 
+def test_an_ablation_or_evaluation_the_preset_leaves_out_says_so():
+    values = {("8", "linprobe"): [v + 5 for v in BASE], ("1", "linprobe"): BASE}
+    manifest, runs = fixture_runs(values)
+    findings = [depth_finding("lin", "linprobe", "8", "1"), depth_finding("ft", "finetune", "8", "1")]
+    probe_only = {**ABLATION, "evaluations_by_preset": {"tiny": ["linprobe"]}}
+    frame = compute_findings(manifest, runs, {"depth": probe_only}, PAPER_DIR, "tiny", findings).set_index("finding")
+    assert frame.at["lin", "verdict"] == "reproduced"
+    assert frame.at["ft", "reason"] == "not in the tiny grid: ablations/depth.yaml evaluates linprobe under tiny"
+    elsewhere = {**ABLATION, "presets": ["smoke", "paper"]}
+    frame = compute_findings([], runs.iloc[:0], {"depth": elsewhere}, PAPER_DIR, "tiny", findings).set_index("finding")
+    assert frame.at["lin", "reason"] == "not in the tiny grid: ablations/depth.yaml runs under smoke, paper"
+
+
 def test_unpaired_seeds_are_left_out_and_log_scale_findings_are_ratios():
     values = {("8", "linprobe"): [10.0, 10.0, 10.0, 10.0], ("1", "linprobe"): [2.0, 2.0, 2.0]}
     ratio = depth_finding("ratio", "linprobe", "8", "1", bound=3.0, log_scale=True, unit="× FLOPs")
