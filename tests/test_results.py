@@ -395,7 +395,7 @@ def test_fig5_draws_ours_and_the_paper_in_separate_panels_with_seeds(figures):
     seeds = seed_points(ft_ax)
     assert sorted(seeds) == [(50.0, 89.5), (75.0, 90.1)]  # every seed's own point
     assert ft_ax.get_ylabel() == ft_paper_ax.get_ylabel() == "top-1 accuracy (%)"
-    assert ft_ax.get_xlabel() == "masking ratio (%)  (bold: paper default)"
+    assert ft_ax.get_xlabel() == "masking ratio (%)\n(bold: paper default)"
     assert [t.get_text() for t in ft_ax.get_xticklabels()] == ["50", "75", "90"]
     assert "ours (left) and the paper (right)" in figure._suptitle.get_text()
     assert all(len(line) <= 70 for line in figure._suptitle.get_text().splitlines())  # long titles wrap

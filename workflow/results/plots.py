@@ -161,7 +161,7 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
             for tick, index in zip(ax.get_xticklabels(), shown):
                 if rows["default"].iloc[index]:
                     tick.set_fontweight("bold")
-            ax.set_xlabel(x_label + ("  (bold: paper default)" if rows["default"].any() else ""))
+            ax.set_xlabel(x_label + ("\n(bold: paper default)" if rows["default"].any() else ""))
     figure.suptitle(wrap(f"{summary.paper_ref}: {summary.title.lower()}: ours (left) and the paper (right) on "
                          "their own axes: different data and scale, compare the shapes"))
     order = [handles[key] for key in ("mean", "single", "seeds", "paper") if key in handles]
