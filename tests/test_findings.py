@@ -157,6 +157,8 @@ def test_an_ablation_or_evaluation_the_preset_leaves_out_says_so():
     elsewhere = {**ABLATION, "presets": ["smoke", "paper"]}
     frame = compute_findings([], runs.iloc[:0], {"depth": elsewhere}, PAPER_DIR, "tiny", findings).set_index("finding")
     assert frame.at["lin", "reason"] == "not in the tiny grid: ablations/depth.yaml runs under smoke, paper"
+    markdown = render_markdown(frame.reset_index(), "tiny")
+    assert "Reproduced 0, contradicted 0, inconclusive 0 of 2 findings; 2 more not in the tiny grid" in markdown
 
 
 def test_unpaired_seeds_are_left_out_and_log_scale_findings_are_ratios():
@@ -176,6 +178,9 @@ def test_findings_files_are_written(tmp_path):
                            [tmp_path / "findings.md", tmp_path / "findings.csv"])
     markdown = (tmp_path / "findings.md").read_text()
     assert "Reproduced" in markdown and "95% t interval" in markdown
+    counts = frame["verdict"].value_counts()
+    assert (f"Reproduced {counts.get('reproduced', 0)}, contradicted {counts.get('contradicted', 0)}, inconclusive "
+            f"{counts['inconclusive']} of {len(FINDINGS)} findings.") in markdown  # nothing here is "not in the grid"
     csv = pd.read_csv(tmp_path / "findings.csv")
     assert list(csv["finding"]) == [f.name for f in FINDINGS] == list(frame["finding"])
     assert set(csv.columns) >= {"claim", "compared", "n_seeds", "effect_mean", "ci_low", "ci_high", "half_width",

@@ -266,11 +266,13 @@ def format_effect(value: float, log_scale: bool) -> str:
 
 def render_markdown(frame: pd.DataFrame, preset: str) -> str:
     counts = frame["verdict"].value_counts()
+    not_run = int(frame["reason"].astype(str).str.startswith("not in the ").sum())
     lines = [f"**Findings of the paper, checked on the {preset} preset.** {VERDICT_RULE} Effects are in "
              "top-1 points (ours on our data, the paper's on ImageNet-1K) unless a ratio (×) is shown. "
              f"Paper: {PAPER_CITATION}. Generated from results/{preset}/runs.csv by workflow/results/findings.py.",
              "", f"Reproduced {counts.get('reproduced', 0)}, contradicted {counts.get('contradicted', 0)}, "
-             f"inconclusive {counts.get('inconclusive', 0)} of {len(frame)}.", "",
+             f"inconclusive {counts.get('inconclusive', 0) - not_run} of {len(frame)} findings"
+             + (f"; {not_run} more not in the {preset} grid (inconclusive, reason given)." if not_run else "."), "",
              "| finding | paper claim | compared (ablation: rows) | evaluation | n seeds | ours: effect "
              f"[{CONFIDENCE:.0%} CI] | ± half-width | paper effect | claim | verdict |",
              "|:---|:---|:---|:---|---:|---:|---:|---:|:---|:---|"]
