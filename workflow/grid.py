@@ -249,15 +249,28 @@ def _load_settings(config: Mapping[str, Any], root: Path) -> tuple[str, dict, li
     return preset, base, list(selected), [seeds] if isinstance(seeds, int) else seeds
 
 
+PRESETS = ["smoke", "tiny", "paper"]
+
+
+def file_presets(ablation: Mapping[str, Any]) -> list[str]:
+    """The presets an ablation file runs under: its top-level `presets`, default all."""
+    presets = ablation.get("presets")
+    return presets if isinstance(presets, list) else PRESETS
+
+
+def preset_evaluations(ablation: Mapping[str, Any], preset: str) -> list[str]:
+    """The evaluations of an ablation file under `preset`: `evaluations_by_preset`, else `evaluations`."""
+    return ablation.get("evaluations_by_preset", {}).get(preset, ablation["evaluations"])
+
+
 def _file_presets(root: Path, name: str) -> list[str]:
-    """The presets ablations/{name}.yaml runs under (its top-level `presets`, default all); a file that
-    cannot be read counts as running everywhere, so that loading it reports the mistake."""
+    """file_presets of ablations/{name}.yaml; a file that cannot be read counts as running everywhere, so
+    that loading it reports the mistake."""
     try:
         ablation = load_yaml_file(root / "ablations" / f"{name}.yaml", name=f"ablations/{name}.yaml")
     except UserError:
-        return ["smoke", "tiny", "paper"]
-    presets = ablation.get("presets") if isinstance(ablation, dict) else None
-    return presets if isinstance(presets, list) else ["smoke", "tiny", "paper"]
+        return PRESETS
+    return file_presets(ablation) if isinstance(ablation, dict) else PRESETS
 
 
 def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict) -> tuple[Path, dict, list]:
@@ -284,11 +297,11 @@ def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict
             seen[what, value] = i
     # A preset's own evaluations (the tiny grid probes its ablations and fine-tunes only where a finding
     # needs it), resolved here so that the grid, the tables and the findings read one list.
-    ablation["evaluations"] = ablation.get("evaluations_by_preset", {}).get(preset, ablation["evaluations"])
-    file_presets = ablation.get("presets", [preset])
-    rows = [(i, row) for i, row in enumerate(ablation["rows"]) if preset in row.get("presets", file_presets)]
-    if preset not in file_presets:
-        raise GridError(f"{path}: presets: the file runs under {', '.join(file_presets)}, not {preset!r}: "
+    ablation["evaluations"] = preset_evaluations(ablation, preset)
+    presets = file_presets(ablation)
+    rows = [(i, row) for i, row in enumerate(ablation["rows"]) if preset in row.get("presets", presets)]
+    if preset not in presets:
+        raise GridError(f"{path}: presets: the file runs under {', '.join(presets)}, not {preset!r}: "
                         "allowed there, or another ablation")
     if not rows:
         raise GridError(f"{path}: rows: no row runs under preset {preset!r} (see each row's presets)")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from workflow.grid import file_presets, preset_evaluations
 from workflow.results.paper import PAPER_CITATION
 from workflow.results.stats import mean_interval
 from workflow.results.style import EVALUATION_NAMES, MISSING
@@ -197,15 +198,15 @@ def evaluate(finding: Finding, summary: AblationSummary | None, ablation: dict |
               "bound": finding.bound, "unit": finding.unit, "n_seeds": 0, "seeds": "", "effect_mean": math.nan,
               "ci_low": math.nan, "ci_high": math.nan, "half_width": math.nan, "paper_effect": math.nan,
               "verdict": "inconclusive", "reason": ""}
-    file_presets = (ablation or {}).get("presets", [preset])
-    if ablation is not None and preset not in file_presets:
-        record["reason"] = f"not in the {preset} grid: ablations/{finding.ablation}.yaml runs under {', '.join(file_presets)}"
-        return record
-    evaluations = (ablation or {}).get("evaluations_by_preset", {}).get(preset, (ablation or {}).get("evaluations"))
-    if finding.stage != "pretrain" and evaluations is not None and finding.stage not in evaluations:
-        record["reason"] = (f"not in the {preset} grid: ablations/{finding.ablation}.yaml evaluates "
-                            f"{', '.join(evaluations) or 'nothing'} under {preset}")
-        return record
+    if ablation is not None:
+        presets, evaluations = file_presets(ablation), preset_evaluations(ablation, preset)
+        if preset not in presets:
+            record["reason"] = f"not in the {preset} grid: ablations/{finding.ablation}.yaml runs under {', '.join(presets)}"
+            return record
+        if finding.stage != "pretrain" and finding.stage not in evaluations:
+            record["reason"] = (f"not in the {preset} grid: ablations/{finding.ablation}.yaml evaluates "
+                                f"{', '.join(evaluations) or 'nothing'} under {preset}")
+            return record
     if summary is None or ablation is None:
         record["reason"] = f"ablation {finding.ablation} has no runs in runs.csv"
         return record
@@ -219,8 +220,8 @@ def evaluate(finding: Finding, summary: AblationSummary | None, ablation: dict |
         if row not in labels:
             problems.append(f"row {row!r} is not in ablations/{finding.ablation}.yaml")
             continue
-        if preset not in labels[row].get("presets", file_presets):
-            problems.append(f"row {row!r} runs only under presets {labels[row].get('presets', file_presets)}")
+        if preset not in labels[row].get("presets", presets):
+            problems.append(f"row {row!r} runs only under presets {labels[row].get('presets', presets)}")
             continue
         values = {s: v for s, v in summary.values(row, finding.stage, finding.metric).items()
                   if not (finding.log_scale and v <= 0)}
