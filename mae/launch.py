@@ -185,16 +185,28 @@ class _SignalRelay:
 
     def _run(self) -> None:
         self._wake.wait()
+        announced: set[int] = set()
         while not self._done.is_set():
+            for sig in set(self._received) - announced:  # from this thread: a handler must not print
+                announced.add(sig)
+                _say(f"received {signal.Signals(sig).name}: passing it on to the workers as they catch it")
             for pid in _children(os.getpid()):
                 for sig in set(self._received):
                     if (pid, sig) not in self._delivered and _catches(pid, sig):
+                        _say(f"passing {signal.Signals(sig).name} on to worker {pid}")
                         try:
                             os.kill(pid, sig)
                         except ProcessLookupError:
                             pass
                         self._delivered.add((pid, sig))
             self._done.wait(self._poll_s)
+
+
+def _say(text: str) -> None:
+    """One timestamped line on stderr (the job's log), naming this node of the SLURM step."""
+    node = os.environ.get("SLURM_NODEID")
+    where = f" (node {node})" if node is not None else ""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} mae.launch{where}: {text}", file=sys.stderr, flush=True)
 
 
 def _children(pid: int) -> list[int]:

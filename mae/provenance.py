@@ -73,8 +73,16 @@ def gpu_record() -> dict[str, Any]:
     return record
 
 
+def cpu_kernels() -> str:
+    """The vector instruction set torch's CPU kernels run with (AVX512, AVX2, ...): the CPU's best, or less
+    where ATEN_CPU_CAPABILITY says so. Runs on two machines repeat bit for bit only with the same set."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def environment_record() -> dict[str, Any]:
-    """The record written as environment.json: git, packages, python, host, CPU, GPU."""
+    """The record written as environment.json: git, packages, python, host, CPU (and its kernels), GPU."""
     return {
         "git_revision": git_revision(),
         "git_dirty": git_dirty(),
@@ -83,6 +91,7 @@ def environment_record() -> dict[str, Any]:
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "cpu_kernels": cpu_kernels(),
         **gpu_record(),
     }
 

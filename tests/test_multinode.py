@@ -183,8 +183,9 @@ def test_exit_code_is_the_workers_own():
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=lambda sig: sig.name)
-def test_relay_passes_a_signal_on_once_the_worker_catches_it(sig):
-    """A worker still starting (no handler yet) is not killed by the signal: it gets it once it catches it."""
+def test_relay_passes_a_signal_on_once_the_worker_catches_it(sig, capfd):
+    """A worker still starting (no handler yet) is not killed by the signal: it gets it once it catches it.
+    The job's log says when the signal came and when it was passed on."""
     worker = subprocess.Popen([sys.executable, "-c", (
         "import signal, sys, time\n"
         "time.sleep(1.0)  # still importing: the default action would end it\n"
@@ -195,6 +196,9 @@ def test_relay_passes_a_signal_on_once_the_worker_catches_it(sig):
     try:
         os.kill(os.getpid(), sig)  # what srun's task, this process, receives
         assert worker.wait(timeout=20) == 75
+        err = capfd.readouterr().err
+        assert f"mae.launch: received {sig.name}: passing it on to the workers as they catch it" in err
+        assert f"mae.launch: passing {sig.name} on to worker {worker.pid}" in err
     finally:
         relay.close()
         for s, handler in previous.items():

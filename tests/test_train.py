@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from mae import train
 from mae.run_folder import read_jsonl
@@ -120,6 +121,7 @@ def test_every_run_folder_and_mlflow_run_record_the_environment(chain):
         assert env["packages"]["timm"] == importlib.metadata.version("timm")
         assert env["git_revision"] == results[stage]["git_revision"]
         assert env["host"] == results[stage]["host"] and env["cpu"] and env["python"]
+        assert env["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
         assert env["git_dirty"] in (True, False, None) and "cuda" in env and "gpu" in env
         meta = yaml.safe_load((out / stage / "config.yaml").read_text())["meta"]
         assert meta["git_dirty"] == env["git_dirty"]
