@@ -22,20 +22,27 @@ in a session of its own, and torchrun itself answers SIGTERM by killing its work
 torchrun here handles neither SIGTERM nor SIGUSR1; this process receives them and passes each one on to
 its workers once they have installed `mae`'s handlers (mae.signals); where cgroups deliver the signal to
 the workers too, the second delivery changes nothing. The workers agree on the stop at their next sync point
-(mae.engine), rank 0 checkpoints, every rank exits 75, and so does this process, and srun.
+(mae.engine), rank 0 checkpoints, every rank exits 75, and so does this process, and srun. Neither the
+relay nor the exit code waits on torchrun's agent (the main thread): the relay reads the signals from a
+wakeup fd, and a launcher whose agent has not returned a minute after its workers exited ends itself
+with their exit code, printing its threads' stacks (_ExitWatch).
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 from mae.errors import UserError
 from mae.signals import STOP_SIGNALS
@@ -159,39 +166,56 @@ class _SignalRelay:
 
     A worker still starting Python has the default action (terminate) for SIGTERM / SIGUSR1; it gets the
     signal as soon as `mae` has installed its handlers, so a stop during start-up still ends in exit 75.
+    The signals are read from a wakeup fd (written by the interpreter's C-level handler the moment one
+    arrives), not by a Python handler: those run only in the main thread, which is torchrun's agent and
+    may be inside a C call (a rendezvous store request) for as long as that lasts (measured: a Python
+    handler waited the whole 3 s of a store wait).
     """
 
     def __init__(self, poll_s: float = 0.05):
         self._poll_s = poll_s
-        self._received: list[int] = []
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        self._previous_fd = -1
+        self._received: set[int] = set()
         self._delivered: set[tuple[int, int]] = set()
-        self._wake = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mae-signal-relay", daemon=True)
 
     def install(self) -> "_SignalRelay":
         for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
+            signal.signal(sig, _ignore_in_main_thread)  # a Python handler, so that the C handler writes the fd
+        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno())
         self._thread.start()
         return self
 
     def close(self) -> None:
         self._done.set()
-        self._wake.set()
+        try:
+            self._writer.send(b"\0")  # wakes the thread's select
+        except OSError:
+            pass
+        signal.set_wakeup_fd(self._previous_fd)
 
-    def _handle(self, signum, frame) -> None:
-        self._received.append(signum)
-        self._wake.set()
+    def _read_signals(self, timeout_s: float | None) -> None:
+        ready, _, _ = select.select([self._reader], [], [], timeout_s)
+        if not ready:
+            return
+        try:
+            data = self._reader.recv(256)
+        except BlockingIOError:
+            return
+        for sig in {s for s in data if s in STOP_SIGNALS} - self._received:  # STOP_SIGNALS are ints
+            self._received.add(sig)
+            _say(f"received {signal.Signals(sig).name}: passing it on to the workers as they catch it")
 
     def _run(self) -> None:
-        self._wake.wait()
-        announced: set[int] = set()
+        while not self._done.is_set() and not self._received:  # nothing to pass on yet: wait for a signal
+            self._read_signals(None)
         while not self._done.is_set():
-            for sig in set(self._received) - announced:  # from this thread: a handler must not print
-                announced.add(sig)
-                _say(f"received {signal.Signals(sig).name}: passing it on to the workers as they catch it")
             for pid in _children(os.getpid()):
-                for sig in set(self._received):
+                for sig in self._received:
                     if (pid, sig) not in self._delivered and _catches(pid, sig):
                         _say(f"passing {signal.Signals(sig).name} on to worker {pid}")
                         try:
@@ -199,7 +223,82 @@ class _SignalRelay:
                         except ProcessLookupError:
                             pass
                         self._delivered.add((pid, sig))
-            self._done.wait(self._poll_s)
+            self._read_signals(self._poll_s)
+
+
+def _ignore_in_main_thread(signum, frame) -> None:
+    """The stop signals' Python handler in the launcher: nothing to do there (the relay reads the fd)."""
+
+
+class _ExitWatch:
+    """End this launcher with its workers' exit code if torchrun's agent has not returned `grace_s` after
+    the last of them exited, printing the launcher's threads first (the agent's stack says where it is).
+
+    Measured twice on the 2-node test (once in CI): every rank stopped at the same step and exited 75,
+    one node's agent never noticed its worker's exit, and srun ended that node's task 120 s later
+    (--wait), which failed the job instead of requeueing it. The exit codes are read without reaping
+    (waitid WNOWAIT), so the agent still sees them if it is only slow; once the agent has reaped a
+    worker it is evidently running, and the watch stands down.
+    """
+
+    def __init__(self, store: "_StoreHost | None" = None, grace_s: float = 60.0, poll_s: float = 0.5,
+                 on_stuck=None):
+        self.store = store  # left (counted out) before exiting, like main does
+        self.grace_s = grace_s
+        self._poll_s = poll_s
+        self._on_stuck = on_stuck or self._exit
+        self._codes: dict[int, int | str | None] = {}  # worker pid -> exit code, None (running) or _REAPED
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mae-exit-watch", daemon=True)
+
+    def start(self) -> "_ExitWatch":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._done.set()
+
+    def _run(self) -> None:
+        all_exited_at = None
+        while not self._done.wait(self._poll_s):
+            for pid in _children(os.getpid()):
+                self._codes.setdefault(pid, None)
+            for pid, code in self._codes.items():
+                if code is None:
+                    self._codes[pid] = _exit_status(pid)
+            if _REAPED in self._codes.values():
+                return
+            if not self._codes or None in self._codes.values():
+                all_exited_at = None
+                continue
+            all_exited_at = all_exited_at or time.monotonic()
+            if time.monotonic() - all_exited_at >= self.grace_s:
+                self._on_stuck(_exit_code({pid: SimpleNamespace(exitcode=c) for pid, c in self._codes.items()}))
+                return
+
+    def _exit(self, code: int) -> None:
+        _say(f"the workers ended {self.grace_s:.0f} s ago (exit {code}) but torchrun's agent has not returned; "
+             f"this launcher's threads follow, then it exits {code}")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        if self.store is not None:
+            self.store.leave()
+        os._exit(code)
+
+
+_REAPED = "reaped"
+
+
+def _exit_status(pid: int) -> int | str | None:
+    """The exit code of child `pid` once it has exited (negative: the signal that ended it), None while it
+    runs, or _REAPED when its parent's own wait has collected it; the child is never reaped here."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return _REAPED
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
 def _say(text: str) -> None:
@@ -317,12 +416,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from torch.distributed.run import parse_args, run
 
     store = None if args.standalone else _StoreHost(os.environ)
+    watch = _ExitWatch(store).start()
     try:
         run(parse_args(torchrun))
     except ChildFailedError as err:
         print(err, file=sys.stderr)
         return _exit_code(err.failures)
     finally:
+        watch.close()
         relay.close()
         if store is not None:
             store.leave()

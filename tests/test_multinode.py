@@ -49,15 +49,27 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+# `scontrol show hostnames` for plain lists and one bracket of numbers: gpu07,gpu09 / gpu[01-03,07]
+_SCONTROL_STAND_IN = """import re, sys
+assert sys.argv[1:3] == ["show", "hostnames"]
+for name in re.findall(r"[^,\\[]+(?:\\[[^\\]]*\\])?", sys.argv[3]):
+    prefix, _, spec = name.partition("[")
+    for part in spec.rstrip("]").split(",") if spec else [""]:
+        lo, _, hi = part.partition("-")
+        print("\\n".join(f"{prefix}{n:0{len(lo)}d}" for n in range(int(lo), int(hi or lo) + 1)) if lo else prefix)
+"""
+
+
 @pytest.fixture(scope="module")
 def scontrol_path(tmp_path_factory) -> str:
-    """PATH with SLURM's scontrol, or where it is not installed a stand-in that expands plain comma lists."""
-    if shutil.which("scontrol"):
+    """PATH with SLURM's scontrol, or where it is not installed (or finds no slurm.conf: no cluster up) a
+    stand-in that expands plain lists and one bracket of numbers."""
+    if shutil.which("scontrol") and subprocess.run(["scontrol", "show", "hostnames", "a,b"],
+                                                   capture_output=True).returncode == 0:
         return os.environ["PATH"]
     bin_dir = tmp_path_factory.mktemp("bin")
     stand_in = bin_dir / "scontrol"
-    stand_in.write_text(f"#!{sys.executable}\nimport sys\nassert sys.argv[1:3] == ['show', 'hostnames']\n"
-                        "print('\\n'.join(sys.argv[3].split(',')))\n")
+    stand_in.write_text(f"#!{sys.executable}\n" + _SCONTROL_STAND_IN)
     stand_in.chmod(0o755)
     return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
 
@@ -205,6 +217,74 @@ def test_relay_passes_a_signal_on_once_the_worker_catches_it(sig, capfd):
             signal.signal(s, handler)
         if worker.poll() is None:
             worker.kill()
+
+
+def test_relay_does_not_wait_for_the_main_thread(capfd):
+    """The signal reaches the worker while the launcher's main thread (torchrun's agent) is inside a C call
+    that does not return for seconds (a rendezvous store wait): a Python handler would run only after it."""
+    import threading
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    worker = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGUSR1, lambda s, f: sys.exit(75))\n"
+        "time.sleep(30)\n")], start_new_session=True)
+    ended = []
+    waiter = threading.Thread(target=lambda: ended.append((worker.wait(), time.monotonic())), daemon=True)
+    waiter.start()
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    previous = {s: signal.getsignal(s) for s in launch.STOP_SIGNALS}
+    time.sleep(1.0)  # the worker has its handler
+    relay = launch._SignalRelay().install()
+    try:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        with pytest.raises(Exception, match="timeout|Timeout|timed out"):
+            store.wait(["never set"], timedelta(seconds=4))  # the main thread, stuck in C++ for 4 s
+        returned_at = time.monotonic()
+        waiter.join(5)
+        assert ended and ended[0][0] == 75
+        assert ended[0][1] < returned_at - 2, "the worker got the signal only after the main thread's C call"
+    finally:
+        relay.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if worker.poll() is None:
+            worker.kill()
+
+
+_STUCK_AGENT = """
+import subprocess, sys, time
+from mae import launch
+watch = launch._ExitWatch(grace_s=1.0, poll_s=0.1).start()
+workers = [subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(%s)"]) for _ in range(2)]
+%s
+time.sleep(20)  # the agent, stuck: it neither reaps the workers nor returns
+print("the launcher outlived the watch")
+"""
+
+
+@pytest.mark.parametrize("code", [75, 2])
+def test_exit_watch_ends_a_launcher_whose_agent_is_stuck_with_the_workers_code(code):
+    """Workers exited, agent never returns: the launcher exits with their code within the grace period and
+    prints its threads' stacks (where the agent is stuck)."""
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _STUCK_AGENT % (code, "")], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == code, proc.stderr
+    assert time.monotonic() - t0 < 15
+    assert f"the workers ended 1 s ago (exit {code}) but torchrun's agent has not returned" in proc.stderr
+    assert "Current thread" in proc.stderr or "Thread 0x" in proc.stderr  # faulthandler's stacks
+    assert "the launcher outlived the watch" not in proc.stdout
+
+
+def test_exit_watch_stands_down_while_the_agent_reaps_its_workers():
+    """An agent that has collected its workers' exits is running: the watch does nothing."""
+    proc = subprocess.run([sys.executable, "-c", _STUCK_AGENT.replace("time.sleep(20)", "time.sleep(3)") % (
+        75, "[w.wait() for w in workers]")], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "the launcher outlived the watch" in proc.stdout and "has not returned" not in proc.stderr
 
 
 def test_two_nodes_equal_one_node_bitwise(tmp_path, scontrol_path, one_node_two_processes):
