@@ -247,7 +247,7 @@ class _ExitWatch:
         self.grace_s = grace_s
         self._poll_s = poll_s
         self._on_stuck = on_stuck or self._exit
-        self._codes: dict[int, int | str | None] = {}  # worker pid -> exit code, None (running) or _REAPED
+        self._codes: dict[int, int | None] = {}  # worker pid -> exit code, None while it runs
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mae-exit-watch", daemon=True)
 
@@ -263,11 +263,11 @@ class _ExitWatch:
         while not self._done.wait(self._poll_s):
             for pid in _children(os.getpid()):
                 self._codes.setdefault(pid, None)
-            for pid, code in self._codes.items():
-                if code is None:
-                    self._codes[pid] = _exit_status(pid)
-            if _REAPED in self._codes.values():
-                return
+            for pid in self._codes:
+                status = _exit_status(pid)
+                if status == _REAPED:  # the agent collects its workers' exits: it is running
+                    return
+                self._codes[pid] = status
             if not self._codes or None in self._codes.values():
                 all_exited_at = None
                 continue
