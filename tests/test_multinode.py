@@ -5,6 +5,7 @@ SLURM_STEP_NODELIST), one gloo process per "node". It must equal one node x 2 pr
 rank at the same step (exit 75 on both nodes) and resume, with the node ids swapped and a new job id,
 to the same bits. The same launcher runs under the real cluster (tests/integration)."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -12,13 +13,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
+from torch.distributed import TCPStore
 
 from mae import launch
 from mae.checkpoint import load_checkpoint
@@ -203,30 +207,17 @@ def test_relay_passes_a_signal_on_once_the_worker_catches_it(sig, capfd):
         "time.sleep(1.0)  # still importing: the default action would end it\n"
         "signal.signal(signal.%s, lambda s, f: sys.exit(75))\n"
         "time.sleep(30)\n") % sig.name], start_new_session=True)
-    previous = {s: signal.getsignal(s) for s in launch.STOP_SIGNALS}
-    relay = launch._SignalRelay().install()
-    try:
+    with _relay_installed(worker):
         os.kill(os.getpid(), sig)  # what srun's task, this process, receives
         assert worker.wait(timeout=20) == 75
-        err = capfd.readouterr().err
-        assert f"mae.launch: received {sig.name}: passing it on to the workers as they catch it" in err
-        assert f"mae.launch: passing {sig.name} on to worker {worker.pid}" in err
-    finally:
-        relay.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if worker.poll() is None:
-            worker.kill()
+    err = capfd.readouterr().err
+    assert f"mae.launch: received {sig.name}: passing it on to the workers as they catch it" in err
+    assert f"mae.launch: passing {sig.name} on to worker {worker.pid}" in err
 
 
-def test_relay_does_not_wait_for_the_main_thread(capfd):
+def test_relay_does_not_wait_for_the_main_thread():
     """The signal reaches the worker while the launcher's main thread (torchrun's agent) is inside a C call
     that does not return for seconds (a rendezvous store wait): a Python handler would run only after it."""
-    import threading
-    from datetime import timedelta
-
-    from torch.distributed import TCPStore
-
     worker = subprocess.Popen([sys.executable, "-c", (
         "import signal, sys, time\n"
         "signal.signal(signal.SIGUSR1, lambda s, f: sys.exit(75))\n"
@@ -235,17 +226,23 @@ def test_relay_does_not_wait_for_the_main_thread(capfd):
     waiter = threading.Thread(target=lambda: ended.append((worker.wait(), time.monotonic())), daemon=True)
     waiter.start()
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    previous = {s: signal.getsignal(s) for s in launch.STOP_SIGNALS}
-    time.sleep(1.0)  # the worker has its handler
-    relay = launch._SignalRelay().install()
-    try:
+    with _relay_installed(worker):
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1)).start()
         with pytest.raises(Exception, match="timeout|Timeout|timed out"):
             store.wait(["never set"], timedelta(seconds=4))  # the main thread, stuck in C++ for 4 s
         returned_at = time.monotonic()
         waiter.join(5)
-        assert ended and ended[0][0] == 75
-        assert ended[0][1] < returned_at - 2, "the worker got the signal only after the main thread's C call"
+    assert ended and ended[0][0] == 75
+    assert ended[0][1] < returned_at - 2, "the worker got the signal only after the main thread's C call"
+
+
+@contextlib.contextmanager
+def _relay_installed(worker: subprocess.Popen):
+    """The launcher's relay in this process; the previous handlers back and the worker gone afterwards."""
+    previous = {s: signal.getsignal(s) for s in launch.STOP_SIGNALS}
+    relay = launch._SignalRelay().install()
+    try:
+        yield relay
     finally:
         relay.close()
         for s, handler in previous.items():
