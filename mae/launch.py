@@ -241,7 +241,7 @@ class _ExitWatch:
     worker it is evidently running, and the watch stands down.
     """
 
-    def __init__(self, store: "_StoreHost | None" = None, grace_s: float = 60.0, poll_s: float = 0.5,
+    def __init__(self, store: "_StoreHost | None" = None, grace_s: float = 60.0, poll_s: float = 2.0,
                  on_stuck=None):
         self.store = store  # left (counted out) before exiting, like main does
         self.grace_s = grace_s
