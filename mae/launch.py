@@ -241,12 +241,10 @@ class _ExitWatch:
     worker it is evidently running, and the watch stands down.
     """
 
-    def __init__(self, store: "_StoreHost | None" = None, grace_s: float = 60.0, poll_s: float = 2.0,
-                 on_stuck=None):
+    def __init__(self, store: "_StoreHost | None" = None, grace_s: float = 60.0, poll_s: float = 2.0):
         self.store = store  # left (counted out) before exiting, like main does
         self.grace_s = grace_s
         self._poll_s = poll_s
-        self._on_stuck = on_stuck or self._exit
         self._codes: dict[int, int | None] = {}  # worker pid -> exit code, None while it runs
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mae-exit-watch", daemon=True)
@@ -273,7 +271,7 @@ class _ExitWatch:
                 continue
             all_exited_at = all_exited_at or time.monotonic()
             if time.monotonic() - all_exited_at >= self.grace_s:
-                self._on_stuck(_exit_code({pid: SimpleNamespace(exitcode=c) for pid, c in self._codes.items()}))
+                self._exit(_exit_code({pid: SimpleNamespace(exitcode=c) for pid, c in self._codes.items()}))
                 return
 
     def _exit(self, code: int) -> None:
