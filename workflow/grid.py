@@ -32,6 +32,8 @@ from mae.run_folder import MODEL_PTH
 
 EVALUATIONS = ("finetune", "linprobe")
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
+# The presets there are (workflow/presets/{preset}.yaml), as the config schema allows them
+PRESETS = yaml.safe_load((SCHEMAS / "config.schema.yaml").read_text())["properties"]["preset"]["enum"]
 
 
 class GridError(Exception):
@@ -247,9 +249,6 @@ def _load_settings(config: Mapping[str, Any], root: Path) -> tuple[str, dict, li
             raise GridError(f"ablations: {name!r} is not a file in ablations/: allowed {', '.join(names)}")
     seeds = config.get("seeds")
     return preset, base, list(selected), [seeds] if isinstance(seeds, int) else seeds
-
-
-PRESETS = ["smoke", "tiny", "paper"]
 
 
 def file_presets(ablation: Mapping[str, Any]) -> list[str]:
