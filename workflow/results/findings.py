@@ -201,10 +201,11 @@ def evaluate(finding: Finding, summary: AblationSummary | None, ablation: dict |
     if ablation is not None:
         presets, evaluations = file_presets(ablation), preset_evaluations(ablation, preset)
         if preset not in presets:
-            record["reason"] = f"not in the {preset} grid: ablations/{finding.ablation}.yaml runs under {', '.join(presets)}"
+            record["reason"] = (f"{_not_in_grid(preset)}ablations/{finding.ablation}.yaml runs under "
+                                f"{', '.join(presets)}")
             return record
         if finding.stage != "pretrain" and finding.stage not in evaluations:
-            record["reason"] = (f"not in the {preset} grid: ablations/{finding.ablation}.yaml evaluates "
+            record["reason"] = (f"{_not_in_grid(preset)}ablations/{finding.ablation}.yaml evaluates "
                                 f"{', '.join(evaluations) or 'nothing'} under {preset}")
             return record
     if summary is None or ablation is None:
@@ -259,6 +260,11 @@ def compute_findings(manifest: list[dict], runs: pd.DataFrame, ablations: dict[s
     return pd.DataFrame(records)
 
 
+def _not_in_grid(preset: str) -> str:
+    """How the reason of a finding the preset's grid does not measure begins (render_markdown counts them)."""
+    return f"not in the {preset} grid: "
+
+
 def format_effect(value: float, log_scale: bool) -> str:
     if value != value:
         return MISSING
@@ -267,7 +273,7 @@ def format_effect(value: float, log_scale: bool) -> str:
 
 def render_markdown(frame: pd.DataFrame, preset: str) -> str:
     counts = frame["verdict"].value_counts()
-    not_run = int(frame["reason"].astype(str).str.startswith("not in the ").sum())
+    not_run = int(frame["reason"].astype(str).str.startswith(_not_in_grid(preset)).sum())
     lines = [f"**Findings of the paper, checked on the {preset} preset.** {VERDICT_RULE} Effects are in "
              "top-1 points (ours on our data, the paper's on ImageNet-1K) unless a ratio (×) is shown. "
              f"Paper: {PAPER_CITATION}. Generated from results/{preset}/runs.csv by workflow/results/findings.py.",
