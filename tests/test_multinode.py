@@ -257,7 +257,7 @@ from mae import launch
 watch = launch._ExitWatch(grace_s=1.0, poll_s=0.1).start()
 workers = [subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(%s)"]) for _ in range(2)]
 %s
-time.sleep(20)  # the agent, stuck: it neither reaps the workers nor returns
+time.sleep(%s)  # the agent, stuck: it neither reaps the workers nor returns (20 s), or done reaping (3 s)
 print("the launcher outlived the watch")
 """
 
@@ -267,7 +267,7 @@ def test_exit_watch_ends_a_launcher_whose_agent_is_stuck_with_the_workers_code(c
     """Workers exited, agent never returns: the launcher exits with their code within the grace period and
     prints its threads' stacks (where the agent is stuck)."""
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", _STUCK_AGENT % (code, "")], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _STUCK_AGENT % (code, "", 20)], capture_output=True, text=True,
                           timeout=60, cwd=REPO)
     assert proc.returncode == code, proc.stderr
     assert time.monotonic() - t0 < 15
@@ -278,8 +278,8 @@ def test_exit_watch_ends_a_launcher_whose_agent_is_stuck_with_the_workers_code(c
 
 def test_exit_watch_stands_down_while_the_agent_reaps_its_workers():
     """An agent that has collected its workers' exits is running: the watch does nothing."""
-    proc = subprocess.run([sys.executable, "-c", _STUCK_AGENT.replace("time.sleep(20)", "time.sleep(3)") % (
-        75, "[w.wait() for w in workers]")], capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-c", _STUCK_AGENT % (75, "[w.wait() for w in workers]", 3)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "the launcher outlived the watch" in proc.stdout and "has not returned" not in proc.stderr
 
