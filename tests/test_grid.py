@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mae.config import Config, identity
-from workflow.grid import GridError, build_grid, model_path
+from workflow.grid import PRESETS, GridError, build_grid, model_path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "workflow/config.yaml").read_text())
@@ -126,6 +126,8 @@ BAD = {
     "file not for the preset": ("presets: [tiny, paper]\n" + ROW_A,
                                 "ablations/bad.yaml: presets: the file runs under tiny, paper, not 'smoke': allowed "
                                 "there, or another ablation"),
+    "unknown preset": (ROW_A + "    seeds_by_preset: {bogus: [1]}\n",
+                       "ablations/bad.yaml: rows[0].seeds_by_preset: 'bogus' is not one of ['smoke', 'tiny', 'paper']"),
 }
 
 
@@ -140,6 +142,13 @@ def test_a_file_can_leave_out_a_preset_and_change_its_evaluations(root):
     assert {c.stage for c in tiny.cells.values()} == {"pretrain", "linprobe"}
     assert tiny.ablations["one"]["evaluations"] == ["linprobe"]
     assert list(grid("paper", root, ablations="all", data_root="/datasets/imagenet").ablations) == ["one", "two"]
+
+
+def test_the_ablation_schema_allows_the_presets_there_are():
+    # the ablation schema spells the preset list once ($defs), beside the config schema's enum (PRESETS)
+    schema = yaml.safe_load((REPO / "workflow/schemas/ablation.schema.yaml").read_text())
+    assert schema["$defs"]["preset"]["enum"] == PRESETS
+    assert sorted(PRESETS) == sorted(p.stem for p in (REPO / "workflow/presets").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
