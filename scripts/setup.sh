@@ -35,10 +35,22 @@ esac
 torch_spec=${TORCH_SPEC:-$default_torch}
 
 python=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=".venv/.installed-$(cat pyproject.toml requirements.lock scripts/setup.sh | sha1sum | cut -c1-12)-$what"
 # A `test` install includes everything `main` needs.
 if [ ! -f "$stamp" ] && ! { [ "$what" = main ] && [ -f "${stamp%-main}-test" ]; }; then
+  # A new .venv checks for room first, rather than pip failing halfway with "No space left on device":
+  # the locked install (torch with its CUDA libraries) fills 6.5 GiB, and pip unpacks beside it.
+  if [ ! -d .venv ] && [ -z "$torch_spec" ]; then
+    need_gib=${MAE_SETUP_MIN_FREE_GIB:-8}
+    free_kib=$(df -Pk . | awk 'NR == 2 {print $4}')
+    if [ "$free_kib" -lt $(( need_gib * 1024 * 1024 )) ]; then
+      echo "setup: a new .venv needs about $need_gib GiB free on $(df -P . | awk 'NR == 2 {print $6}')," \
+           "$(( free_kib / 1024 / 1024 )) GiB are: free some space and run again" \
+           "(MAE_SETUP_MIN_FREE_GIB=N changes the amount checked)" >&2
+      exit 1
+    fi
+  fi
+  [ -x .venv/bin/python ] || "$python" -m venv .venv
   echo "setup: installing Python packages into .venv (first time: a few minutes)"
   pip=(.venv/bin/pip install -q --disable-pip-version-check)
   if [ -z "$torch_spec" ]; then
