@@ -2,7 +2,7 @@
 # Run a command with oneMKL taking its Intel code path on an AMD CPU, to see what an Intel machine's
 # matrix products would do to a run without having one:
 #   scripts/intel_mkl_path.sh scripts/reproduce.sh --config ablations=quick
-# oneMKL (linked into torch) picks its kernels by CPU vendor: on AMD it takes a generic AVX2 path, on an
+# oneMKL (linked into torch) picks its kernels by CPU vendor: on AMD it takes a generic path, on an
 # Intel CPU with AVX-512 its AVX-512 path, and the two round sums differently. It asks the vendor through
 # mkl_serv_intel_cpu_true(); a preloaded library that answers 1 makes it take the Intel path here (check:
 # MKL_VERBOSE=1 names "AVX-512" instead of "Intel(R) Architecture processors"). Needs a C compiler.
@@ -19,7 +19,8 @@ shim="$dir/mkl_intel_cpu.so"
 if [ ! -f "$shim" ]; then
   mkdir -p "$dir"
   printf 'int mkl_serv_intel_cpu_true(void) { return 1; }\nint mkl_serv_intel_cpu(void) { return 1; }\n' \
-    | "$cc" -shared -fPIC -O2 -x c -o "$shim.$$" - && mv "$shim.$$" "$shim"
+    | "$cc" -shared -fPIC -O2 -x c -o "$shim.$$" -
+  mv "$shim.$$" "$shim"
 fi
 export LD_PRELOAD="$shim${LD_PRELOAD:+:$LD_PRELOAD}"
 exec "$@"
