@@ -13,8 +13,9 @@ in a session of its own, out of reach of SLURM's signal to the task; `mae.launch
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
 
-__all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "StopRequested", "install_stop_handlers"]
+__all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "StopRequested", "install_stop_handlers", "stop_signals_held"]
 
 EXIT_PREEMPTED = 75  # checkpointed (or nothing started yet): run the same command again
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -32,8 +33,29 @@ class StopRequested(BaseException):
                          f"written that looks finished; run the same command again")
 
 
+_held: list[int] | None = None  # the stop signals that arrived inside stop_signals_held(), else None
+
+
 def _raise_stop(signum, frame) -> None:
+    if _held is not None:
+        _held.append(signum)
+        return
     raise StopRequested(signal.Signals(signum).name)
+
+
+@contextmanager
+def stop_signals_held():
+    """A stop signal inside the block raises `StopRequested` at its end instead of in the middle, for a few
+    lines that must not be cut in half (attaching train.log's handler, so that the log says why the run
+    stopped). Python runs signal handlers in the main thread, so this holds whichever thread the signal hit."""
+    global _held
+    _held = []
+    try:
+        yield
+    finally:
+        arrived, _held = _held, None
+    if arrived:
+        raise StopRequested(signal.Signals(arrived[0]).name)
 
 
 def install_stop_handlers() -> bool:

@@ -40,7 +40,7 @@ from mae.errors import UserError
 from mae.optim import build_scheduler
 from mae.recipes import RECIPES, Recipe, Run
 from mae.seeding import mix_seed, seed_all
-from mae.signals import StopRequested
+from mae.signals import StopRequested, stop_signals_held
 from mae.redaction import RedactingFilter, redact_text, redact_tree
 from mae.provenance import environment_record, environment_tags, git_revision
 from mae.run_folder import (ARTIFACTS, CHECKPOINT_PTH, CONFIG_YAML, ENVIRONMENT_JSON, METRICS_JSON, METRICS_JSONL,
@@ -83,13 +83,9 @@ def train(stage: str, cfg: Config, out_dir: str | Path, command: str | None = No
     if finished is not None:
         return finished
     with _run_logging(run.out_dir / TRAIN_LOG if run.is_main else None, run.is_main):
-        try:
-            if stage == "linprobe" and cfg.linprobe.features != "augmented":
-                return _train_cached_probe(run, command)
-            return _train(run, RECIPES[stage], command)
-        except StopRequested as stop:  # a signal before the loop took over (mae.signals): nothing to save
-            log.warning("%s", stop)
-            raise
+        if stage == "linprobe" and cfg.linprobe.features != "augmented":
+            return _train_cached_probe(run, command)
+        return _train(run, RECIPES[stage], command)
 
 
 @dataclass(frozen=True)
@@ -310,20 +306,27 @@ def _make_repeatable(cfg: Config, device: torch.device) -> None:
 
 @contextmanager
 def _run_logging(log_file: Path | None, is_main: bool):
-    """Log to stdout and `train.log` on the main process; only warnings elsewhere."""
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if log_file is not None:
-        handlers.append(logging.FileHandler(log_file))
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        handler.addFilter(RedactingFilter())  # train.log and stdout never show a credential
-        log.addHandler(handler)
+    """Log to stdout and `train.log` on the main process; only warnings elsewhere. A stop signal before the
+    training loop took over (mae.signals: nothing to save) is logged as the run's last line, also one that
+    arrives while the handlers are being attached (held until they are)."""
+    handlers: list[logging.Handler] = []
     previous_level, previous_propagate = log.level, log.propagate
-    log.setLevel(logging.INFO if is_main else logging.WARNING)
-    log.propagate = False
     try:
+        with stop_signals_held():
+            formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+            handlers.append(logging.StreamHandler(sys.stdout))
+            if log_file is not None:
+                handlers.append(logging.FileHandler(log_file))
+            for handler in handlers:
+                handler.setFormatter(formatter)
+                handler.addFilter(RedactingFilter())  # train.log and stdout never show a credential
+                log.addHandler(handler)
+            log.setLevel(logging.INFO if is_main else logging.WARNING)
+            log.propagate = False
         yield
+    except StopRequested as stop:
+        log.warning("%s", stop)
+        raise
     finally:
         for handler in handlers:
             log.removeHandler(handler)
