@@ -49,15 +49,20 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (else platform.processor(), else the machine type)."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first `name` line of /proc/cpuinfo (`model name`, `vendor_id`, `flags`), None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == name:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (else platform.processor(), else the machine type)."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def gpu_record() -> dict[str, Any]:

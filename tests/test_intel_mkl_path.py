@@ -8,15 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from mae.provenance import cpuinfo_field
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "intel_mkl_path.sh"
 MATMUL = "import torch; torch.set_num_threads(1); torch.randn(64, 64) @ torch.randn(64, 64)"
-
-
-def _cpu_flags() -> tuple[str, set[str]]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    vendor = next((line.split(":")[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), "")
-    flags = next((set(line.split(":")[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
-    return vendor, flags
 
 
 def _mkl_banner(tmp_path, through_script: bool) -> str:
@@ -33,10 +28,10 @@ def test_without_a_command_it_says_how_to_call_it():
     assert out.returncode == 2 and out.stderr == "usage: scripts/intel_mkl_path.sh COMMAND [ARGS...]\n"
 
 
-vendor, flags = _cpu_flags()
+AMD_WITH_AVX512 = cpuinfo_field("vendor_id") == "AuthenticAMD" and "avx512f" in (cpuinfo_field("flags") or "").split()
 
 
-@pytest.mark.skipif(vendor != "AuthenticAMD" or "avx512f" not in flags or not shutil.which("cc"),
+@pytest.mark.skipif(not AMD_WITH_AVX512 or not shutil.which("cc"),
                     reason="needs an AMD CPU with AVX-512 (elsewhere oneMKL's path does not change) and a C compiler")
 def test_on_an_amd_cpu_onemkl_takes_its_intel_avx512_path(tmp_path):
     assert "AVX-512" not in _mkl_banner(tmp_path, through_script=False)
