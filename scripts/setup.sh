@@ -42,9 +42,9 @@ if [ ! -f "$stamp" ] && ! { [ "$what" = main ] && [ -f "${stamp%-main}-test" ]; 
   # the locked install (torch with its CUDA libraries) fills 6.5 GiB, and pip unpacks beside it.
   if [ ! -d .venv ] && [ -z "$torch_spec" ]; then
     need_gib=${MAE_SETUP_MIN_FREE_GIB:-8}
-    free_kib=$(df -Pk . | awk 'NR == 2 {print $4}')
+    read -r free_kib mount < <(df -Pk . | awk 'NR == 2 {print $4, $6}')
     if [ "$free_kib" -lt $(( need_gib * 1024 * 1024 )) ]; then
-      echo "setup: a new .venv needs about $need_gib GiB free on $(df -P . | awk 'NR == 2 {print $6}')," \
+      echo "setup: a new .venv needs about $need_gib GiB free on $mount," \
            "$(( free_kib / 1024 / 1024 )) GiB are: free some space and run again" \
            "(MAE_SETUP_MIN_FREE_GIB=N changes the amount checked)" >&2
       exit 1
