@@ -32,8 +32,6 @@ from mae.run_folder import MODEL_PTH
 
 EVALUATIONS = ("finetune", "linprobe")
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
-# The presets there are (workflow/presets/{preset}.yaml), as the config schema allows them
-PRESETS = yaml.safe_load((SCHEMAS / "config.schema.yaml").read_text())["properties"]["preset"]["enum"]
 
 
 class GridError(Exception):
@@ -201,6 +199,10 @@ def validate(data: Any, schema: str, name: str) -> None:
 @functools.cache
 def _validator(schema: str) -> Draft202012Validator:
     return Draft202012Validator(yaml.safe_load((SCHEMAS / schema).read_text()))
+
+
+# The presets there are (workflow/presets/{preset}.yaml), as the config schema allows them
+PRESETS = _validator("config.schema.yaml").schema["properties"]["preset"]["enum"]
 
 
 def _check(checked: dict, path: Any, where: str, data: dict, overrides: dict, source: str) -> tuple[Config, dict]:
