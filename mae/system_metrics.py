@@ -21,6 +21,10 @@ turns sampling off.
     sampler.start()
     ...
     sampler.stop()   # logs the mean of the samples taken since the last point
+
+On stop, the time since the previous sample is sampled only when it spans at least half a sampling
+interval (a rate over a few milliseconds is noise, and psutil's CPU rate over less than a clock tick is
+0.0 %); a run stopped sooner than that after its start logs no point.
 """
 
 from __future__ import annotations
@@ -139,7 +143,8 @@ class SystemMetricsSampler:
         return True
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the thread; the samples since the last point become one last point."""
+        """Stop the thread; the samples since the last point (with one for the time since the previous
+        sample, if it spans half a sampling interval) become one last point."""
         if self._thread is None:
             return
         self._stop.set()
@@ -148,7 +153,7 @@ class SystemMetricsSampler:
 
     def _run(self) -> None:
         t0 = time.monotonic()
-        last_point = t0
+        last_point = last_sample = t0
         samples = 0
         try:
             import psutil
@@ -156,12 +161,17 @@ class SystemMetricsSampler:
             psutil.cpu_percent()
             while True:
                 stopping = self._stop.wait(self._sample_s)
-                for monitor in self._monitors:
-                    monitor.collect_metrics()
-                samples += 1
                 now = time.monotonic()
+                # CPU utilisation is a rate over the time since the previous sample; stopping within a few
+                # clock ticks of it would measure nothing (psutil says 0.0 %), so a window shorter than half
+                # the sampling interval is not sampled: its time is in the previous sample's neighbours
+                if not stopping or now - last_sample >= self._sample_s / 2:
+                    for monitor in self._monitors:
+                        monitor.collect_metrics()
+                    samples += 1
+                    last_sample = now
                 due = (samples >= self._fixed) if self._fixed else (now - last_point >= publish_interval(now - t0))
-                if due or stopping:
+                if samples and (due or stopping):
                     self._point()
                     last_point, samples = now, 0
                 if stopping:

@@ -372,10 +372,48 @@ def test_system_metrics_switch_cadence_and_bad_settings(tmp_path, monkeypatch, c
     sampler = SystemMetricsSampler(tmp_path / "on.jsonl", publish=lambda m, step: published.append(step))
     with caplog.at_level("WARNING", logger="mae.system_metrics"):
         assert sampler.start() is True
-    sampler.stop()  # the samples so far become the last point
+    time.sleep(0.6)  # more than half the default interval: stopping samples it as the last point
+    sampler.stop()
     assert [r.getMessage() for r in caplog.records] == \
         ["system metrics: MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL='often' is invalid, using 1.0"]
     assert published == [0] and sampler.points == 1
+
+
+def test_system_metrics_stopped_right_after_a_sample_log_no_empty_window(tmp_path, fast_sampling):
+    """A stop a few milliseconds after a sample takes no sample of those milliseconds (psutil's CPU rate
+    over less than a clock tick is 0.0 %, which was logged as the run's last point); a stop half an
+    interval or more after the previous sample still samples the run's tail."""
+    import threading
+
+    from mae.run_folder import read_jsonl
+    from mae.system_metrics import SystemMetricsSampler
+    for attempt in range(3):
+        published = threading.Event()
+        sampler = SystemMetricsSampler(tmp_path / f"stop{attempt}.jsonl", publish=lambda m, step: published.set())
+        assert sampler.start()
+        while not published.is_set():  # keep a core busy until the first point (one sample) is logged
+            pass
+        sampler.stop()
+        points = read_jsonl(sampler.path)
+        assert len(points) == 1, f"a sample of the few milliseconds before stop() was logged: {points}"
+        assert points[0]["system/cpu_utilization_percentage"] > 0
+    # stopping 0.15 s (over half the 0.2 s interval) after a sample logs that tail as one more point
+    published.clear()
+    sampler = SystemMetricsSampler(tmp_path / "tail.jsonl", publish=lambda m, step: published.set())
+    assert sampler.start()
+    while not published.is_set():
+        pass
+    busy_until = time.monotonic() + 0.15
+    while time.monotonic() < busy_until:
+        pass
+    sampler.stop()
+    points = read_jsonl(sampler.path)
+    assert [p["step"] for p in points] == [0, 1] and all(p["system/cpu_utilization_percentage"] > 0 for p in points)
+    # a sampler stopped at once after its start has nothing measured to log
+    sampler = SystemMetricsSampler(tmp_path / "instant.jsonl")
+    assert sampler.start()
+    sampler.stop()
+    assert sampler.points == 0 and not sampler.path.exists()
 
 
 def test_experiments_are_marked_as_model_training(uri):
