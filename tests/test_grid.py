@@ -144,6 +144,19 @@ def test_a_file_can_leave_out_a_preset_and_change_its_evaluations(root):
     assert list(grid("paper", root, ablations="all", data_root="/datasets/imagenet").ablations) == ["one", "two"]
 
 
+def test_ablations_all_reads_each_file_once(root, monkeypatch):
+    # selecting `all` reads each file's `presets`; compiling the selected files reuses what was read
+    import workflow.grid
+    (root / "ablations/one.yaml").write_text(HEADER + ROW_A)
+    (root / "ablations/two.yaml").write_text(HEADER + "presets: [paper]\n" + ROW_A)
+    reads = Counter()
+    real = workflow.grid.load_yaml_file
+    monkeypatch.setattr(workflow.grid, "load_yaml_file", lambda path, *a, **k: reads.update([Path(path).name]) or
+                        real(path, *a, **k))
+    assert list(grid("smoke", root, ablations="all").ablations) == ["one"]
+    assert reads == {"one.yaml": 1, "two.yaml": 1}
+
+
 def test_the_ablation_schema_allows_the_presets_there_are():
     # the ablation schema spells the preset list once ($defs), beside the config schema's enum (PRESETS)
     schema = yaml.safe_load((REPO / "workflow/schemas/ablation.schema.yaml").read_text())

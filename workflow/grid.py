@@ -112,7 +112,8 @@ def build_grid(config: Mapping[str, Any], root: str | Path) -> Grid:
         GridError: the first mistake, as one line naming the file and the field or row.
     """
     root = Path(root)
-    preset, base, selected, seeds_override = _load_settings(config, root)
+    parsed: dict[str, Any] = {}  # ablation name -> its parsed file: `ablations=all` reads each file once
+    preset, base, selected, seeds_override = _load_settings(config, root, parsed)
     cells: dict[tuple[str, str], Cell] = {}
     manifest: list[dict[str, Any]] = []
     ablations: dict[str, dict[str, Any]] = {}
@@ -136,7 +137,7 @@ def build_grid(config: Mapping[str, Any], root: str | Path) -> Grid:
         return run_id
 
     for name in selected:
-        path, ablation, rows = _load_ablation(root, name, preset, base, checked)
+        path, ablation, rows = _load_ablation(root, name, preset, base, checked, parsed)
         ablations[name] = ablation
         for i, row in rows:
             row_set = {**ablation.get("set", {}), **row.get("set_by_preset", {}).get(preset, row.get("set", {}))}
@@ -219,8 +220,10 @@ def _check(checked: dict, path: Any, where: str, data: dict, overrides: dict, so
     return checked[key]
 
 
-def _load_settings(config: Mapping[str, Any], root: Path) -> tuple[str, dict, list[str], list[int] | None]:
-    """(preset, the preset's full unresolved config, the selected ablation names, the seeds override)."""
+def _load_settings(config: Mapping[str, Any], root: Path,
+                   parsed: dict[str, Any]) -> tuple[str, dict, list[str], list[int] | None]:
+    """(preset, the preset's full unresolved config, the selected ablation names, the seeds override);
+    the ablation files read to select them are kept in `parsed`."""
     validate(config, "config.schema.yaml", "config")
     preset = config["preset"]
     preset_file = root / "workflow/presets" / f"{preset}.yaml"
@@ -240,7 +243,7 @@ def _load_settings(config: Mapping[str, Any], root: Path) -> tuple[str, dict, li
     names = sorted(p.stem for p in (root / "ablations").glob("*.yaml"))
     selected = config["ablations"]
     if selected == "all":  # every file that has rows for this preset (a file's `presets` can leave one out)
-        selected = [name for name in names if preset in _file_presets(root, name)]
+        selected = [name for name in names if preset in _file_presets(root, name, parsed)]
     elif isinstance(selected, str):
         if selected not in config["subsets"]:
             raise GridError(f"ablations={selected!r} is invalid: allowed 'all', a subset "
@@ -264,21 +267,31 @@ def preset_evaluations(ablation: Mapping[str, Any], preset: str) -> list[str]:
     return ablation.get("evaluations_by_preset", {}).get(preset, ablation["evaluations"])
 
 
-def _file_presets(root: Path, name: str) -> list[str]:
+def _read_ablation(root: Path, name: str, parsed: dict[str, Any]) -> Any:
+    """ablations/{name}.yaml parsed (once per grid: kept in `parsed`), bounded and strict like a config
+    file: alias expansion, duplicate keys, size, bytes. Raises UserError naming the file."""
+    if name not in parsed:
+        path = Path("ablations") / f"{name}.yaml"
+        parsed[name] = load_yaml_file(root / path, str(path), name=str(path))
+    return parsed[name]
+
+
+def _file_presets(root: Path, name: str, parsed: dict[str, Any]) -> list[str]:
     """file_presets of ablations/{name}.yaml; a file that cannot be read counts as running everywhere, so
     that loading it reports the mistake."""
     try:
-        ablation = load_yaml_file(root / "ablations" / f"{name}.yaml", name=f"ablations/{name}.yaml")
+        ablation = _read_ablation(root, name, parsed)
     except UserError:
         return PRESETS
     return file_presets(ablation) if isinstance(ablation, dict) else PRESETS
 
 
-def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict) -> tuple[Path, dict, list]:
+def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict,
+                   parsed: dict[str, Any]) -> tuple[Path, dict, list]:
     """(ablations/{name}.yaml, the parsed and validated file, its (index, row) pairs that run under `preset`)."""
     path = Path("ablations") / f"{name}.yaml"
-    try:  # bounded and strict like a config file: alias expansion, duplicate keys, size, bytes
-        ablation = load_yaml_file(root / path, str(path), name=str(path))
+    try:
+        ablation = _read_ablation(root, name, parsed)
     except UserError as err:
         raise GridError(str(err)) from None
     if not isinstance(ablation, dict):
