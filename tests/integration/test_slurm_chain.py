@@ -5,7 +5,7 @@ One smoke pretraining cell, sized from this machine's measured throughput to nee
 compute, runs through the real cluster with a 1-minute time limit (`--set-resources pretrain:runtime=1`)
 and SIGUSR1 1 s before it (`slurm_signal_before_s=1`; SLURM sends it up to a minute early, here between
 about 30 and 60 s into the allocation). Each allocation: `mae` checkpoints at the signal and exits 75, the
-job requeues itself (workflow/rules/train.smk), the next allocation resumes. Snakemake's retries
+job requeues itself (workflow/scripts/train_job.sh), the next allocation resumes. Snakemake's retries
 (profiles/default: 2) could give at most 3 segments; the test asks for at least 4.
 
 The site values come the README's way: a profile `mysite` in the user's config folder (XDG_CONFIG_HOME

@@ -7,7 +7,7 @@ gloo process each, rendezvous on node1.
   metrics curve, metrics.json. Augmentation none, as in tests/test_multinode.py (crops are drawn per
   process; masks are not).
 - `scancel --signal=USR1 JOBID` after a few records: both nodes' tasks exit 75 at the step rank 0
-  checkpointed, the job requeues itself (workflow/rules/train.smk), and the next allocation resumes from
+  checkpointed, the job requeues itself (workflow/scripts/train_job.sh), and the next allocation resumes from
   that step and ends equal to the undisturbed run.
 
 Both workflows run at once (each job holds one of the two CPUs of each node), then the reference.

@@ -89,7 +89,7 @@ def get_threads(stage):
 
 def get_slurm_extra():
     """sbatch options of every training job (the SLURM plugin's `slurm_extra`; ignored elsewhere): SIGUSR1
-    before the time limit, and --requeue so the job may requeue itself at that signal (rules/train.smk)
+    before the time limit, and --requeue so the job may requeue itself at that signal (scripts/train_job.sh)
     even where the site's JobRequeue=0 makes jobs non-requeueable. A rule resource, not a profile's
     default-resources: a site's own default-resources (partition, account) replace that whole list."""
     return f"--signal=USR1@{config['slurm_signal_before_s']} --requeue"
