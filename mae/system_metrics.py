@@ -163,8 +163,8 @@ class SystemMetricsSampler:
                 stopping = self._stop.wait(self._sample_s)
                 now = time.monotonic()
                 # CPU utilisation is a rate over the time since the previous sample; stopping within a few
-                # clock ticks of it would measure nothing (psutil says 0.0 %), so a window shorter than half
-                # the sampling interval is not sampled: its time is in the previous sample's neighbours
+                # clock ticks of it would measure nothing (psutil says 0.0 %), so on stop a window shorter
+                # than half the sampling interval is not sampled: those milliseconds are left unrecorded
                 if not stopping or now - last_sample >= self._sample_s / 2:
                     for monitor in self._monitors:
                         monitor.collect_metrics()
