@@ -5,6 +5,7 @@ the registry itself against the ablation files and the paper's own numbers."""
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ import yaml
 
 from workflow.results.findings import (FINDINGS, MIN_SEEDS, Finding, compute_findings, render_markdown,
                                        verdict, write_findings)
-from workflow.results.stats import mean_interval, t_quantile
+from workflow.results.stats import mean_interval, seeds_for_half_width, t_quantile
 from workflow.results.summary import summarize_ablation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +46,18 @@ def test_mean_interval_is_the_t_interval_of_the_mean():
     assert (mean, std) == (2.0, 1.0)
     assert half == pytest.approx(4.303 / math.sqrt(3), abs=1e-3)
     assert math.isnan(mean_interval([5.0])[1]) and math.isnan(mean_interval([])[0])
+
+
+def test_seeds_for_half_width_is_the_fewest_seeds_whose_interval_fits():
+    # sd 1.018 (a 3-seed half-width of 2.53): 6 seeds give 2.571 · 1.018 / √6 = 1.07, 7 give 2.447 · 1.018 / √7 = 0.94
+    assert seeds_for_half_width(1.018, 1.0) == 7
+    assert seeds_for_half_width(0.238, 1.0, minimum=3) == 3       # already narrow: the minimum
+    assert seeds_for_half_width(0.0, 1.0, minimum=3) == 3         # deterministic
+    assert seeds_for_half_width(0.0, 1.0, minimum=1) == 2         # never fewer than 2 (an interval needs 2)
+    for std, n in ((0.543, 4), (0.946, 6), (2.0, 18)):
+        n = int(seeds_for_half_width(std, 1.0))
+        assert t_quantile(0.975, n - 1) * std / math.sqrt(n) <= 1.0 < t_quantile(0.975, n - 2) * std / math.sqrt(n - 1)
+    assert math.isnan(seeds_for_half_width(math.nan, 1.0)) and math.isnan(seeds_for_half_width(100.0, 1.0, limit=50))
 
 
 # ---------------------------------------------------------------------------------- fixture runs
@@ -105,6 +118,9 @@ def test_known_effect_is_reproduced_reversed_contradicted_noise_inconclusive():
     assert known["half_width"] == pytest.approx(3.182 * std / 2, abs=1e-3)
     assert known["ci_low"] == pytest.approx(mean - known["half_width"])
     assert known["verdict"] == "reproduced" and known["reason"] == ""
+    assert known["seeds_for_target"] == MIN_SEEDS  # sd 0.14: three seeds would already give ±1
+    assert frame.at["noise", "seeds_for_target"] == seeds_for_half_width(
+        statistics.stdev(noise), 1.0, minimum=MIN_SEEDS) > 4  # noise vs BASE per seed = noise
     assert known["paper_effect"] == pytest.approx(73.5 - 65.5)  # Table 1a lin, 8 blocks − 1 block
     assert frame.at["reversed", "verdict"] == "contradicted"
     assert frame.at["reversed", "effect_mean"] == pytest.approx(-2.0)
@@ -167,6 +183,7 @@ def test_unpaired_seeds_are_left_out_and_log_scale_findings_are_ratios():
     frame = findings_of(values, [ratio, depth_finding("diff", "linprobe", "8", "1", bound=9.0)])
     assert frame.at["ratio", "seeds"] == "0 1 2"  # seed 3 has no partner
     assert frame.at["ratio", "effect_mean"] == pytest.approx(5.0) and frame.at["ratio", "verdict"] == "reproduced"
+    assert math.isnan(frame.at["ratio", "seeds_for_target"])  # a ratio's spread is not in points
     assert frame.at["diff", "verdict"] == "contradicted"  # 8 points, bound 9, no spread
     assert verdict(ratio, math.log(2.0), math.log(4.0)) == "inconclusive"
 
@@ -184,7 +201,8 @@ def test_findings_files_are_written(tmp_path):
     csv = pd.read_csv(tmp_path / "findings.csv")
     assert list(csv["finding"]) == [f.name for f in FINDINGS] == list(frame["finding"])
     assert set(csv.columns) >= {"claim", "compared", "n_seeds", "effect_mean", "ci_low", "ci_high", "half_width",
-                                "paper_effect", "verdict", "reason"}
+                                "seeds_for_target", "paper_effect", "verdict", "reason"}
+    assert "| seeds for ±1 |" in markdown
     assert render_markdown(frame, "tiny").count("\n| ") == len(FINDINGS) + 1
 
 

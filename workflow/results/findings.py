@@ -7,6 +7,9 @@ claim. Per seed the effect is computed on the rows' runs of that seed (paired), 
 
     mean ± t(0.975, n − 1) · sd / √n         (95 % t interval over the n seeds every compared row has)
 
+and, from that sd, the seed count whose interval would be ±TARGET_HALF_WIDTH points (how the ablation files'
+seed counts are chosen; an estimate, since the sd is itself measured on n seeds).
+
 Verdict rule (VERDICT_RULE says it in the output):
 - claim "positive" (the effect exceeds `bound`, 0 unless stated): the interval entirely above the bound =
   reproduced, entirely below = contradicted, else inconclusive;
@@ -27,7 +30,7 @@ import pandas as pd
 
 from workflow.grid import file_presets, preset_evaluations
 from workflow.results.paper import PAPER_CITATION
-from workflow.results.stats import mean_interval
+from workflow.results.stats import mean_interval, seeds_for_half_width
 from workflow.results.style import EVALUATION_NAMES, MISSING
 from workflow.results.summary import EVALUATION_SHORT, AblationSummary, summarize_ablation
 
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 MIN_SEEDS = 3
 CONFIDENCE = 0.95
 FLAT_MARGIN = 1.0  # points: "flat" = the whole interval within ± this
+TARGET_HALF_WIDTH = 1.0  # points: the half-width the seed counts aim at (issue #16: "at most ~1 point")
 VERDICT_RULE = (f"{CONFIDENCE:.0%} t interval over seeds of the paired per-seed effect. Claim 'positive' "
                 "(effect > bound): interval entirely above the bound = reproduced, entirely below = "
                 "contradicted, else inconclusive. Claim 'flat' (|effect| ≤ margin): interval inside "
@@ -196,8 +200,8 @@ def evaluate(finding: Finding, summary: AblationSummary | None, ablation: dict |
               "evaluation": EVALUATION_NAMES.get(finding.stage, f"{finding.stage} {finding.metric}"),
               "compared": finding.compared(), "expect": finding.expect,
               "bound": finding.bound, "unit": finding.unit, "n_seeds": 0, "seeds": "", "effect_mean": math.nan,
-              "ci_low": math.nan, "ci_high": math.nan, "half_width": math.nan, "paper_effect": math.nan,
-              "verdict": "inconclusive", "reason": ""}
+              "ci_low": math.nan, "ci_high": math.nan, "half_width": math.nan, "seeds_for_target": math.nan,
+              "paper_effect": math.nan, "verdict": "inconclusive", "reason": ""}
     if ablation is not None:
         presets, evaluations = file_presets(ablation), preset_evaluations(ablation, preset)
         if preset not in presets:
@@ -233,10 +237,12 @@ def evaluate(finding: Finding, summary: AblationSummary | None, ablation: dict |
     seeds = sorted(set.intersection(*(set(v) for v in per_row.values()))) if len(per_row) == len(finding.rows) \
         else []
     effects = [finding.effect({row: per_row[row][s] for row in finding.rows}) for s in seeds]
-    mean, half, _ = mean_interval(effects, CONFIDENCE)
+    mean, half, std = mean_interval(effects, CONFIDENCE)
     record.update(n_seeds=len(seeds), seeds=" ".join(map(str, seeds)), effect_mean=finding.shown(mean))
     if half == half:
         record.update(ci_low=finding.shown(mean - half), ci_high=finding.shown(mean + half), half_width=half)
+        if not finding.log_scale:  # a ratio's half-width is in log units, not points
+            record["seeds_for_target"] = seeds_for_half_width(std, TARGET_HALF_WIDTH, CONFIDENCE, MIN_SEEDS)
     if not problems and len(seeds) < MIN_SEEDS:
         problems.append(f"only {len(seeds)} seeds common to the compared rows (needs ≥ {MIN_SEEDS})")
     if problems:
@@ -280,9 +286,11 @@ def render_markdown(frame: pd.DataFrame, preset: str) -> str:
              "", f"Reproduced {counts.get('reproduced', 0)}, contradicted {counts.get('contradicted', 0)}, "
              f"inconclusive {counts.get('inconclusive', 0) - not_run} of {len(frame)} findings"
              + (f"; {not_run} more not in the {preset} grid (inconclusive, reason given)." if not_run else "."), "",
+             f"Seeds for ±{TARGET_HALF_WIDTH:g}: the fewest seeds whose interval would be at most ±{TARGET_HALF_WIDTH:g} "
+             "point wide if the effect's seed-to-seed sd stayed as measured here (an estimate from n seeds).", "",
              "| finding | paper claim | compared (ablation: rows) | evaluation | n seeds | ours: effect "
-             f"[{CONFIDENCE:.0%} CI] | ± half-width | paper effect | claim | verdict |",
-             "|:---|:---|:---|:---|---:|---:|---:|---:|:---|:---|"]
+             f"[{CONFIDENCE:.0%} CI] | ± half-width | seeds for ±{TARGET_HALF_WIDTH:g} | paper effect | claim | verdict |",
+             "|:---|:---|:---|:---|---:|---:|---:|---:|---:|:---|:---|"]
     for _, r in frame.iterrows():
         log_scale = r["unit"].startswith("×")
         interval = (f"{format_effect(r['effect_mean'], log_scale)} [{format_effect(r['ci_low'], log_scale)}, "
@@ -293,6 +301,7 @@ def render_markdown(frame: pd.DataFrame, preset: str) -> str:
         verdict_text = f"**{r['verdict']}**" + (f" ({r['reason']})" if r["reason"] else "")
         cells = [r["finding"], r["claim"], f"{r['ablation']}: {r['compared']}", r["evaluation"], str(r["n_seeds"]),
                  interval, format_effect(r["half_width"], False).lstrip("+") if r["half_width"] == r["half_width"]
+                 else MISSING, f"{r['seeds_for_target']:.0f}" if r["seeds_for_target"] == r["seeds_for_target"]
                  else MISSING, format_effect(r["paper_effect"], log_scale), claim, verdict_text]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"

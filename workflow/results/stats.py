@@ -73,3 +73,16 @@ def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float,
         return mean, math.nan, math.nan
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n), std
+
+
+def seeds_for_half_width(std: float, target: float, confidence: float = 0.95, minimum: int = 2,
+                         limit: int = 1000) -> float:
+    """The fewest seeds n >= minimum whose t interval, t(n − 1) · std / √n, is at most `target` wide on
+    each side, if the seed-to-seed sd stays `std` (an estimate: `std` is itself measured on few seeds).
+    NaN when std is unknown or more than `limit` seeds would be needed."""
+    if std != std:
+        return math.nan
+    for n in range(max(minimum, 2), limit + 1):
+        if t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n) <= target:
+            return float(n)
+    return math.nan
