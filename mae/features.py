@@ -15,6 +15,7 @@ exp(similarity / 0.07)), measured at the end of every pretraining (`knn_top1` in
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -262,9 +263,13 @@ def train_cached_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
     Each epoch is one pass over the training features in a fresh order (from `seed` and the epoch).
     The lr rises linearly over `warmup_epochs`, then stays at `lr` until the training loss plateaus.
     Convergence is decided on the mean training loss of each epoch: when it has not fallen by more than
-    `PROBE_TOL` (relative) below its best for `PROBE_PATIENCE` epochs, the lr is divided by 10; the
-    `PROBE_PLATEAUS`-th plateau (at lr / 100) ends training as converged. `max_epochs` bounds it;
-    stopping there is reported as `converged=False`.
+    `PROBE_TOL` (relative) below its best for `PROBE_PATIENCE` epochs, training returns to the state of
+    its best epoch (head and optimizer) and the lr is divided by 10; the `PROBE_PLATEAUS`-th plateau
+    (at lr / 100) returns to the best state once more and ends training as converged. Returning matters
+    when the lr is too high: the loss can rise for several epochs, and without it a run that diverged
+    would count its plateaus above its best loss as convergence (seen in the tiny grid: LARS lr 16, a
+    training loss of 2.2 where the run's best was 0.96). `max_epochs` bounds it; stopping there is
+    reported as `converged=False`. `final_loss` is the loss of the epoch whose head is returned.
 
     Args:
         train_x / val_x: features [N, D] (as extracted); train_y / val_y: labels [N].
@@ -286,6 +291,7 @@ def train_cached_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
     steps_per_epoch = n // batch_size
     warmup_steps = round(warmup_epochs * steps_per_epoch)
     best, since_best, plateaus, scale, step = math.inf, 0, 0, 1.0, 0
+    best_state: tuple[dict, dict] | None = None  # head and optimizer at the epoch of the lowest loss
     records: list[dict[str, Any]] = []
     converged, epoch, loss_mean = False, 0, math.nan
     head.train()
@@ -316,10 +322,14 @@ def train_cached_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
             continue
         if loss_mean < best * (1 - PROBE_TOL):
             best, since_best = loss_mean, 0
+            best_state = (copy.deepcopy(head.state_dict()), copy.deepcopy(optimizer.state_dict()))
         else:
             since_best += 1
         if since_best >= PROBE_PATIENCE:
             plateaus += 1
+            head.load_state_dict(best_state[0])
+            optimizer.load_state_dict(best_state[1])
+            loss_mean = best
             if plateaus >= PROBE_PLATEAUS:
                 converged = True
                 break

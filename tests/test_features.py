@@ -58,6 +58,28 @@ def test_cached_probe_converges_on_separable_features():
     assert not result.head[0].affine and isinstance(result.head[1], torch.nn.Linear)
 
 
+def test_cached_probe_returns_to_its_best_state_when_a_too_high_lr_makes_the_loss_rise():
+    """A probe whose loss rises at a too-high lr must not end at that higher loss and call it converged:
+    each plateau returns to the best epoch's head (seen in the tiny grid: LARS lr 16, loss 2.2 vs best 0.96)."""
+    g = torch.Generator().manual_seed(1)
+    centers = torch.randn(5, 16, generator=g)
+    y = torch.randint(0, 5, (3000,), generator=g)
+    x = centers[y] + torch.randn(3000, 16, generator=g)
+    result = F.train_cached_probe(x[:2500], y[:2500], x[2500:], y[2500:], 5, lr=64.0, batch_size=64,
+                                  warmup_epochs=0.2, max_epochs=100, seed=0)
+    losses = [r["loss"] for r in result.records]
+    assert max(losses[2:6]) > 10 * min(losses[:2])  # the lr is too high: the loss climbs after epoch 1
+    assert result.converged
+    assert min(losses) <= result.final_loss <= min(losses) * (1 + F.PROBE_TOL)  # the best state is returned
+    head = result.head.eval()
+    with torch.no_grad():
+        train_loss = float(torch.nn.functional.cross_entropy(head(x[:2500]), y[:2500]))
+    assert train_loss < 2 * min(losses)  # the returned head is that state, not the last epoch's
+    sane = F.train_cached_probe(x[:2500], y[:2500], x[2500:], y[2500:], 5, lr=1.0, batch_size=64,
+                                warmup_epochs=0.2, max_epochs=100, seed=0)
+    assert result.top1 >= sane.top1 - 1.0
+
+
 def test_raw_pixel_and_random_encoder_features(tmp_path):
     cfg = load_config(SMOKE).resolved()
     raw = F.compute_features(cfg, None, raw_pixels=True)
