@@ -63,6 +63,11 @@ def t_quantile(p: float, df: float) -> float:
     return (low + high) / 2.0
 
 
+def half_width(std: float, n: int, confidence: float = 0.95) -> float:
+    """The half-width of the two-sided t interval of a mean of n values with sample sd `std`."""
+    return t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n)
+
+
 def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """(mean, half-width, sample std) of the two-sided t interval of the mean; half-width NaN for n < 2."""
     n = len(values)
@@ -72,17 +77,17 @@ def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float,
     if n < 2:
         return mean, math.nan, math.nan
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n), std
+    return mean, half_width(std, n, confidence), std
 
 
 def seeds_for_half_width(std: float, target: float, confidence: float = 0.95, minimum: int = 2,
                          limit: int = 1000) -> float:
-    """The fewest seeds n >= minimum whose t interval, t(n − 1) · std / √n, is at most `target` wide on
+    """The fewest seeds n >= minimum whose t interval (`half_width`) is at most `target` wide on
     each side, if the seed-to-seed sd stays `std` (an estimate: `std` is itself measured on few seeds).
     NaN when std is unknown or more than `limit` seeds would be needed."""
     if std != std:
         return math.nan
     for n in range(max(minimum, 2), limit + 1):
-        if t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n) <= target:
+        if half_width(std, n, confidence) <= target:
             return float(n)
     return math.nan
