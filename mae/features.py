@@ -7,6 +7,11 @@ reused: by the same head and optimizer trained to convergence in seconds (`linpr
 and by a k-NN classifier (DINO's `eval_knn.py`: cosine similarity, k = 20, votes weighted by
 exp(similarity / 0.07)), measured at the end of every pretraining (`knn_top1` in metrics.json).
 
+A pretraining whose config probes on cached features keeps the k-NN features it computed
+(`features.pth` beside its model.pth), and the probe of its model.pth reads them instead of computing
+them again: they are the same bits, checked by a key of everything that decides them (the encoder's
+weights, the images, pooling, batch, processes, device type); on any difference the probe computes.
+
     mae features --checkpoint runs/x/model.pth --config C.yaml --out feats.pth
     mae knn --checkpoint runs/x/model.pth --config C.yaml [--linprobe]
     mae knn --checkpoint random --config C.yaml          # a randomly initialised encoder of the arch
@@ -16,6 +21,7 @@ exp(similarity / 0.07)), measured at the end of every pretraining (`knn_top1` in
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import time
@@ -37,6 +43,7 @@ KNN_K = 20
 KNN_TEMPERATURE = 0.07
 RANDOM_CHECKPOINT = "random"  # `--checkpoint random`: the config's encoder at its seeded initialisation
 FEATURE_BATCH = 256
+FEATURES_FILE = "features.pth"  # a pretraining's k-NN features, beside its model.pth, for its cached probe
 # Convergence of the cached probe (see `train_cached_probe`).
 PROBE_TOL = 1e-3
 PROBE_PATIENCE = 3
@@ -53,7 +60,9 @@ class Features:
         num_classes: K.
         source: checkpoint path, 'random' or 'raw_pixels'.
         pool: 'token' (cls token, the paper's probe feature), 'avg' (mean of the patch tokens) or 'pixels'.
-        extract_s: seconds spent computing them.
+        extract_s: seconds spent computing them (or reading them, when `reused_from` is set).
+        key: what decides their bits (`features_key`); None for raw pixels.
+        reused_from: the features file they were read from, else None.
     """
 
     train: torch.Tensor
@@ -64,6 +73,8 @@ class Features:
     source: str
     pool: str
     extract_s: float = 0.0
+    key: dict[str, Any] | None = None
+    reused_from: str | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -88,6 +99,45 @@ def load_features(path: str | Path) -> Features:
     except (OSError, RuntimeError, TypeError, EOFError) as exc:
         raise UserError.message("features", f"{path} is not a features file written by `mae features` "
                                 f"({type(exc).__name__})") from None
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of a module's state: every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def features_key(cfg: Config, encoder: nn.Module, pool: str, device: torch.device | str, world_size: int,
+                 batch_size: int) -> dict[str, Any]:
+    """Everything that decides the bits of `compute_features`' output for an encoder: its weights, the
+    images (data keys, input size), the pooling, the batch, the processes sharing the images (each
+    computes its own batches) and the device type."""
+    data = cfg.data
+    return {"encoder_sha256": weights_digest(encoder), "pool": pool, "batch_size": batch_size,
+            "world_size": world_size, "device_type": torch.device(device).type,
+            "data": {"name": data.name, "root": str(data.root), "train_subset": data.train_subset,
+                     "val_subset": data.val_subset, "val_split": data.val_split,
+                     "img_size": cfg.model.img_size, "in_chans": cfg.model.in_chans}}
+
+
+def _reusable_features(path: Path, key: dict[str, Any]) -> Features | None:
+    """The features saved at `path` when their key equals `key`; None (logged) when absent or different."""
+    if not path.is_file():
+        return None
+    try:
+        features = load_features(path)
+    except UserError as exc:
+        log.warning("features not reused: %s", exc)
+        return None
+    if features.key != key:
+        log.info("features not reused: %s was computed %s", path,
+                 "by an older version" if features.key is None else "for other weights, images or settings")
+        return None
+    return features
 
 
 # ---- encoders --------------------------------------------------------------------------------------
@@ -160,7 +210,8 @@ def extract_features(encoder: nn.Module | None, loader, pool: str = "token", dev
 
 def compute_features(cfg: Config, checkpoint: str | Path | dict[str, torch.Tensor] | None, *, pool: str = "token",
                      raw_pixels: bool = False, device: torch.device | str = "cpu", rank: int = 0,
-                     world_size: int = 1, batch_size: int = FEATURE_BATCH) -> Features:
+                     world_size: int = 1, batch_size: int = FEATURE_BATCH, reuse: str | Path | None = None,
+                     save: str | Path | None = None) -> Features:
     """Features of the config's 'train' and 'val' splits (subsets, `data.val_split` as configured).
 
     Args:
@@ -168,11 +219,21 @@ def compute_features(cfg: Config, checkpoint: str | Path | dict[str, torch.Tenso
         checkpoint: as in `build_encoder`; ignored with `raw_pixels`.
         pool: 'token' or 'avg'.
         raw_pixels: the normalised pixels instead of an encoder's features.
+        reuse: a features file (`save`'s) to read instead of computing, when its key is this call's.
+        save: where to write the computed features with their key (the caller's main process only).
     """
     from mae.data import build_loader
     from mae.recipes import config_dataset
     started = time.perf_counter()
     encoder = None if raw_pixels else build_encoder(cfg, checkpoint).to(device)
+    source = "raw_pixels" if raw_pixels else (str(checkpoint) if isinstance(checkpoint, (str, Path)) or checkpoint is None
+                                              else "model")
+    source = source if checkpoint is not None or raw_pixels else RANDOM_CHECKPOINT
+    key = None if encoder is None else features_key(cfg, encoder, pool, device, world_size, batch_size)
+    reused = None if reuse is None or key is None else _reusable_features(Path(reuse), key)
+    if reused is not None:
+        reused.source, reused.reused_from, reused.extract_s = source, str(reuse), time.perf_counter() - started
+        return reused
     out: dict[str, Any] = {}
     num_classes = None
     for split in ("train", "val"):
@@ -182,10 +243,11 @@ def compute_features(cfg: Config, checkpoint: str | Path | dict[str, torch.Tenso
                               in_chans=cfg.model.in_chans, rank=rank, world_size=world_size,
                               num_workers=cfg.data.num_workers, device=device)
         out[split], out[f"{split}_labels"] = extract_features(encoder, loader, pool, device, world_size, len(dataset))
-    source = "raw_pixels" if raw_pixels else (str(checkpoint) if isinstance(checkpoint, (str, Path)) or checkpoint is None
-                                              else "model")
-    return Features(num_classes=num_classes, source=source if checkpoint is not None or raw_pixels else RANDOM_CHECKPOINT,
-                    pool="pixels" if raw_pixels else pool, extract_s=time.perf_counter() - started, **out)
+    features = Features(num_classes=num_classes, source=source, pool="pixels" if raw_pixels else pool,
+                        extract_s=time.perf_counter() - started, key=key, **out)
+    if save is not None:
+        save_features(save, features)
+    return features
 
 
 # ---- k-NN ------------------------------------------------------------------------------------------

@@ -270,11 +270,14 @@ class Pretrain(Recipe):
 
     def final_metrics(self, run: Run, model: nn.Module) -> dict[str, Any]:
         """k-NN accuracy of the frozen encoder (cls token; k 20, cosine, T 0.07) of the config's 'val'
-        split against its 'train' split: `knn_top1`, `knn_top5`, `knn_time_s` (extraction + votes)."""
-        from mae.features import KNN_K, KNN_TEMPERATURE, compute_features, knn_of_features
+        split against its 'train' split: `knn_top1`, `knn_top5`, `knn_time_s` (extraction + votes). When
+        the config probes on cached features, the features are kept for that probe (`FEATURES_FILE`)."""
+        from mae.features import FEATURES_FILE, KNN_K, KNN_TEMPERATURE, compute_features, knn_of_features
+        keep = run.is_main and run.cfg.linprobe.features == "cached"
         try:
             features = compute_features(run.cfg, model.state_dict(), device=run.device, rank=run.dist.rank,
-                                        world_size=run.dist.world_size)
+                                        world_size=run.dist.world_size,
+                                        save=run.out_dir / FEATURES_FILE if keep else None)
         except UserError as exc:  # e.g. an image folder without val/: the pretraining itself is fine
             log.warning("knn not measured: %s", exc)
             return {}

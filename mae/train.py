@@ -240,8 +240,11 @@ def _train_cached_probe(run: Run, command: str) -> dict[str, Any]:
     """`linprobe.features: cached`: the frozen encoder's features once, then the probe to convergence
     (`mae.features.train_cached_probe`). No checkpoints: a killed run starts again (seconds); every
     process computes the same probe (features gathered), the main one writes."""
-    from mae.features import compute_features, knn_of_features, probe_of_features
+    from mae.features import FEATURES_FILE, RANDOM_CHECKPOINT, compute_features, knn_of_features, probe_of_features
     cfg = run.cfg
+    # the pretraining's own k-NN features, when they are this probe's (checked by their key)
+    checkpoint = cfg.linprobe.checkpoint
+    saved = Path(checkpoint).parent / FEATURES_FILE if checkpoint and checkpoint != RANDOM_CHECKPOINT else None
     if run.is_main:
         _write_run_record(run, command)
         _truncate_records(run.out_dir / METRICS_JSONL, 0)
@@ -251,11 +254,12 @@ def _train_cached_probe(run: Run, command: str) -> dict[str, Any]:
             def write_record(record: dict[str, Any]) -> None:
                 _write_record(records, tracker, record)
 
-            features = compute_features(cfg, cfg.linprobe.checkpoint, raw_pixels=cfg.linprobe.features == "pixels",
-                                        device=run.device, rank=run.dist.rank, world_size=run.dist.world_size)
-            log.info("linprobe %s: cached features of %d train / %d val images (%s, %d-d) in %.1f s", run.run_id,
+            features = compute_features(cfg, checkpoint, raw_pixels=cfg.linprobe.features == "pixels",
+                                        device=run.device, rank=run.dist.rank, world_size=run.dist.world_size,
+                                        reuse=saved)
+            log.info("linprobe %s: cached features of %d train / %d val images (%s, %d-d) %s in %.1f s", run.run_id,
                      len(features.train_labels), len(features.val_labels), features.source, features.train.shape[1],
-                     features.extract_s)
+                     f"read from {features.reused_from}" if features.reused_from else "computed", features.extract_s)
             probe = probe_of_features(features, cfg, on_epoch=write_record if run.is_main else None)
             knn = knn_of_features(features)  # seconds on features already computed: the same encoder's k-NN
             write_record({"step": probe.steps, "epoch": probe.epochs - 1, "val_loss": probe.val_loss,
@@ -265,7 +269,8 @@ def _train_cached_probe(run: Run, command: str) -> dict[str, Any]:
                      probe.time_s, probe.final_loss, probe.top1, probe.top5)
         state = LoopState(epoch=probe.epochs, global_step=probe.steps, last_loss=probe.final_loss)
         extra = {"probe_epochs": probe.epochs, "probe_converged": probe.converged,
-                 "feature_time_s": features.extract_s, "knn_top1": knn["top1"], "knn_top5": knn["top5"]}
+                 "feature_time_s": features.extract_s, "features_reused": features.reused_from is not None,
+                 "knn_top1": knn["top1"], "knn_top5": knn["top5"]}
         frozen = nn.ModuleList([probe.head] if cfg.linprobe.features == "pixels" else
                                [build_encoder_for_count(cfg), probe.head])
         metrics = _final_metrics(run, frozen, state, {"top1": probe.top1, "top5": probe.top5},

@@ -110,6 +110,52 @@ def test_cached_linprobe_run_writes_the_contract(tmp_path):
     assert metrics["knn_top1"] == F.knn_of_features(features)["top1"]
 
 
+def test_a_probe_reads_its_pretrainings_features_and_gets_the_same_bits(tmp_path):
+    from mae import train
+    cfg = load_config(SMOKE, ["linprobe.features=cached", "linprobe.epochs=30"])
+    train.pretrain(cfg, tmp_path / "pretrain")
+    saved = tmp_path / "pretrain" / F.FEATURES_FILE
+    assert saved.is_file()  # kept: this config probes on cached features
+    probe_cfg = load_config(SMOKE, ["linprobe.features=cached", "linprobe.epochs=30",
+                                    f"linprobe.checkpoint={tmp_path / 'pretrain' / 'model.pth'}"])
+    reused = train.linprobe(probe_cfg, tmp_path / "reused")
+    saved.rename(tmp_path / "kept.pth")
+    computed = train.linprobe(probe_cfg, tmp_path / "computed")
+    assert reused["features_reused"] and not computed["features_reused"]
+    assert reused["run_id"] == computed["run_id"]
+    for name in ("top1", "top5", "final_loss", "probe_epochs", "knn_top1", "knn_top5"):
+        assert reused[name] == computed[name], name
+    # the kept features are bitwise the ones the probe computes from model.pth
+    kept = F.load_features(tmp_path / "kept.pth")
+    again = F.compute_features(probe_cfg.resolved(), tmp_path / "pretrain" / "model.pth")
+    assert torch.equal(kept.train, again.train) and torch.equal(kept.val, again.val) and kept.key == again.key
+    # features whose key differs (other weights) are not read: the probe computes its own
+    kept.key = {**kept.key, "encoder_sha256": "0" * 64}
+    kept.train = torch.zeros_like(kept.train)
+    F.save_features(saved, kept)
+    other = train.linprobe(probe_cfg, tmp_path / "other")
+    assert not other["features_reused"] and other["top1"] == computed["top1"]
+
+
+def test_features_key_follows_weights_images_and_settings():
+    cfg = load_config(SMOKE).resolved()
+    encoder = F.build_encoder(cfg, F.RANDOM_CHECKPOINT)
+    key = F.features_key(cfg, encoder, "token", "cpu", 1, 256)
+    assert key == F.features_key(cfg, F.build_encoder(cfg, F.RANDOM_CHECKPOINT), "token", "cpu", 1, 256)
+    other_seed = F.build_encoder(load_config(SMOKE, ["run.seed=1"]).resolved(), F.RANDOM_CHECKPOINT)
+    assert F.features_key(cfg, other_seed, "token", "cpu", 1, 256) != key
+    assert F.features_key(load_config(SMOKE, ["data.train_subset=32"]).resolved(), encoder, "token", "cpu", 1,
+                          256) != key
+    for changed in (("avg", "cpu", 1, 256), ("token", "cpu", 2, 256), ("token", "cpu", 1, 128)):
+        assert F.features_key(cfg, encoder, *changed) != key
+
+
+def test_a_pretraining_keeps_no_features_when_its_probe_is_not_cached(tmp_path):
+    from mae import train
+    train.pretrain(load_config(SMOKE, ["linprobe.features=augmented"]), tmp_path / "run")
+    assert (tmp_path / "run" / "metrics.json").is_file() and not (tmp_path / "run" / F.FEATURES_FILE).exists()
+
+
 def test_pixels_linprobe_run_is_the_raw_pixel_reference(tmp_path):
     from mae import train
     cfg = load_config(SMOKE, ["linprobe.features=pixels", "linprobe.epochs=30"])
