@@ -37,7 +37,8 @@ MLFLOW_RUN_ID = "mlflow_run_id"
 # Fields of metrics.json / metrics.jsonl that measure wall-clock time, and fields that say where and when a
 # run happened: the only ones two runs of one config on one machine may differ in (tests/test_determinism.py).
 TIMING_FIELDS = frozenset({"images_per_s", "train_time_s", "knn_time_s", "feature_time_s"})
-PROVENANCE_FIELDS = frozenset({"host", "git_revision", "mlflow_run_id", "slurm_job_id"})
+PROVENANCE_FIELDS = frozenset({"host", "git_revision", "mlflow_run_id", "slurm_job_id",
+                               "features_reused"})  # a cached probe's features read from its pretraining
 
 ARTIFACTS = (CONFIG_YAML, ENVIRONMENT_JSON, METRICS_JSON, RECON_PNG)
 

@@ -3,7 +3,8 @@
 
     .venv/bin/python scripts/compare_runs.py runs/tuning/pretrain/18410f3bfeb1 /tmp/rerun/pretrain
 
-For model.pth: how many tensors are bitwise equal and the largest absolute difference of the others;
+For model.pth: how many tensors are bitwise equal and the largest absolute difference of the others
+(a linear probe keeps no model.pth: its records and metrics are compared);
 for metrics.json: every metric that differs, with both values (timing and provenance fields are left
 out: they always differ); for metrics.jsonl: whether the per-step records (losses, lrs) are equal and
 the first step where they part. Exit 0 when everything compared is equal, 1 otherwise. Run folders on
@@ -55,13 +56,17 @@ def main(argv=None) -> int:
     parser.add_argument("b", type=Path, help="a finished run folder of the same config")
     args = parser.parse_args(argv)
     for folder in (args.a, args.b):
-        for name in (MODEL_PTH, METRICS_JSON, METRICS_JSONL):
+        for name in (METRICS_JSON, METRICS_JSONL):
             if not (folder / name).is_file():
                 sys.exit(f"error: {folder / name} is not a file (expected a finished `mae` run folder)")
-    tensors, equal, largest = compare_weights(args.a, args.b)
+    with_weights = [(folder / MODEL_PTH).is_file() for folder in (args.a, args.b)]
+    if with_weights[0] != with_weights[1]:
+        sys.exit(f"error: only {(args.a, args.b)[with_weights[1]] / MODEL_PTH} exists: not runs of one config")
+    tensors, equal, largest = compare_weights(args.a, args.b) if with_weights[0] else (0, 0, 0.0)
     metrics = differing_metrics(args.a, args.b)
     record = first_differing_record(args.a, args.b)
-    print(f"weights: {equal} of {tensors} tensors bitwise equal; largest |difference| {largest:.3g}")
+    print(f"weights: {equal} of {tensors} tensors bitwise equal; largest |difference| {largest:.3g}" if tensors
+          else "weights: none (a linear probe keeps no model.pth)")
     print("metrics.jsonl: " + ("every record equal" if record is None else f"records part at record {record}"))
     print("metrics.json: " + ("every metric equal" if not metrics else f"{len(metrics)} differ"))
     for key, (va, vb) in metrics.items():
