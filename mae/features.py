@@ -24,6 +24,7 @@ import copy
 import hashlib
 import logging
 import math
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,7 @@ def load_features(path: str | Path) -> Features:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         return Features(**state)
-    except (OSError, RuntimeError, TypeError, EOFError) as exc:
+    except (OSError, RuntimeError, TypeError, EOFError, pickle.UnpicklingError) as exc:
         raise UserError.message("features", f"{path} is not a features file written by `mae features` "
                                 f"({type(exc).__name__})") from None
 

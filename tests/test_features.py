@@ -1,6 +1,7 @@
 """mae.features: k-NN against a brute-force reference, the cached probe, raw-pixel / random-encoder paths, CLI."""
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,22 @@ def test_a_probe_reads_its_pretrainings_features_and_gets_the_same_bits(tmp_path
     F.save_features(saved, kept)
     other = train.linprobe(probe_cfg, tmp_path / "other")
     assert not other["features_reused"] and other["top1"] == computed["top1"]
+    # a damaged file, or one that would run code to load, is not read either (weights_only): computed again
+    for damaged in (b"not a features file", pickle.dumps(Marker(tmp_path / "marker"), protocol=2)):
+        saved.write_bytes(damaged)
+        again = train.linprobe(probe_cfg, tmp_path / f"damaged{len(damaged)}")
+        assert not again["features_reused"] and again["top1"] == computed["top1"]
+    assert not (tmp_path / "marker").exists()
+
+
+class Marker:
+    """Unpickling it would create `path` (a file that runs code when loaded)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
 
 
 def test_features_key_follows_weights_images_and_settings():
