@@ -227,9 +227,12 @@ def compute_features(cfg: Config, checkpoint: str | Path | dict[str, torch.Tenso
     from mae.recipes import config_dataset
     started = time.perf_counter()
     encoder = None if raw_pixels else build_encoder(cfg, checkpoint).to(device)
-    source = "raw_pixels" if raw_pixels else (str(checkpoint) if isinstance(checkpoint, (str, Path)) or checkpoint is None
-                                              else "model")
-    source = source if checkpoint is not None or raw_pixels else RANDOM_CHECKPOINT
+    if raw_pixels:
+        source = "raw_pixels"
+    elif checkpoint is None:
+        source = RANDOM_CHECKPOINT
+    else:
+        source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "model"
     key = None if encoder is None else features_key(cfg, encoder, pool, device, world_size, batch_size)
     reused = None if reuse is None or key is None else _reusable_features(Path(reuse), key)
     if reused is not None:
