@@ -59,10 +59,11 @@ def main(argv=None) -> int:
         for name in (METRICS_JSON, METRICS_JSONL):
             if not (folder / name).is_file():
                 sys.exit(f"error: {folder / name} is not a file (expected a finished `mae` run folder)")
-    with_weights = [(folder / MODEL_PTH).is_file() for folder in (args.a, args.b)]
-    if with_weights[0] != with_weights[1]:
-        sys.exit(f"error: only {(args.a, args.b)[with_weights[1]] / MODEL_PTH} exists: not runs of one config")
-    tensors, equal, largest = compare_weights(args.a, args.b) if with_weights[0] else (0, 0, 0.0)
+    a_has_weights, b_has_weights = ((folder / MODEL_PTH).is_file() for folder in (args.a, args.b))
+    if a_has_weights != b_has_weights:
+        only = args.a if a_has_weights else args.b
+        sys.exit(f"error: only {only / MODEL_PTH} exists: not runs of one config")
+    tensors, equal, largest = compare_weights(args.a, args.b) if a_has_weights else (0, 0, 0.0)
     metrics = differing_metrics(args.a, args.b)
     record = first_differing_record(args.a, args.b)
     print(f"weights: {equal} of {tensors} tensors bitwise equal; largest |difference| {largest:.3g}" if tensors
