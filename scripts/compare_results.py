@@ -4,9 +4,11 @@
 Runs are content-addressed (the run id is a hash of the resolved config), so the same run id in two
 runs.csv files is the same configuration and seed. For every accuracy metric (top1 by default) of a
 run present in both files this prints how many are identical and the largest differences, per stage,
-and lists runs only one side has. With --tolerance it exits 1 when a difference exceeds it.
+and lists runs only one side has. With --tolerance it exits 1 when a difference exceeds it. Each side is
+a results folder (its runs.csv) or a runs CSV itself, e.g. one ablation's results/<preset>/runs/<name>.csv.
 
     .venv/bin/python scripts/compare_results.py results/tiny /path/to/fresh-clone/results/tiny
+    .venv/bin/python scripts/compare_results.py results/tiny/runs/fig5_mask_ratio.csv results/tiny/rerun_zen3/runs.csv
     .venv/bin/python scripts/compare_results.py results/tiny other/results/tiny --tolerance 1.0
 """
 
@@ -17,10 +19,10 @@ from pathlib import Path
 import pandas as pd
 
 
-def read_metric(results_dir: Path, metric: str) -> pd.Series:
-    path = results_dir / "runs.csv"
+def read_metric(results: Path, metric: str) -> pd.Series:
+    path = results if results.suffix == ".csv" else results / "runs.csv"
     if not path.is_file():
-        sys.exit(f"error: {path} is not a file (expected results/<preset>/ of a workflow run)")
+        sys.exit(f"error: {path} is not a file (expected results/<preset>/ of a workflow run, or a runs CSV)")
     runs = pd.read_csv(path, usecols=["run_id", "stage", "status", "metric", "value", "ablations"])
     runs = runs[(runs.metric == metric) & (runs.status == "completed")]
     return runs.set_index(["stage", "run_id"])[["value", "ablations"]]
@@ -35,8 +37,8 @@ def compare(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("old", type=Path, help="results/<preset> of one run, e.g. the committed results/tiny")
-    parser.add_argument("new", type=Path, help="results/<preset> of the rerun")
+    parser.add_argument("old", type=Path, help="results/<preset> of one run (or its runs CSV), e.g. the committed results/tiny")
+    parser.add_argument("new", type=Path, help="results/<preset> of the rerun (or its runs CSV)")
     parser.add_argument("--metric", default="top1", help="metric of runs.csv to compare (default top1)")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="exit 1 if any |new - old| exceeds this many points")

@@ -631,3 +631,7 @@ def test_compare_results_reports_identical_changed_and_one_sided_runs(tmp_path):
     missing = subprocess.run([*script[:2], str(tmp_path), str(new)], capture_output=True, text=True)
     assert missing.returncode != 0 and "runs.csv is not a file" in missing.stderr
     assert "Traceback" not in missing.stderr
+    as_files = subprocess.run([*script[:2], str(old / "runs.csv"), str(new / "runs.csv")], capture_output=True, text=True)
+    assert as_files.returncode == 0 and "bbb fig5_mask_ratio:75: 63.00 -> 64.25 (+1.25)" in as_files.stdout
+    no_file = subprocess.run([*script[:2], str(tmp_path / "fig5.csv"), str(new)], capture_output=True, text=True)
+    assert no_file.returncode != 0 and f"{tmp_path / 'fig5.csv'} is not a file" in no_file.stderr
