@@ -169,7 +169,9 @@ class SystemMetricsSampler:
                     for monitor in self._monitors:
                         monitor.collect_metrics()
                     samples += 1
-                    last_sample = now
+                    # the next CPU window starts when this sample was read, not when the thread woke:
+                    # under load the reads can take tens of milliseconds
+                    last_sample = time.monotonic()
                 due = (samples >= self._fixed) if self._fixed else (now - last_point >= publish_interval(now - t0))
                 if samples and (due or stopping):
                     self._point()
