@@ -173,6 +173,20 @@ def one_error_line(result, exit_code: int, expect) -> str:
     return line
 
 
+def workflow_error_line(returncode: int, stdout: str, stderr: str) -> str:
+    """Snakemake's output for a bad config or ablation file, which the workflow validates at parse time:
+    exit 2, exactly one `error: ...` line on stderr (Snakemake's own notes, such as the profile in use,
+    may stand around it) and none of Snakemake's exception context (`WorkflowError in file ...`, the
+    `File "...", line ...` location) or a traceback. Returns the line without `error: `."""
+    output = stdout + stderr
+    assert returncode == 2, output[-3000:]
+    for noise in ("Traceback", "WorkflowError", 'File "'):
+        assert noise not in output, output[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, output[-3000:]
+    return lines[0].removeprefix("error: ")
+
+
 def assert_no_finished_outputs(folder: Path) -> None:
     """Nothing the workflow would take as a finished run (DESIGN.md: metrics.json, model.pth)."""
     found = [str(p) for name in ("metrics.json", "model.pth") for p in folder.rglob(name)] if folder.exists() else []

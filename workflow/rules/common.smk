@@ -8,8 +8,6 @@ import signal
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
-
 from workflow.grid import GridError, build_grid
 from workflow.results.figures import figure_stems, read_ablation_files
 
@@ -30,7 +28,10 @@ if "SLURM_JOB_ID" in os.environ:
 try:
     GRID = build_grid(config, ROOT)
 except GridError as err:
-    raise WorkflowError(str(err)) from None
+    # A user mistake: one line and exit 2, as `mae` does (a WorkflowError would get Snakemake's own header
+    # and this file's location around the line).
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
 PRESET, RUNS, ABLATIONS = GRID.preset, GRID.runs_dir, GRID.ablations
 # Every ablation file, for the aggregation: runs.csv keeps earlier runs of ablations not selected now,
 # and their rows need titles and default flags (unreadable files are skipped: the selected ones were
