@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: machine / load description, timers, peak memory, CSV output."""
+"""Shared helpers for the benchmarks: machine / load description, timers, peak memory, host syncs, CSV output."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 import platform
 import resource
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from mae.provenance import cpu_model
 
@@ -88,3 +89,16 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path, key: tuple[str, ...]
         writer.writeheader()
         writer.writerows(old + rows)
     return path
+
+
+def count_host_syncs(work: Callable[[], Any]) -> int:
+    """How many times `work()` made the host wait for the GPU (torch.cuda's sync debug mode warnings)."""
+    import torch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            work()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
