@@ -209,7 +209,7 @@ def test_at_least_25_cases():
 def test_bad_input_is_one_line_user_error(name, outcomes, fault):
     case, case_dir, workflow, result = outcomes[name]
     fault.describe("bad input", case.what + (" (snakemake -n)" if case.ablation else ""),
-                   "non-zero exit, one line naming field, value and what is allowed; no traceback; "
+                   "exit 2, one line naming field, value and what is allowed; no traceback; "
                    "no metrics.json / model.pth")
     assert result.returncode != 0, result.explain()
     assert "Traceback" not in result.stderr + result.stdout, result.explain()
