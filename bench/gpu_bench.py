@@ -11,8 +11,9 @@ with CUDA events around the whole timed epoch (one synchronisation at its end). 
 memory (torch.cuda.max_memory_allocated), training FLOPs per image (mae.flops), achieved FLOP/s and
 MFU against the best bf16 `torch.mm` measured in this run (bench.matmul_peak, 8192^3), and the host
 synchronisations the engine makes per step (counted with torch.cuda.set_sync_debug_mode: an epoch of 6
-steps minus one of 2, over 4; the epoch's closing log point syncs by design). By default the ViT-L/16 Table 2 rows (encoder w/ mask tokens, 1-block decoder)
-are measured in eager mode too, giving the GPU counterpart of the paper's wall-clock speedups.
+steps minus one of 2, over 4; the epoch's closing log point syncs by design). By default the ViT-L/16
+Table 2 rows (encoder w/ mask tokens, 1-block decoder) are measured in eager mode too, giving the GPU
+counterpart of the paper's wall-clock speedups.
 Mode `official` is the official MAE recipe on the same card, batch and masking (bench.official_recipe:
 fp16 autocast + GradScaler, unfused attention, torch's default AdamW, a `.item()` and a synchronize per
 step, no compile); `vs_official` is each row's images/s over the official row's of the same arch.

@@ -69,7 +69,11 @@ fi
 CLI=("$PY" -m mae.cli)
 COMMON=(--config "$PRESET" tracking.enabled=false "${CLI_EXTRA[@]}")
 
-say "machine: $(uname -n); $(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi'); $("$PY" -c 'import torch, timm; print("torch", torch.__version__, "cuda", torch.version.cuda, "timm", timm.__version__, "gpu", torch.cuda.is_available())' 2>&1)"
+GPU_NAME="$(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null \
+    || echo 'no nvidia-smi')"
+VERSIONS="$("$PY" -c 'import torch, timm; print("torch", torch.__version__, "cuda", torch.version.cuda,
+                                              "timm", timm.__version__, "gpu", torch.cuda.is_available())' 2>&1)"
+say "machine: $(uname -n); $GPU_NAME; $VERSIONS"
 
 # ---- phase 1: alone on the GPU, timed
 say "---- bench.gpu_bench ${BENCH[*]}"
