@@ -2,8 +2,8 @@
 
 What runs here only on a GPU: bf16 autocast training steps, the sync-free step, torch.compile on CUDA,
 fp16 with a GradScaler, checkpoint and resume of a run that trains on CUDA (mid-epoch stop, resume,
-same result as uninterrupted), the CLI with `run.device=auto`, and the GPU benchmark with the official
-recipe beside ours. nccl needs two processes on two GPUs (one process trains without a process group,
+same result as uninterrupted, in bf16 and fp16), the CLI with `run.device=auto`, frozen-encoder
+features and k-NN on CUDA, and the GPU benchmark with the official recipe beside ours. nccl needs two processes on two GPUs (one process trains without a process group,
 mae.distributed), so a one-GPU machine cannot run it; the multi-process code is tested with gloo on the
 CPU (test_ddp.py, test_multinode.py).
 
@@ -105,15 +105,18 @@ def test_compiled_model_on_cuda_gives_the_eager_loss_and_gradients():
     assert torch.allclose(grad, eager_grad, rtol=0.1, atol=1e-3 * eager_grad.abs().max().item())
 
 
-def test_cuda_run_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_run_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, precision):
     """Checkpoint and resume on CUDA: stop after 11 steps (mid-epoch, after the step-7 checkpoint), resume,
     finish; the metrics match the uninterrupted run (GPU kernels may differ in the last bits between runs,
-    so closely rather than bitwise; whether they are bitwise equal is printed)."""
-    reference = train.pretrain(load_config(None, RUN), tmp_path / "reference")
+    so closely rather than bitwise; whether they are bitwise equal is printed). fp16 also checkpoints and
+    restores its GradScaler."""
+    run = [a if not a.startswith("run.precision") else f"run.precision={precision}" for a in RUN]
+    reference = train.pretrain(load_config(None, run), tmp_path / "reference")
     with pytest.raises(TrainingStopped) as stop:
-        train.pretrain(load_config(None, [*RUN, "run.stop_after_steps=11"]), tmp_path / "run")
+        train.pretrain(load_config(None, [*run, "run.stop_after_steps=11"]), tmp_path / "run")
     assert stop.value.exit_code == EXIT_PREEMPTED
-    resumed = train.pretrain(load_config(None, RUN), tmp_path / "run")
+    resumed = train.pretrain(load_config(None, run), tmp_path / "run")
     assert resumed["resumed_from_step"] == 11 and resumed["steps"] == reference["steps"] == 32
     a = torch.load(tmp_path / "reference" / "model.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "run" / "model.pth", weights_only=True)["model"]
@@ -121,7 +124,7 @@ def test_cuda_run_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path
     max_diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     losses = [(r["loss"], s["loss"]) for r, s in zip(read_jsonl(tmp_path / "reference" / "metrics.jsonl"),
                                                       read_jsonl(tmp_path / "run" / "metrics.jsonl")) if "loss" in r]
-    print(f"\nresumed vs uninterrupted: weights bitwise equal {max_diff == 0}, largest |difference| {max_diff:.3g}; "
+    print(f"\n{precision} resumed vs uninterrupted: weights bitwise equal {max_diff == 0}, largest |difference| {max_diff:.3g}; "
           f"final loss {reference['final_loss']} vs {resumed['final_loss']}")
     assert losses and all(x == pytest.approx(y, rel=1e-3) for x, y in losses)
     assert resumed["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-3)
@@ -140,6 +143,22 @@ def test_cli_with_device_auto_trains_on_cuda_and_finetunes_in_bf16(tmp_path):
         setup = next(line for line in (tmp_path / stage / "train.log").read_text().splitlines() if ", device " in line)
         print(f"\n{stage}: {setup.split(': ', 1)[-1]}; {json.dumps({k: metrics.get(k) for k in ('final_loss', 'top1')})}")
         assert ", device cuda" in setup and setup.endswith("precision torch.bfloat16"), setup
+
+
+def test_knn_features_on_cuda_give_the_cpu_accuracy():
+    """`mae knn` computes the frozen encoder's features on CUDA (fp32, as on the CPU): the same k-NN
+    accuracy as on the CPU, to within one of the 256 validation images."""
+    def knn(device: str) -> dict:
+        proc = subprocess.run([sys.executable, "-m", "mae.cli", "knn", "--checkpoint", "random", "--config",
+                               str(REPO / "workflow" / "presets" / "smoke.yaml"), f"run.device={device}",
+                               "run.precision=fp32", "data.train_subset=512", "data.val_subset=256",
+                               "tracking.enabled=false"], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    on_cuda, on_cpu = knn("cuda"), knn("cpu")
+    print(f"\nk-NN top-1 on CUDA {on_cuda['knn_top1']} ({on_cuda['feature_time_s']} s), "
+          f"on the CPU {on_cpu['knn_top1']} ({on_cpu['feature_time_s']} s)")
+    assert abs(on_cuda["knn_top1"] - on_cpu["knn_top1"]) <= 100 / 256 + 1e-9
 
 
 def test_gpu_bench_runs_ours_and_the_official_recipe_on_cuda(tmp_path):
