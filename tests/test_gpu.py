@@ -102,7 +102,9 @@ def test_compiled_model_on_cuda_gives_the_eager_loss_and_gradients():
     print(f"\nloss eager {eager.item():.6f} compiled {loss.item():.6f}")
     assert loss.item() == pytest.approx(eager.item(), rel=2e-2)
     grad = model.patch_embed.proj.weight.grad
-    assert torch.allclose(grad, eager_grad, rtol=0.1, atol=1e-3 * eager_grad.abs().max().item())
+    relative = ((grad - eager_grad).norm() / eager_grad.norm()).item()  # bf16 rounds both, differently fused
+    print(f"patch-embedding gradient: relative difference {relative:.2e}")
+    assert relative < 0.05
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
