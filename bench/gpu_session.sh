@@ -61,7 +61,7 @@ if [ "$SMOKE" = 1 ]; then
 else
     PRESET=workflow/presets/tiny.yaml
     [ -n "$DATA_ROOT" ] || DATA_ROOT=/usr/share/datasets/fashion-mnist
-    CLI_EXTRA=(data.root="$(cd "$DATA_ROOT" && pwd)" data.num_workers=6)
+    CLI_EXTRA=(data.root="$(cd "$DATA_ROOT" && pwd)")   # in memory, augmented on the device as whole batches
     STOP_AFTER_RECORDS=8   # tiny logs every 20 steps: stop after ~160 of its ~940 pretraining steps
     BENCH=(--archs vitl vitb --budget-s 220)
     PROFILE_ARCH=mae_vit_large_patch16_dec512d8b PROFILE_BATCH=128
