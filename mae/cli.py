@@ -93,8 +93,7 @@ def run(argv: list[str]) -> int:
     if extra:
         raise UserError.message("arguments", f"mae {args.command}: unrecognized arguments: {' '.join(extra)}")
     if args.command in ("pretrain", "finetune", "linprobe"):
-        from mae import train
-        from mae.config import load_config
+        from mae.config import load_config  # no torch: a bad config is reported in a fraction of a second
         # `--out` may come after the overrides: argparse already took it out of the positional list.
         stray = [o for o in args.overrides if "=" not in o]
         if stray:
@@ -103,6 +102,7 @@ def run(argv: list[str]) -> int:
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise UserError("--out", args.out, "a folder (it is a file or a special path)")
         command = shlex.join(["mae", *argv])
+        from mae import train  # torch, timm: seconds
         getattr(train, args.command)(cfg, args.out, command=command)
         return 0
     if args.command in ("features", "knn"):
@@ -132,7 +132,6 @@ def _features_command(args) -> int:
     """`mae features` / `mae knn`: one JSON line on stdout with the numbers and their cost."""
     import json
 
-    from mae import features as feats
     from mae.choices import GLOBAL_POOLS
     from mae.config import load_config
     from mae.errors import check_choice
@@ -146,6 +145,7 @@ def _features_command(args) -> int:
     if args.command == "features" and os.path.isdir(args.out):
         raise UserError("--out", args.out, "a file path (it is a folder)")
     cfg = load_config(args.config, args.overrides).resolved()
+    from mae import features as feats  # torch, after every check of the arguments
     features = feats.compute_features(cfg, args.checkpoint, pool=args.pool, raw_pixels=args.raw_pixels,
                                       device=args.device)
     result = {"source": features.source, "pool": features.pool, "dim": features.train.shape[1],

@@ -44,6 +44,23 @@ def test_subprocess_exit_code_and_clean_stderr(tmp_path):
     assert proc.stderr.startswith("error: data.name='mnist' is invalid")
 
 
+@pytest.mark.parametrize("args", [
+    ["pretrain", "--out", "{out}", "model.mask_ratio=1.5"],
+    ["finetune", "--config", "missing.yaml", "--out", "{out}"],
+    ["linprobe", "--out", "{out}", "linprobe.bogus=1"],
+    ["knn", "--checkpoint", "random", "data.name=imagenet2"],
+    ["features", "--raw-pixels", "--out", "{out}", "--pool", "max"],
+])
+def test_a_bad_config_is_reported_before_torch_is_imported(tmp_path, args):
+    """A typo costs a tenth of a second, not the seconds torch and timm take to import."""
+    code = ("import sys; from mae import cli; code = cli.main(sys.argv[1:]); "
+            "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
+    argv = [a.replace("{out}", str(tmp_path / "out")) for a in args]
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+    assert result.stdout.strip() == "torch not imported"
+
+
 def test_pretrain_then_visualize(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli.main(["pretrain", "--out", str(run), *TINY]) == 0

@@ -67,7 +67,7 @@ def _importing_torch(pid: int) -> bool:
         return False
 
 
-# (moment, signal, extra overrides): during the imports (torch is being loaded; nothing parsed or built
+# (moment, signal, extra overrides): during the imports (torch is being loaded; the config is parsed, nothing built
 # yet), during the build of a large synthetic training set (train.log exists: the run folder is set up).
 EARLY = {
     "SIGTERM-during-import": (signal.SIGTERM, ()),
