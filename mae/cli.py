@@ -8,6 +8,7 @@
     mae replay runs/x [--uri http://host:5000]      # default: env MLFLOW_TRACKING_URI, then the run's tracking.uri
     mae features --checkpoint runs/x/model.pth --config C.yaml --out feats.pth [--pool token|avg] [--raw-pixels]
     mae knn --checkpoint runs/x/model.pth|random --config C.yaml [--raw-pixels] [--linprobe] [key=value ...]
+    mae config --config C.yaml [--stage finetune] [key=value ...]   # the resolved config as YAML (+ run id)
     torchrun --standalone --nproc_per_node=2 -m mae.cli pretrain --config C.yaml --out runs/x
 
 Exit codes: 0 done; 2 user error (one line on stderr, nothing written that looks finished);
@@ -70,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--linprobe", action="store_true",
                              help="also train the cached linear probe with the config's linprobe recipe")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.train_subset=1000")
+    show = commands.add_parser("config", help="print the resolved config as YAML (every key, arch fields filled)",
+                               description="Print the config a run would use: defaults < --config < key=value, "
+                               "architecture fields filled from model.arch. The output loads again with --config.")
+    show.add_argument("--config", help="YAML file (a preset, or a run folder's config.yaml)")
+    show.add_argument("--stage", help="pretrain, finetune or linprobe: also check that stage's rules and print "
+                      "its run id (the run folder name the workflow gives it) in a meta: block")
+    show.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.mask_ratio=0.9")
     replay = commands.add_parser("replay", help="push a run folder's metrics.jsonl into MLflow (idempotent)")
     replay.add_argument("run_dir")
     replay.add_argument("--uri", help="tracking URI (default: env MLFLOW_TRACKING_URI, then the run's tracking.uri)")
@@ -86,7 +94,7 @@ def _parse_ratios(text: str) -> list[float]:
 def run(argv: list[str]) -> int:
     """Run one command; returns the exit code (UserError and training stops are raised to `main`)."""
     args, extra = _parser().parse_known_args(argv)
-    if args.command in ("pretrain", "finetune", "linprobe", "features", "knn", "visualize"):
+    if args.command in ("pretrain", "finetune", "linprobe", "features", "knn", "visualize", "config"):
         # Overrides may also come after `--out DIR`; argparse hands those back as unknown arguments.
         args.overrides = [*args.overrides, *extra]
         extra = [e for e in extra if e.startswith("-")]
@@ -117,6 +125,8 @@ def run(argv: list[str]) -> int:
                                     overrides=args.overrides)
         print(path)
         return 0
+    if args.command == "config":
+        return _config_command(args)
     if args.command == "replay":
         from mae.tracking import replay
         if not os.path.isdir(args.run_dir):
@@ -125,7 +135,28 @@ def run(argv: list[str]) -> int:
         print(f"{args.run_dir}: MLflow run {result['run_id']}, {result['metrics_logged']} metric points logged, "
               f"{result['metrics_skipped']} already there")
         return 0
-    raise UserError("command", args.command, "pretrain, finetune, linprobe, features, knn, visualize or replay")
+    raise UserError("command", args.command,
+                    "pretrain, finetune, linprobe, features, knn, visualize, config or replay")
+
+
+def _config_command(args) -> int:
+    """`mae config`: the resolved config on stdout as YAML; with --stage, its run id in `meta:`."""
+    import yaml
+
+    from mae.choices import STAGES
+    from mae.config import identity, load_config
+    from mae.errors import check_choice
+    from mae.redaction import redact_tree
+    stray = [o for o in args.overrides if "=" not in o]
+    if stray:
+        raise UserError("override", stray[0], "'section.key=value' (e.g. model.mask_ratio=0.9)")
+    cfg = load_config(args.config, args.overrides).resolved()
+    data = redact_tree(cfg.to_dict())  # as a run folder's config.yaml: no password, no token
+    if args.stage is not None:
+        check_choice("--stage", args.stage, STAGES)
+        data["meta"] = {"stage": args.stage, "run_id": identity(cfg, args.stage)}
+    print(yaml.safe_dump(data, sort_keys=False), end="")
+    return 0
 
 
 def _features_command(args) -> int:

@@ -50,6 +50,7 @@ def test_subprocess_exit_code_and_clean_stderr(tmp_path):
     ["linprobe", "--out", "{out}", "linprobe.bogus=1"],
     ["knn", "--checkpoint", "random", "data.name=imagenet2"],
     ["features", "--raw-pixels", "--out", "{out}", "--pool", "max"],
+    ["config", "--stage", "pretrain", "model.mask_ratio=1.0"],
 ])
 def test_a_bad_config_is_reported_before_torch_is_imported(tmp_path, args):
     """A typo costs a tenth of a second, not the seconds torch and timm take to import."""
@@ -59,6 +60,40 @@ def test_a_bad_config_is_reported_before_torch_is_imported(tmp_path, args):
     result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
     assert result.stdout.strip() == "torch not imported"
+
+
+def test_config_prints_what_a_run_used_and_loads_again(tmp_path, capsys):
+    import yaml
+
+    run = tmp_path / "run"
+    assert cli.main(["pretrain", "--out", str(run), *TINY]) == 0
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    capsys.readouterr()
+    assert cli.main(["config", "--config", str(run / "config.yaml"), "--stage", "pretrain"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["meta"] == {"stage": "pretrain", "run_id": recorded["meta"]["run_id"]}
+    assert {k: v for k, v in printed.items() if k != "meta"} == {k: v for k, v in recorded.items() if k != "meta"}
+    # Printed with an override and saved, it is a config file: the run id follows the override.
+    saved = tmp_path / "printed.yaml"
+    assert cli.main(["config", "--config", str(run / "config.yaml"), "model.mask_ratio=0.5"]) == 0
+    saved.write_text(capsys.readouterr().out)
+    assert cli.main(["config", "--config", str(saved), "--stage", "pretrain"]) == 0
+    again = yaml.safe_load(capsys.readouterr().out)
+    assert again["model"]["mask_ratio"] == 0.5 and again["meta"]["run_id"] != recorded["meta"]["run_id"]
+
+
+def test_config_fills_the_arch_redacts_credentials_and_never_imports_torch(tmp_path):
+    import yaml
+
+    code = ("import sys; from mae import cli; code = cli.main(sys.argv[1:]); "
+            "print('torch imported' if 'torch' in sys.modules else 'torch not imported', file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code, "config", "--config", str(REPO / "workflow/presets/tiny.yaml"),
+                             "tracking.uri=http://alice:s3cret@mlflow:5000"], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr.strip() == "torch not imported", result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["model"]["embed_dim"] == 128 and printed["model"]["patch_size"] == 7  # from model.arch
+    assert "s3cret" not in result.stdout and "mlflow:5000" in printed["tracking"]["uri"]
 
 
 def test_pretrain_then_visualize(tmp_path, capsys):
