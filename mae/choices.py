@@ -23,6 +23,10 @@ LINPROBE_FEATURES = ("augmented", "cached", "pixels")  # pixels: the cached prob
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 IN_CHANS = (1, 3)  # every dataset is adapted between grayscale and RGB
 GRID_MASK_RATIO = 0.75  # grid masking keeps one patch of each 2x2 cell
+# Bounds of model.img_size: 16x the paper's 224 per side, and a 256x256 patch grid (65,536 tokens; the
+# paper's 224/16 is 14x14). Beyond them a few typed digits would allocate gigabytes.
+MAX_IMG_SIDE = 4096
+MAX_PATCHES = 256 * 256
 # RandomResizedCrop's official lower area bound per stage (`data.crop_min_scale: null`).
 OFFICIAL_CROP_MIN_SCALE = {"pretrain": 0.2, "finetune": 0.08, "linprobe": 0.08, "eval": 0.08}
 
@@ -32,6 +36,32 @@ def check_positive_int(field: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise UserError(field, value, "a positive integer")
     return value
+
+
+def image_hw(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(height, width) of an `img_size` setting: an int is the side of a square, [H, W] a rectangle."""
+    if isinstance(img_size, int):
+        return img_size, img_size
+    height, width = img_size
+    return int(height), int(width)
+
+
+def check_img_size(img_size: Any, patch_size: int | None = None, field: str = "model.img_size") -> tuple[int, int]:
+    """A side or [height, width] of at most MAX_IMG_SIDE pixels, each a multiple of `patch_size` when
+    given, with at most MAX_PATCHES patches (a position table of gigabytes is a typo); returns (H, W)."""
+    allowed = f"a positive integer up to {MAX_IMG_SIDE}, or [height, width]"
+    if patch_size is not None:
+        allowed = (f"a positive multiple of model.patch_size={patch_size} up to {MAX_IMG_SIDE} (an integer, or "
+                   f"[height, width]) with at most {MAX_PATCHES} patches")
+    sides = [img_size] if isinstance(img_size, int) else list(img_size) if isinstance(img_size, (list, tuple)) else []
+    if (len(sides) not in (1, 2) or (len(sides) == 1 and not isinstance(img_size, int))
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_IMG_SIDE for s in sides)
+            or (patch_size is not None and any(s % patch_size for s in sides))):
+        raise UserError(field, img_size, allowed)
+    height, width = image_hw(img_size)
+    if patch_size is not None and (height // patch_size) * (width // patch_size) > MAX_PATCHES:
+        raise UserError(field, img_size, allowed)
+    return height, width
 
 
 def check_sincos_width(field: str, dim: int) -> None:
@@ -97,7 +127,7 @@ def check_pretrain_mask(mask_ratio: float, num_patches: int, field: str = "model
 
     Args:
         mask_ratio: the configured ratio (already in [0, 1)).
-        num_patches: patches per image, L = (img_size / patch_size) ** 2.
+        num_patches: patches per image, L = (H / patch_size) * (W / patch_size).
         field: dotted name in the message.
     """
     kept = int(num_patches * (1 - mask_ratio))  # mae.masking.num_kept: the official rule

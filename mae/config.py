@@ -31,7 +31,8 @@ import yaml
 
 from mae.choices import (
     AUGMENTATIONS, DATASETS, GLOBAL_POOLS, LINPROBE_FEATURES, MASK_SAMPLINGS, OFFICIAL_CROP_MIN_SCALE, PRECISIONS, STAGES, TARGETS,
-    check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_pretrain_mask, check_width,
+    check_img_size, check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_pretrain_mask,
+    check_width, image_hw,
 )
 from mae.errors import UserError, check_choice, check_range
 from mae.yaml_loading import MAX_YAML_BYTES, MAX_YAML_NODES, load_yaml_file, load_yaml_text  # noqa: F401
@@ -53,7 +54,7 @@ MAX_INT64 = 2 ** 63 - 1  # every integer setting fits a signed 64-bit integer (t
 @dataclass
 class ModelConfig:
     arch: str = "mae_vit_large_patch16_dec512d8b"
-    img_size: int | None = None
+    img_size: int | list[int] | None = None  # a square's side, or [height, width]
     patch_size: int | None = None
     in_chans: int | None = None
     embed_dim: int | None = None
@@ -77,7 +78,9 @@ class ModelConfig:
         _check_positive("model.pca_components", self.pca_components)
         for name in ARCH_FIELDS:
             value = getattr(self, name)
-            if value is not None:
+            if name == "img_size" and value is not None:
+                check_img_size(value, None)
+            elif value is not None:
                 _check_positive(f"model.{name}", value)
         if self.tokenizer is not None and not re.fullmatch(r"[\w.]+:[\w.]+", self.tokenizer):
             raise UserError("model.tokenizer", self.tokenizer, "a 'package.module:callable' path or null")
@@ -87,9 +90,8 @@ class ModelConfig:
         if self.in_chans is not None:
             check_in_chans(self.in_chans)
         if self.img_size is not None and self.patch_size is not None:
-            if self.img_size % self.patch_size:
-                raise UserError("model.img_size", self.img_size, f"a multiple of model.patch_size={self.patch_size}")
-            check_mask_grid(self.mask_sampling, (self.img_size // self.patch_size,) * 2)
+            height, width = check_img_size(self.img_size, self.patch_size)
+            check_mask_grid(self.mask_sampling, (height // self.patch_size, width // self.patch_size))
         for dim, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
             if getattr(self, dim) is not None and getattr(self, heads) is not None:
                 check_width(f"model.{dim}", getattr(self, dim), f"model.{heads}", getattr(self, heads))
@@ -406,7 +408,8 @@ def check_stage(cfg: Config, stage: str) -> None:
     check_choice("stage", stage, STAGES)
     if stage == "pretrain":
         model = cfg.resolved().model
-        check_pretrain_mask(model.mask_ratio, (model.img_size // model.patch_size) ** 2)
+        height, width = image_hw(model.img_size)
+        check_pretrain_mask(model.mask_ratio, (height // model.patch_size) * (width // model.patch_size))
 
 
 def dump_config(cfg: Config, path: str | Path, meta: dict[str, Any] | None = None) -> None:

@@ -19,6 +19,7 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
 from .archs import MAE_ARCHS
+from .choices import check_img_size, image_hw
 from .checkpoint import load_model_state
 from .errors import UserError, check_choice
 
@@ -73,9 +74,8 @@ def create_vit(
         raise UserError("model", unknown[0], "an encoder setting: " + ", ".join(ENCODER_KEYS))
     cfg = {k: v for k, v in MAE_ARCHS[arch].items() if k in ENCODER_KEYS}
     cfg.update({k: v for k, v in overrides.items() if k in ENCODER_KEYS and v is not None})
-    img_size = cfg["img_size"] if isinstance(cfg["img_size"], int) else tuple(cfg["img_size"])
-    if any(s % cfg["patch_size"] for s in ((img_size, img_size) if isinstance(img_size, int) else img_size)):
-        raise UserError("model.img_size", cfg["img_size"], f"a multiple of model.patch_size={cfg['patch_size']}")
+    height, width = check_img_size(cfg["img_size"], cfg["patch_size"])
+    img_size = height if height == width else (height, width)
     vit = VisionTransformer(
         img_size=img_size, patch_size=cfg["patch_size"], in_chans=cfg["in_chans"], num_classes=num_classes,
         global_pool=global_pool, embed_dim=cfg["embed_dim"], depth=cfg["depth"], num_heads=cfg["num_heads"],
@@ -97,15 +97,17 @@ def _encoder_shape(sd: Mapping[str, torch.Tensor]) -> str:
 
 
 def _old_grid(num_tokens: int, obj: Any) -> tuple[int, int] | None:
-    side = int(round(num_tokens ** 0.5))
-    if side * side == num_tokens:
-        return side, side
+    """The checkpoint's patch grid: from the config it carries (ours record img_size and patch_size), else
+    the square of `num_tokens` (official files), else None."""
     model_cfg = obj.get("config", {}).get("model", {}) if isinstance(obj, Mapping) else {}
     img, p = model_cfg.get("img_size"), model_cfg.get("patch_size")
     if img is not None and p:
-        h, w = (img, img) if isinstance(img, int) else img
+        h, w = image_hw(img)
         if (h // p) * (w // p) == num_tokens:
             return h // p, w // p
+    side = int(round(num_tokens ** 0.5))
+    if side * side == num_tokens:
+        return side, side
     return None
 
 
@@ -165,8 +167,9 @@ def load_encoder_weights(vit: VisionTransformer, state_dict_or_path: Mapping[str
 
     resampled = None
     new_grid = tuple(vit.patch_embed.grid_size)
-    if sd["pos_embed"].shape != model_sd["pos_embed"].shape:
-        old_grid = _old_grid(sd["pos_embed"].shape[1] - vit.num_prefix_tokens, obj)
+    old_grid = _old_grid(sd["pos_embed"].shape[1] - vit.num_prefix_tokens, obj)
+    # Another token count, or as many tokens in another grid (2x8 pretrained, 4x4 fine-tuned): resample.
+    if sd["pos_embed"].shape != model_sd["pos_embed"].shape or old_grid not in (None, new_grid):
         if old_grid is None:
             raise UserError.message("checkpoint", f"checkpoint {source!r}: cannot tell the patch grid of its pos_embed "
                                     f"{list(sd['pos_embed'].shape)}; save it with config.model.img_size/patch_size")

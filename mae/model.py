@@ -19,7 +19,7 @@ from timm.models.vision_transformer import Block
 
 from .archs import MAE_ARCHS
 from .choices import (
-    MASK_SAMPLINGS, TARGETS, check_mask_grid, check_mask_ratio, check_positive_int, check_width,
+    MASK_SAMPLINGS, TARGETS, check_img_size, check_mask_grid, check_mask_ratio, check_positive_int, check_width,
 )
 from .config import ModelConfig
 from .errors import UserError, check_choice
@@ -80,11 +80,7 @@ class MaskedAutoencoderViT(nn.Module):
         super().__init__()
         check_positive_int("model.patch_size", patch_size)
         check_positive_int("model.in_chans", in_chans)
-        img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        if (len(img_hw) != 2 or not all(isinstance(s, int) and s > 0 for s in img_hw)
-                or any(s % patch_size for s in img_hw)):
-            raise UserError("model.img_size", img_size, f"a positive multiple of model.patch_size={patch_size} "
-                            "(an int or [H, W])")
+        img_hw = check_img_size(img_size, patch_size)
         check_width("model.embed_dim", embed_dim, "model.num_heads", num_heads)
         check_width("model.decoder_embed_dim", decoder_embed_dim, "model.decoder_num_heads", decoder_num_heads)
         check_positive_int("model.depth", depth)

@@ -100,7 +100,8 @@ def save_reconstruction_grid(model: nn.Module, images: torch.Tensor, path: str |
         pct = f"{round(100 * r)}%"
         columns += [(f"masked {pct}", result, "masked"), (f"reconstruction {pct}", result, "reconstruction"),
                     (f"+ visible {pct}", result, "pasted")]
-    fig, axes = plt.subplots(n, len(columns), figsize=(1.6 * len(columns), 1.6 * n + 0.3), squeeze=False)
+    cell_h = 1.6 * images.shape[-2] / images.shape[-1]  # rows as tall as the images' aspect asks
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.6 * len(columns), cell_h * n + 0.3), squeeze=False)
     for i in range(n):
         for j, (title, result, key) in enumerate(columns):
             x = images[i] if result is None else result[key][i]

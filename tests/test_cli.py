@@ -96,6 +96,24 @@ def test_config_fills_the_arch_redacts_credentials_and_never_imports_torch(tmp_p
     assert "s3cret" not in result.stdout and "mlflow:5000" in printed["tracking"]["uri"]
 
 
+def test_rectangular_images_pretrain_finetune_linprobe_and_visualize(tmp_path):
+    """model.img_size=[14, 28]: 2x4 patches end to end (official MAE takes squares only)."""
+    wide = [*TINY, "model.img_size=[14,28]"]
+    pt, ft, lp = tmp_path / "pt", tmp_path / "ft", tmp_path / "lp"
+    assert cli.main(["pretrain", "--out", str(pt), *wide]) == 0
+    assert cli.main(["finetune", "--out", str(ft), *wide, "finetune.epochs=1", "finetune.warmup_epochs=0",
+                     "finetune.batch_size=16", f"finetune.checkpoint={pt / 'model.pth'}"]) == 0
+    assert cli.main(["linprobe", "--out", str(lp), *wide, "linprobe.epochs=1", "linprobe.warmup_epochs=0",
+                     "linprobe.batch_size=16", f"linprobe.checkpoint={pt / 'model.pth'}"]) == 0
+    for run in (pt, ft, lp):
+        assert (run / "metrics.json").exists()
+    png = tmp_path / "wide.png"
+    assert cli.main(["visualize", "--checkpoint", str(pt / "model.pth"), "--out", str(png), "--num-images", "2"]) == 0
+    from PIL import Image
+    width, height = Image.open(png).size
+    assert width > 6 * height  # 2 rows of 10 images twice as wide as tall (square ones: 4.6)
+
+
 def test_pretrain_then_visualize(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli.main(["pretrain", "--out", str(run), *TINY]) == 0

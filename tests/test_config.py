@@ -1,6 +1,7 @@
 """Config: defaults < YAML < key=value, unknown keys with suggestions, type and range errors, identity."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -139,6 +140,9 @@ MICRO = "model.arch=mae_vit_micro_patch7_dec64d1b"
     ([MICRO, "model.decoder_embed_dim=66", "model.decoder_num_heads=3"],
      "model.decoder_embed_dim=66 is invalid: allowed a multiple of 4 (2D sin-cos position table)"),
     ([MICRO, "model.target=pca"], "model.pca_components=96 is invalid: allowed an integer in [1, 49]"),
+    ([MICRO, "model.mask_sampling=grid", "model.img_size=[14,21]"], "a patch grid with even sides, got 2x3 patches"),
+    ([MICRO, "model.img_size=[14,30]"], "model.img_size=[14, 30] is invalid: allowed a positive multiple of "
+     "model.patch_size=7 up to 4096 (an integer, or [height, width]) with at most 65536 patches"),
 ])
 def test_resolved_config_checks_the_rules_the_model_checks(overrides, message):
     """The cross-field rules fail at config time (so when the workflow is parsed), with the model's message."""
@@ -209,6 +213,19 @@ def test_pretraining_mask_ratio_must_remove_and_keep_a_patch(ratio):
     with pytest.raises(UserError, match=r"model.mask_ratio=.*removes and keeps at least one of the 16 patches"):
         identity(cfg, "pretrain")
     identity(cfg, "finetune")  # the ratio plays no part in fine-tuning
+
+
+def test_rectangular_img_size_is_height_width():
+    cfg = load_config(None, [MICRO, "model.img_size=[14,28]"]).resolved()
+    assert cfg.model.img_size == [14, 28]
+    assert identity(cfg, "pretrain") != identity(load_config(None, [MICRO]), "pretrain")
+    with pytest.raises(UserError, match=r"removes and keeps at least one of the 2 patches"):  # 1x2 patches
+        identity(load_config(None, [MICRO, "model.img_size=[7,14]"]), "pretrain")
+    for bad, allowed in (("[14]", "a positive integer up to 4096, or [height, width]"), ("[14,28,3]", "[height, width]"),
+                         ("[0,14]", "a positive integer"), ("[14.5,28]", "a list of integers"),
+                         ("[7,70000]", "up to 4096"), ("[4095,4095]", "at most 65536 patches")):
+        with pytest.raises(UserError, match=r"model\.img_size=.*" + re.escape(allowed)):
+            load_config(None, [MICRO, f"model.img_size={bad}"]).resolved()
 
 
 def test_yaml_bounds_and_duplicates(tmp_path):

@@ -262,6 +262,48 @@ def test_folder_transforms_cover_table1e():
         assert t(img).shape == (3, 32, 32)
 
 
+# A stage and its augmentation: every transform of both paths (in-memory batches, image folders).
+EVERY_TRANSFORM = [("pretrain", {"augmentation": a}) for a in AUGMENTATIONS] + [
+    ("finetune", {"randaug": "rand-m9-mstd0.5-inc1", "reprob": 0.25}), ("linprobe", {}), ("eval", {})]
+
+
+@pytest.mark.parametrize("kind, extra", EVERY_TRANSFORM)
+def test_rectangular_img_size_through_every_in_memory_transform(synth, kind, extra):
+    """img_size [H, W]: square 16x16 sources come out 8x24 (and the synthetic set is generated at 8x24)."""
+    x, _ = next(iter(build_loader(synth, kind, batch_size=8, img_size=(8, 24), in_chans=3, seed=0, **extra)))
+    assert x.shape == (8, 3, 8, 24) and torch.isfinite(x).all()
+    wide = build_dataset("synthetic", None, "val", img_size=[8, 24], in_chans=1, subset=16)
+    assert wide.images.shape == (16, 1, 8, 24)
+    x, _ = next(iter(build_loader(wide, kind, batch_size=8, img_size=[8, 24], in_chans=1, seed=0, **extra)))
+    assert x.shape == (8, 1, 8, 24)
+    if kind == "eval":  # no crop, no flip: the rectangle passes through as it is, only normalised
+        assert torch.allclose(x * wide.std[0] + wide.mean[0], wide.images[:8].float() / 255, atol=1e-6)
+
+
+def test_fixed_crop_keeps_the_output_aspect(synth):
+    """crop_fixed takes 87.5 % of the largest box of the output's shape, so nothing is stretched."""
+    boxes = TensorTransform((8, 24), 1, synth.mean, synth.std, crop="fixed")._crop_boxes(
+        64, 30, 60, torch.Generator().manual_seed(0))
+    x0, y0, w, h = boxes.unbind(1)
+    assert torch.allclose(w / h, torch.full_like(w, 3.0)) and torch.allclose(w, torch.full_like(w, 0.875 * 60))
+    assert (x0 >= 0).all() and (x0 + w <= 60 + 1e-9).all() and (y0 >= 0).all() and (y0 + h <= 30 + 1e-9).all()
+
+
+@pytest.mark.parametrize("kind, extra", EVERY_TRANSFORM)
+def test_rectangular_img_size_through_every_folder_transform(tmp_path, kind, extra):
+    _jpeg_folder(tmp_path, n_per_class=2)
+    ds = build_dataset("image_folder", tmp_path, "train", img_size=[16, 32], in_chans=3)
+    x, _ = next(iter(build_loader(ds, kind, batch_size=4, img_size=[16, 32], in_chans=3, seed=0, num_workers=0,
+                                  **extra)))
+    assert x.shape == (4, 3, 16, 32) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("bad", [[16], [16, 32, 3], [0, 16], (16.0, 32), "16"])
+def test_bad_img_size_is_a_user_error(bad):
+    with pytest.raises(UserError, match=r"model\.img_size"):
+        build_dataset("synthetic", None, "train", img_size=bad, in_chans=1, subset=4)
+
+
 @pytest.mark.parametrize("kind, official", [("pretrain", 0.2), ("finetune", 0.08), ("linprobe", 0.08)])
 def test_crop_min_scale_bounds_every_random_resized_crop(synth, kind, official):
     """data.crop_min_scale replaces the official lower area bound of each stage, on both data paths."""

@@ -94,6 +94,21 @@ def test_non_square_checkpoint_grid_from_config():
     assert report.pos_embed_resampled == ((4, 8), (8, 8))
 
 
+def test_as_many_tokens_in_another_grid_are_resampled():
+    """16 tokens pretrained as 2x8 (16x64 pixels) are not the 4x4 grid of a 32x32 fine-tuning."""
+    mae = pretrained(img_size=(8, 32))
+    vit = create_vit(MICRO, 10, img_size=16)
+    assert mae.pos_embed.shape == vit.pos_embed.shape
+    report = load_encoder_weights(vit, {"model": mae.state_dict(), "config": {"model": {"img_size": [8, 32],
+                                                                                      "patch_size": 4}}})
+    assert report.pos_embed_resampled == ((2, 8), (4, 4))
+    assert not torch.equal(vit.pos_embed, mae.pos_embed)
+    same = create_vit(MICRO, 10, img_size=(8, 32))
+    report = load_encoder_weights(same, {"model": mae.state_dict(), "config": {"model": {"img_size": [8, 32],
+                                                                                       "patch_size": 4}}})
+    assert report.pos_embed_resampled is None and torch.equal(same.pos_embed, mae.pos_embed)
+
+
 def test_encoder_mask_token_and_target_buffers_are_stripped():
     mae = pretrained(encoder_mask_tokens=True, target="pca", pca_components=8)
     mae.fit_pca(torch.randn(100, 48))
@@ -176,7 +191,7 @@ def test_set_trainable_blocks_rejects(n):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(arch="vit_b"), r"model.arch='vit_b' is invalid"),
     (dict(global_pool="max"), r"finetune.global_pool='max' is invalid: allowed one of 'avg', 'token'"),
-    (dict(img_size=30), r"model.img_size=30 is invalid: allowed a multiple of model.patch_size=4"),
+    (dict(img_size=30), r"model.img_size=30 is invalid: allowed a positive multiple of model.patch_size=4"),
     (dict(dept=3), r"model='dept' is invalid: allowed an encoder setting"),
 ])
 def test_create_vit_bad_input(kwargs, match):

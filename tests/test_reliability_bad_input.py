@@ -77,7 +77,7 @@ CASES = [
     Case("override_bad_bool", "override model.encoder_mask_tokens=maybe", _pt("model.encoder_mask_tokens=maybe"),
          ["model.encoder_mask_tokens", "'maybe'", "true or false"]),
     Case("img_size_not_divisible", "model.img_size=30 with patch size 7", _pt("model.img_size=30"),
-         ["model.img_size", "30", "a multiple of model.patch_size=7"]),
+         ["model.img_size", "30", "a positive multiple of model.patch_size=7"]),
     Case("unknown_arch", "model.arch=mae_vit_gigantic", _pt("model.arch=mae_vit_gigantic"),
          ["model.arch", "'mae_vit_gigantic'", "mae_vit_base_patch16_dec512d8b"]),
     Case("warmup_ge_epochs", "pretrain.warmup_epochs=5 with epochs=2", _pt("pretrain.warmup_epochs=5"),

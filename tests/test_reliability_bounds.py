@@ -55,6 +55,11 @@ CASES = {
     "synthetic_val_subset_huge": (["pretrain", "--config", str(SMOKE), "--out", "{tmp}/out",
                                    "model.img_size=224", "model.patch_size=16", "data.train_subset=100000"],
                                   "data.train_subset=100000", "synthetic 224x224 data.train_subset=100000 (15 GB)"),
+    "img_size_70000": (["pretrain", "--config", str(SMOKE), "--out", "{tmp}/out", "model.img_size=70000"],
+                       "model.img_size=70000", "model.img_size=70000 (a 10000x10000-patch position table: 51 GB)"),
+    "img_size_4095_patch_1": (["pretrain", "--config", str(SMOKE), "--out", "{tmp}/out", "model.img_size=[4095,4095]",
+                               "model.patch_size=1"], "model.img_size=[4095, 4095]",
+                              "model.img_size=[4095,4095] with patch 1 (16.8 M tokens)"),
     "fashion_mnist_subset_larger_than_dataset": (
         ["pretrain", "--config", str(SMOKE), "--out", "{tmp}/out", "data.name=fashion_mnist",
          f"data.root={FMNIST}", "data.train_subset=70000"], "data.train_subset=70000",

@@ -257,6 +257,13 @@ def test_caption_states_preset_scale_paper_setting_and_citation(manifest, runs, 
     assert "paper/fig7_schedule.csv" in caption(summary)
 
 
+def test_image_size_text_reads_sides_and_runs_csv_lists():
+    from workflow.results.summary import image_size_text
+
+    assert [image_size_text(v) for v in (28, 28.0, "28", [14, 28], "[14, 28]", None, float("nan"))] == [
+        "28×28", "28×28", "28×28", "14×28", "14×28", None, None]
+
+
 def test_latex_table_escapes_and_cites(manifest, runs, ablations):
     latex = render_latex(summary_of("table2_wallclock", manifest, runs, ablations))
     assert r"\cite{he2022masked}" in latex and r"\label{tab:table2_wallclock-tiny}" in latex

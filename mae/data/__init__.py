@@ -9,7 +9,7 @@ Two paths, one interface:
 * Image folders (`imagenet`, `image_folder`: `root/{train,val}/<class>/<image>`) go through a torch
   `DataLoader` with workers and per-image torchvision v2 / timm transforms (`FolderLoader`).
 
-Both loaders yield `(images, labels)`: images float32 `[B, in_chans, img_size, img_size]`,
+Both loaders yield `(images, labels)`: images float32 `[B, in_chans, H, W]` (`img_size`: a side or [H, W]),
 normalised with the dataset mean/std; labels int64 `[B]`. Both shard like `DistributedSampler`
 (one permutation of the dataset per epoch from `seed + epoch`, rank `r` takes every
 `world_size`-th index starting at `r`) and are exactly resumable: the order comes from

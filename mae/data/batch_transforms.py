@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from mae.choices import AUGMENTATIONS, OFFICIAL_CROP_MIN_SCALE, TRANSFORM_KINDS
+from mae.choices import AUGMENTATIONS, OFFICIAL_CROP_MIN_SCALE, TRANSFORM_KINDS, image_hw
 from mae.config import FinetuneConfig, PretrainConfig
 from mae.errors import UserError, check_choice
 
@@ -65,7 +65,7 @@ class TensorTransform:
     """Augment a whole uint8 batch with tensor ops; randomness only from the given generator.
 
     Args:
-        img_size: output side.
+        img_size: output side, or (height, width).
         in_chans: output channels (1 <-> 3 adapted).
         mean: dataset mean for the dataset's channels (adapted with the channels).
         std: dataset std.
@@ -76,17 +76,18 @@ class TensorTransform:
         color_jitter: brightness / contrast (/ saturation for RGB) strength; 0 = off.
         randaug: timm RandAugment string (uint8 per image, torchvision's RandAugment); None = off.
         reprob: timm RandomErasing probability (pixel mode); 0 = off.
-        fixed_frac: side fraction for `crop='fixed'`.
+        fixed_frac: side fraction for `crop='fixed'` (of the largest box of the output's shape).
         interpolation: `bicubic` or `bilinear`.
     """
 
-    def __init__(self, img_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float], *,
+    def __init__(self, img_size: int | tuple[int, int], in_chans: int, mean: Sequence[float], std: Sequence[float], *,
                  crop: str = "rrc", scale: tuple[float, float] = (0.2, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True, color_jitter: float = 0.0,
                  randaug: str | None = None, reprob: float = 0.0, fixed_frac: float = EVAL_CROP_PCT,
                  interpolation: str = "bicubic"):
         check_choice("crop", crop, ("rrc", "fixed", "none"))
         self.img_size, self.in_chans = img_size, in_chans
+        self.out_hw = image_hw(img_size)
         mean, std = _adapt_stats(mean, std, in_chans)
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
@@ -107,10 +108,15 @@ class TensorTransform:
         if self.crop == "none":
             return torch.tensor([[0.0, 0.0, w, h]]).expand(n, 4)
         if self.crop == "fixed":
-            side = self.fixed_frac * min(h, w)
+            out_h, out_w = self.out_hw
+            if out_h == out_w:
+                bw = bh = self.fixed_frac * min(h, w)
+            else:  # the largest box of the output's aspect that fits, scaled by fixed_frac
+                bw = self.fixed_frac * min(w, h * out_w / out_h)
+                bh = bw * out_h / out_w
             u = torch.rand(n, 2, generator=g)
-            return torch.stack([u[:, 0] * (w - side), u[:, 1] * (h - side),
-                                torch.full((n,), side), torch.full((n,), side)], 1)
+            return torch.stack([u[:, 0] * (w - bw), u[:, 1] * (h - bh),
+                                torch.full((n,), bw), torch.full((n,), bh)], 1)
         # RandomResizedCrop.get_params, vectorised over 10 tries per image (torchvision's fallback)
         tries = 10
         area = h * w * (self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(n, tries, generator=g))
@@ -137,13 +143,13 @@ class TensorTransform:
         return torch.stack([x0, y0, cw, ch], 1)
 
     def _resample(self, x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        """x: [N, C, H, W] float in [0, 1]; boxes [N, 4]; flips [N] bool -> [N, C, S, S]."""
+        """x: [N, C, H, W] float in [0, 1]; boxes [N, 4]; flips [N] bool -> [N, C, out_h, out_w]."""
         n, c, h, w = x.shape
-        s = self.img_size
+        out_h, out_w = self.out_hw
         if self.crop == "none" and not flips.any():
-            if (h, w) == (s, s):
+            if (h, w) == (out_h, out_w):
                 return x
-            return F.interpolate(x, size=(s, s), mode=self.interpolation, align_corners=False,
+            return F.interpolate(x, size=(out_h, out_w), mode=self.interpolation, align_corners=False,
                                  antialias=True).clamp_(0, 1)
         x0, y0, cw, ch = boxes.double().unbind(1)
         sx = cw / w * torch.where(flips, -1.0, 1.0).double()
@@ -152,7 +158,7 @@ class TensorTransform:
         theta[:, 0, 2] = (2 * x0 + cw) / w - 1
         theta[:, 1, 1] = ch / h
         theta[:, 1, 2] = (2 * y0 + ch) / h - 1
-        grid = F.affine_grid(theta.to(x.dtype).to(x.device), [n, c, s, s], align_corners=False)
+        grid = F.affine_grid(theta.to(x.dtype).to(x.device), [n, c, out_h, out_w], align_corners=False)
         return F.grid_sample(x, grid, mode=self.interpolation, padding_mode="border",
                              align_corners=False).clamp_(0, 1)
 
@@ -169,7 +175,7 @@ class TensorTransform:
         return x.clamp_(0, 1)
 
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """images: uint8 [N, C, H, W] -> float32 [N, in_chans, img_size, img_size], normalised."""
+        """images: uint8 [N, C, H, W] -> float32 [N, in_chans, out_h, out_w], normalised."""
         n, _, h, w = images.shape
         boxes = self._crop_boxes(n, h, w, g)
         flips = (torch.rand(n, generator=g) < 0.5) if self.flip else torch.zeros(n, dtype=torch.bool)
@@ -200,7 +206,7 @@ def rrc_scale(kind: str, crop_min_scale: float | None = None) -> tuple[float, fl
 def build_tensor_transform(
         kind: str,
         *,
-        img_size: int,
+        img_size: int | tuple[int, int],
         in_chans: int,
         mean: Sequence[float],
         std: Sequence[float],
@@ -213,7 +219,7 @@ def build_tensor_transform(
 
     Args:
         kind: `pretrain` (uses `augmentation`), `finetune` (uses `randaug`, `reprob`), `linprobe`, `eval`.
-        img_size: output side.
+        img_size: output side, or (height, width).
         in_chans: output channels.
         mean: dataset mean (dataset channels).
         std: dataset std.

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mae.choices import DATASETS, check_in_chans
+from mae.choices import DATASETS, check_img_size, check_in_chans, image_hw
 from mae.errors import UserError, check_choice
 
 from mae.seeding import generator, mix_seed
@@ -191,25 +191,28 @@ def _load_cifar(name: str, root: Path, split: str, download: bool) -> tuple[torc
     return images, torch.tensor(ds.targets, dtype=torch.int64)
 
 
-def _synthetic(n: int, img_size: int, in_chans: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _synthetic(n: int, img_size: int | tuple[int, int], in_chans: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Oriented sinusoidal gratings, one orientation per class, with random frequency, phase,
-    contrast, colour tint and pixel noise: learnable, not trivially separable per pixel.
+    contrast, colour tint and pixel noise: learnable, not trivially separable per pixel. `img_size`:
+    a square's side or (height, width).
 
     The pixel noise is drawn chunk by chunk from the same generator; chunks of a multiple of 16 values
     give exactly the values of one draw of the whole tensor (torch's CPU normal sampler works in blocks
     of 16), so the images do not depend on the chunk size.
     """
-    g = generator(seed, n, img_size, in_chans)
+    height, width = image_hw(img_size)
+    # A square keeps the generator of the square-only version (its images are unchanged).
+    g = generator(seed, n, height, in_chans) if height == width else generator(seed, n, height, width, in_chans)
     labels = torch.randint(0, SYNTHETIC_CLASSES, (n,), generator=g)
     theta = labels.double() * math.pi / SYNTHETIC_CLASSES + torch.randn(n, generator=g).double() * math.radians(4)
     freq = 1.5 + 3.0 * torch.rand(n, generator=g).double()       # cycles per image side
     phase = 2 * math.pi * torch.rand(n, generator=g).double()
     contrast = 0.25 + 0.2 * torch.rand(n, generator=g).double()
-    coords = (torch.arange(img_size, dtype=torch.float64) + 0.5) / img_size
-    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    y, x = torch.meshgrid((torch.arange(height, dtype=torch.float64) + 0.5) / height,
+                          (torch.arange(width, dtype=torch.float64) + 0.5) / width, indexing="ij")
     tint = 0.6 + 0.4 * torch.rand(n, in_chans, 1, 1, generator=g).double()
-    images = torch.empty(n, in_chans, img_size, img_size, dtype=torch.uint8)
-    per_image = in_chans * img_size * img_size
+    images = torch.empty(n, in_chans, height, width, dtype=torch.uint8)
+    per_image = in_chans * height * width
     chunk = max(16, _SYNTHETIC_CHUNK_BYTES // per_image // 16 * 16)
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
@@ -218,14 +221,14 @@ def _synthetic(n: int, img_size: int, in_chans: int, seed: int) -> tuple[torch.T
         proj = x[None] * torch.cos(theta[a:b])[:, None, None] + y[None] * torch.sin(theta[a:b])[:, None, None]
         wave = torch.sin(2 * math.pi * freq[a:b, None, None] * proj + phase[a:b, None, None])
         img = 0.5 + contrast[a:b, None, None, None] * wave[:, None] * tint[a:b]
-        img = img + 0.08 * torch.randn(b - a, in_chans, img_size, img_size, generator=g).double()
+        img = img + 0.08 * torch.randn(b - a, in_chans, height, width, generator=g).double()
         images[a:b] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
         if b == n:
             break
     return images, labels
 
 
-def _synthetic_stats(img_size: int, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _synthetic_stats(img_size: int | tuple[int, int], in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std measured on a fixed 512-image reference draw (independent of split, seed, subset)."""
     images, _ = _synthetic(512, img_size, in_chans, seed=-1)
     x = images.double() / 255
@@ -237,7 +240,7 @@ def build_dataset(
         root: str | os.PathLike | None,
         split: str,
         *,
-        img_size: int,
+        img_size: int | tuple[int, int],
         in_chans: int,
         subset: int | None = None,
         download: bool = False,
@@ -251,8 +254,8 @@ def build_dataset(
         root: dataset folder; None uses `DEFAULT_ROOTS` (fashion_mnist) and is an error otherwise
             (except for `synthetic`, which needs none). ImageFolder sets need `root/{train,val}/<class>/`.
         split: `train` or `val` (the test split of fashion_mnist / cifar).
-        img_size: model input side; in-memory images keep their size (the loader resizes), synthetic
-            images are generated at this size.
+        img_size: model input side, or (height, width); in-memory images keep their size (the loader
+            resizes), synthetic images are generated at this size.
         in_chans: model input channels; 1 <-> 3 is adapted by the loader, anything else must match.
         subset: keep N images: the first N for in-memory sets, N evenly spaced over the sorted folder
             for ImageFolder sets; for `synthetic`, the number generated (default 4096 train / 1024 val).
@@ -265,8 +268,7 @@ def build_dataset(
     """
     check_choice("data.name", name, DATASETS)
     check_choice("split", split, ("train", "val"))
-    if not isinstance(img_size, int) or isinstance(img_size, bool) or img_size < 1:
-        raise UserError("model.img_size", img_size, "a positive integer")
+    height, width = check_img_size(img_size)
     check_in_chans(in_chans)
     if subset is not None and (not isinstance(subset, int) or subset < 1):
         raise UserError(f"data.{split}_subset", subset, "a positive integer or null")
@@ -277,10 +279,10 @@ def build_dataset(
 
     if name == "synthetic":
         n = SYNTHETIC_SIZES["train"] if val_split is not None else (subset or SYNTHETIC_SIZES[split])
-        if n * in_chans * img_size * img_size > SYNTHETIC_MAX_BYTES:
-            most = SYNTHETIC_MAX_BYTES // (in_chans * img_size * img_size)
-            raise UserError(f"data.{split}_subset", n, f"at most {most} synthetic images of {in_chans}x{img_size}x"
-                            f"{img_size} ({SYNTHETIC_MAX_BYTES // 2**30} GiB generated in memory)")
+        if n * in_chans * height * width > SYNTHETIC_MAX_BYTES:
+            most = SYNTHETIC_MAX_BYTES // (in_chans * height * width)
+            raise UserError(f"data.{split}_subset", n, f"at most {most} synthetic images of {in_chans}x{height}x"
+                            f"{width} ({SYNTHETIC_MAX_BYTES // 2**30} GiB generated in memory)")
         images, labels = _synthetic(n, img_size, in_chans, seed=mix_seed(seed, 0 if source_split == "train" else 1))
         mean, std = _synthetic_stats(img_size, in_chans)
         if val_split is not None:

@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from mae.choices import AUGMENTATIONS, TRANSFORM_KINDS
+from mae.choices import AUGMENTATIONS, TRANSFORM_KINDS, image_hw
 from mae.config import FinetuneConfig, PretrainConfig
 from mae.errors import check_choice
 
@@ -17,7 +17,7 @@ from .datasets import IMAGENET_MEAN, IMAGENET_STD
 def build_folder_transform(
         kind: str,
         *,
-        img_size: int,
+        img_size: int | tuple[int, int],
         in_chans: int,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -26,10 +26,12 @@ def build_folder_transform(
         reprob: float = FinetuneConfig.reprob,
         crop_min_scale: float | None = None,
 ) -> Callable:
-    """A PIL -> float tensor `[in_chans, img_size, img_size]` transform for a stage (bicubic).
+    """A PIL -> float tensor `[in_chans, H, W]` transform for a stage (bicubic).
 
     Args: as `build_tensor_transform`; fine-tuning uses `timm.data.create_transform` with the
-    official arguments (no colour jitter, pixel-mode random erasing).
+    official arguments (no colour jitter, pixel-mode random erasing). Evaluation resizes the shorter
+    side to img_size / 0.875 and center-crops; for a rectangle [H, W] it resizes to (H, W) / 0.875 and
+    center-crops (H, W), as timm does.
     """
     from torchvision.transforms import v2
     from torchvision.transforms import InterpolationMode
@@ -37,23 +39,26 @@ def build_folder_transform(
     bicubic = InterpolationMode.BICUBIC
     mean, std = _adapt_stats(mean, std, in_chans)
     gray = [v2.Grayscale(num_output_channels=1)] if in_chans == 1 else []
-    resize_side = int(img_size / EVAL_CROP_PCT)
+    height, width = image_hw(img_size)
+    size = height if height == width else (height, width)  # torchvision: an int is the shorter side
+    resize_side = int(height / EVAL_CROP_PCT) if height == width else (int(height / EVAL_CROP_PCT),
+                                                                        int(width / EVAL_CROP_PCT))
     scale = rrc_scale(kind, crop_min_scale)
     tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if kind == "finetune":
         from timm.data import create_transform
-        t = create_transform(input_size=img_size, is_training=True, scale=scale, color_jitter=None, auto_augment=randaug or None,
+        t = create_transform(input_size=size, is_training=True, scale=scale, color_jitter=None, auto_augment=randaug or None,
                              interpolation="bicubic", re_prob=reprob, re_mode="pixel", re_count=1,
                              mean=mean, std=std)
         return v2.Compose(gray + [t]) if gray else t
     if kind == "eval" or (kind == "pretrain" and check_choice(
             "pretrain.augmentation", augmentation, AUGMENTATIONS) == "none"):
-        ops = [v2.Resize(resize_side, interpolation=bicubic, antialias=True), v2.CenterCrop(img_size)]
+        ops = [v2.Resize(resize_side, interpolation=bicubic, antialias=True), v2.CenterCrop(size)]
     elif kind == "pretrain" and augmentation == "crop_fixed":
-        ops = [v2.Resize(resize_side, interpolation=bicubic, antialias=True), v2.RandomCrop(img_size),
+        ops = [v2.Resize(resize_side, interpolation=bicubic, antialias=True), v2.RandomCrop(size),
                v2.RandomHorizontalFlip()]
     else:
-        ops = [v2.RandomResizedCrop(img_size, scale=scale, interpolation=bicubic, antialias=True),
+        ops = [v2.RandomResizedCrop(size, scale=scale, interpolation=bicubic, antialias=True),
                v2.RandomHorizontalFlip()]
         if kind == "pretrain" and augmentation == "crop_rand_color_jitter":
             ops.append(v2.ColorJitter(0.4, 0.4, 0.4))

@@ -163,7 +163,7 @@ def build_loader(
         kind: str,
         *,
         batch_size: int,
-        img_size: int,
+        img_size: int | tuple[int, int],
         in_chans: int,
         augmentation: str = PretrainConfig.augmentation,
         randaug: str | None = FinetuneConfig.randaug,
@@ -183,7 +183,7 @@ def build_loader(
         dataset: from `build_dataset`.
         kind: `pretrain`, `finetune`, `linprobe` or `eval` (selects the transform).
         batch_size: images per batch on this process.
-        img_size: model input side.
+        img_size: model input side, or (height, width).
         in_chans: model input channels.
         augmentation: pretraining augmentation (one of `AUGMENTATIONS`).
         randaug: fine-tuning RandAugment string, or None.

@@ -11,6 +11,7 @@ wall-clock and speedup vs the w/ [M] row; a table whose paper rows carry relativ
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,22 @@ def distinct_text(values) -> str | None:
     return as_text[0] if len(known) == 1 else f"{as_text[0]}–{as_text[-1]}"
 
 
+def image_size_text(value) -> str | None:
+    """`model.img_size` as 'H×W': 28 -> '28×28', [14, 28] or runs.csv's JSON '[14, 28]' -> '14×28'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return f"{value[0]}×{value[1]}"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{value}×{value}"
+
+
 def scale_of(runs: pd.DataFrame, run_ids: dict[str, set[str]], preset: str) -> Scale:
     """The data, architecture and epochs of the runs (by stage) from their configs in runs.csv."""
     per_run = runs.drop_duplicates("run_id").set_index("run_id")
@@ -110,10 +127,10 @@ def scale_of(runs: pd.DataFrame, run_ids: dict[str, set[str]], preset: str) -> S
     any_stage = [s for s in STAGE_NOUNS if run_ids.get(s)]
     data = arch = None
     datasets = {v for s in any_stage for v in column(s, "data.name") if isinstance(v, str)}
-    sizes = distinct_text([v for s in any_stage for v in column(s, "model.img_size")])
+    sizes = {text for s in any_stage for v in column(s, "model.img_size") if (text := image_size_text(v))}
     if datasets:
         data = ", ".join(dataset_display(d) for d in sorted(datasets))
-        data += f" {sizes}×{sizes}" if sizes and "–" not in sizes else ""
+        data += f" {sizes.pop()}" if len(sizes) == 1 else ""
     arches = {v for s in any_stage for v in column(s, "model.arch") if isinstance(v, str)}
     if arches:
         arch = ", ".join(arch_display(a) for a in sorted(arches))
