@@ -46,6 +46,13 @@ def image_hw(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def torchvision_size(img_size: int | tuple[int, int] | list[int]) -> int | tuple[int, int]:
+    """`img_size` as torchvision and timm take it: the side of a square as an int (torchvision's Resize
+    reads an int as the shorter side, keeping the aspect), a rectangle as (height, width)."""
+    height, width = image_hw(img_size)
+    return height if height == width else (height, width)
+
+
 def check_img_size(img_size: Any, patch_size: int | None = None, field: str = "model.img_size") -> tuple[int, int]:
     """A side or [height, width] of at most MAX_IMG_SIDE pixels, each a multiple of `patch_size` when
     given, with at most MAX_PATCHES patches (a position table of gigabytes is a typo); returns (H, W)."""

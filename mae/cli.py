@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_overrides(overrides: list[str], example: str) -> None:
+    """Every positional argument left is a `section.key=value` override."""
+    stray = [o for o in overrides if "=" not in o]
+    if stray:
+        raise UserError("override", stray[0], f"'section.key=value' (e.g. {example})")
+
+
 def _parse_ratios(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
@@ -103,9 +110,7 @@ def run(argv: list[str]) -> int:
     if args.command in ("pretrain", "finetune", "linprobe"):
         from mae.config import load_config  # no torch: a bad config is reported in a fraction of a second
         # `--out` may come after the overrides: argparse already took it out of the positional list.
-        stray = [o for o in args.overrides if "=" not in o]
-        if stray:
-            raise UserError("override", stray[0], "'section.key=value' (e.g. model.mask_ratio=0.9)")
+        _check_overrides(args.overrides, "model.mask_ratio=0.9")
         cfg = load_config(args.config, args.overrides)
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise UserError("--out", args.out, "a folder (it is a file or a special path)")
@@ -117,9 +122,7 @@ def run(argv: list[str]) -> int:
         return _features_command(args)
     if args.command == "visualize":
         from mae.visualize import visualize_checkpoint
-        stray = [o for o in args.overrides if "=" not in o]
-        if stray:
-            raise UserError("override", stray[0], "'section.key=value' (e.g. data.root=/data/imagenet)")
+        _check_overrides(args.overrides, "data.root=/data/imagenet")
         path = visualize_checkpoint(args.checkpoint, args.out, mask_ratios=_parse_ratios(args.mask_ratios),
                                     num_images=args.num_images, seed=args.seed, device=args.device,
                                     overrides=args.overrides)
@@ -147,9 +150,7 @@ def _config_command(args) -> int:
     from mae.config import identity, load_config
     from mae.errors import check_choice
     from mae.redaction import redact_tree
-    stray = [o for o in args.overrides if "=" not in o]
-    if stray:
-        raise UserError("override", stray[0], "'section.key=value' (e.g. model.mask_ratio=0.9)")
+    _check_overrides(args.overrides, "model.mask_ratio=0.9")
     cfg = load_config(args.config, args.overrides).resolved()
     data = redact_tree(cfg.to_dict())  # as a run folder's config.yaml: no password, no token
     if args.stage is not None:
@@ -166,9 +167,7 @@ def _features_command(args) -> int:
     from mae.choices import GLOBAL_POOLS
     from mae.config import load_config
     from mae.errors import check_choice
-    stray = [o for o in args.overrides if "=" not in o]
-    if stray:
-        raise UserError("override", stray[0], "'section.key=value' (e.g. data.train_subset=1000)")
+    _check_overrides(args.overrides, "data.train_subset=1000")
     check_choice("--pool", args.pool, GLOBAL_POOLS)
     if args.raw_pixels == (args.checkpoint is not None):
         raise UserError.message("--checkpoint", f"mae {args.command}: give --checkpoint (a model.pth or "

@@ -19,7 +19,7 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
 from .archs import MAE_ARCHS
-from .choices import check_img_size, image_hw
+from .choices import check_img_size, image_hw, torchvision_size
 from .checkpoint import load_model_state
 from .errors import UserError, check_choice
 
@@ -74,10 +74,10 @@ def create_vit(
         raise UserError("model", unknown[0], "an encoder setting: " + ", ".join(ENCODER_KEYS))
     cfg = {k: v for k, v in MAE_ARCHS[arch].items() if k in ENCODER_KEYS}
     cfg.update({k: v for k, v in overrides.items() if k in ENCODER_KEYS and v is not None})
-    height, width = check_img_size(cfg["img_size"], cfg["patch_size"])
-    img_size = height if height == width else (height, width)
+    check_img_size(cfg["img_size"], cfg["patch_size"])
     vit = VisionTransformer(
-        img_size=img_size, patch_size=cfg["patch_size"], in_chans=cfg["in_chans"], num_classes=num_classes,
+        img_size=torchvision_size(cfg["img_size"]), patch_size=cfg["patch_size"], in_chans=cfg["in_chans"],
+        num_classes=num_classes,
         global_pool=global_pool, embed_dim=cfg["embed_dim"], depth=cfg["depth"], num_heads=cfg["num_heads"],
         mlp_ratio=cfg["mlp_ratio"], qkv_bias=True, class_token=True,
         norm_layer=partial(nn.LayerNorm, eps=1e-6), drop_path_rate=drop_path_rate)

@@ -86,8 +86,7 @@ class TensorTransform:
                  randaug: str | None = None, reprob: float = 0.0, fixed_frac: float = EVAL_CROP_PCT,
                  interpolation: str = "bicubic"):
         check_choice("crop", crop, ("rrc", "fixed", "none"))
-        self.img_size, self.in_chans = img_size, in_chans
-        self.out_hw = image_hw(img_size)
+        self.out_hw, self.in_chans = image_hw(img_size), in_chans
         mean, std = _adapt_stats(mean, std, in_chans)
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)

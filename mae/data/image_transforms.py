@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from mae.choices import AUGMENTATIONS, TRANSFORM_KINDS, image_hw
+from mae.choices import AUGMENTATIONS, TRANSFORM_KINDS, torchvision_size
 from mae.config import FinetuneConfig, PretrainConfig
 from mae.errors import check_choice
 
@@ -39,10 +39,8 @@ def build_folder_transform(
     bicubic = InterpolationMode.BICUBIC
     mean, std = _adapt_stats(mean, std, in_chans)
     gray = [v2.Grayscale(num_output_channels=1)] if in_chans == 1 else []
-    height, width = image_hw(img_size)
-    size = height if height == width else (height, width)  # torchvision: an int is the shorter side
-    resize_side = int(height / EVAL_CROP_PCT) if height == width else (int(height / EVAL_CROP_PCT),
-                                                                        int(width / EVAL_CROP_PCT))
+    size = torchvision_size(img_size)
+    resize_side = int(size / EVAL_CROP_PCT) if isinstance(size, int) else tuple(int(s / EVAL_CROP_PCT) for s in size)
     scale = rrc_scale(kind, crop_min_scale)
     tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if kind == "finetune":
