@@ -27,6 +27,11 @@ GRID_MASK_RATIO = 0.75  # grid masking keeps one patch of each 2x2 cell
 # paper's 224/16 is 14x14). Beyond them a few typed digits would allocate gigabytes.
 MAX_IMG_SIDE = 4096
 MAX_PATCHES = 256 * 256
+# What one reconstruction figure can hold (`mae visualize`): each row is 1.6 inches at 120 dpi (32 rows = a
+# 6144-pixel-high PNG), each ratio three columns. Larger requests are refused before anything is built
+# (5000 rows took 18.5 GB).
+MAX_FIGURE_IMAGES = 32
+MAX_FIGURE_MASK_RATIOS = 8
 # RandomResizedCrop's official lower area bound per stage (`data.crop_min_scale: null`).
 OFFICIAL_CROP_MIN_SCALE = {"pretrain": 0.2, "finetune": 0.08, "linprobe": 0.08, "eval": 0.08}
 
@@ -143,3 +148,21 @@ def check_pretrain_mask(mask_ratio: float, num_patches: int, field: str = "model
         raise UserError(field, mask_ratio, f"a ratio that removes and keeps at least one of the {num_patches} patches "
                         f"when pretraining (about {lo:.3g} to {hi:.3g}; the loss is computed on removed patches)")
     return mask_ratio
+
+
+def check_figure_request(mask_ratios: Any, num_images: Any, seed: Any, device: Any) -> None:
+    """A reconstruction grid that can be drawn and fits one figure, on a device named as torch names one
+    (whether that device exists is `mae.visualize`'s check, which needs torch)."""
+    if not 1 <= len(mask_ratios) <= MAX_FIGURE_MASK_RATIOS:
+        raise UserError("--mask-ratios", f"{len(mask_ratios)} ratios", f"1 to {MAX_FIGURE_MASK_RATIOS} "
+                        "comma-separated numbers in [0, 1) (three columns each)")
+    for r in mask_ratios:
+        if not 0 <= r < 1:
+            raise UserError("--mask-ratios", r, "numbers in [0, 1)")
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= MAX_FIGURE_IMAGES:
+        raise UserError("--num-images", num_images, f"an integer from 1 to {MAX_FIGURE_IMAGES} (the rows of one figure)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise UserError("--seed", seed, "an integer in [0, 2**63)")
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise UserError("--device", device, "'cpu', 'cuda' or 'cuda:N'")

@@ -17,12 +17,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from mae.choices import check_figure_request
 from mae.errors import UserError
-
-# What one figure can hold: each row is 1.6 inches at 120 dpi (32 rows = a 6144-pixel-high PNG), each
-# ratio three columns. Larger requests are refused before anything is built (5000 rows took 18.5 GB).
-MAX_IMAGES = 32
-MAX_MASK_RATIOS = 8
 
 
 @torch.no_grad()
@@ -122,20 +118,10 @@ def save_reconstruction_grid(model: nn.Module, images: torch.Tensor, path: str |
 
 
 def check_request(mask_ratios: Sequence[float], num_images: int, seed: int, device: str) -> None:
-    """Refuse, in one line, a grid that cannot be drawn or would not fit a figure (before anything is loaded)."""
-    if not 1 <= len(mask_ratios) <= MAX_MASK_RATIOS:
-        raise UserError("--mask-ratios", f"{len(mask_ratios)} ratios", f"1 to {MAX_MASK_RATIOS} comma-separated "
-                        f"numbers in [0, 1) (three columns each)")
-    for r in mask_ratios:
-        if not 0 <= r < 1:
-            raise UserError("--mask-ratios", r, "numbers in [0, 1)")
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= MAX_IMAGES:
-        raise UserError("--num-images", num_images, f"an integer from 1 to {MAX_IMAGES} (the rows of one figure)")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise UserError("--seed", seed, "an integer in [0, 2**63)")
+    """Refuse, in one line, a grid that cannot be drawn or would not fit a figure, or a device that is not
+    there (before anything is loaded)."""
+    check_figure_request(mask_ratios, num_images, seed, device)
     kind, _, index = str(device).partition(":")
-    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
-        raise UserError("--device", device, "'cpu', 'cuda' or 'cuda:N'")
     if kind == "cuda" and not torch.cuda.is_available():
         raise UserError("--device", device, "'cpu' (no CUDA device is visible)")
     if kind == "cuda" and index and int(index) >= torch.cuda.device_count():

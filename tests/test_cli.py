@@ -51,6 +51,11 @@ def test_subprocess_exit_code_and_clean_stderr(tmp_path):
     ["knn", "--checkpoint", "random", "data.name=imagenet2"],
     ["features", "--raw-pixels", "--out", "{out}", "--pool", "max"],
     ["config", "--stage", "pretrain", "model.mask_ratio=1.0"],
+    ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png"],
+    ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png", "--num-images", "5000"],
+    ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png", "--mask-ratios", "0.75,1.5"],
+    ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png", "--device", "tpu"],
+    ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png", "data.root"],
 ])
 def test_a_bad_config_is_reported_before_torch_is_imported(tmp_path, args):
     """A typo costs a tenth of a second, not the seconds torch and timm take to import."""
