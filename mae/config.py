@@ -32,7 +32,7 @@ import yaml
 from mae.choices import (
     AUGMENTATIONS, DATASETS, GLOBAL_POOLS, LINPROBE_FEATURES, MASK_SAMPLINGS, OFFICIAL_CROP_MIN_SCALE, PRECISIONS, STAGES, TARGETS,
     check_img_size, check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_pretrain_mask,
-    check_width, image_hw,
+    check_width, image_hw, torchvision_size,
 )
 from mae.errors import UserError, check_choice, check_range
 from mae.yaml_loading import MAX_YAML_BYTES, MAX_YAML_NODES, load_yaml_file, load_yaml_text  # noqa: F401
@@ -384,6 +384,7 @@ def identity(cfg: Config, stage: str) -> str:
     """
     check_stage(cfg, stage)
     data = cfg.resolved().to_dict()
+    data["model"]["img_size"] = torchvision_size(data["model"]["img_size"])  # [28, 28] is the square 28: one id
     for key, default in KEYS_OUTSIDE_IDENTITY_AT_DEFAULT.items():
         section, name = key.split(".")
         if data[section][name] == default:

@@ -219,6 +219,11 @@ def test_rectangular_img_size_is_height_width():
     cfg = load_config(None, [MICRO, "model.img_size=[14,28]"]).resolved()
     assert cfg.model.img_size == [14, 28]
     assert identity(cfg, "pretrain") != identity(load_config(None, [MICRO]), "pretrain")
+    # A square written as [side, side] is the same run as the side alone (the micro arch's images are 28).
+    for stage in ("pretrain", "finetune"):
+        assert (identity(load_config(None, [MICRO, "model.img_size=[28,28]"]), stage)
+                == identity(load_config(None, [MICRO, "model.img_size=28"]), stage)
+                == identity(load_config(None, [MICRO]), stage))
     with pytest.raises(UserError, match=r"removes and keeps at least one of the 2 patches"):  # 1x2 patches
         identity(load_config(None, [MICRO, "model.img_size=[7,14]"]), "pretrain")
     for bad, allowed in (("[14]", "a positive integer up to 4096, or [height, width]"), ("[14,28,3]", "[height, width]"),
