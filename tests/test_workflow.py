@@ -220,7 +220,7 @@ def workflow_with_stand_in_mae(tmp_path, script: str, extra_env: dict | None = N
     fails, preempts or finishes at once, so the workflow's own behaviour is what the test sees)."""
     workdir = copy_workflow(tmp_path / "wf")
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     (bin_dir / "mae").write_text(script)
     (bin_dir / "mae").chmod(0o755)
     return workdir, {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **(extra_env or {})}
@@ -235,6 +235,18 @@ def test_preempted_job_is_retried_and_resumes_from_its_checkpoint(tmp_path):
     for run_dir in run_dirs:
         assert (run_dir / "attempts").read_text().split() == ["preempted", "resumed"]
         assert (run_dir / "checkpoint.pth").exists() and (run_dir / "metrics.json").exists()
+
+
+def test_a_repository_path_with_spaces_runs(tmp_path):
+    """The job's command names the repository's train_job.sh and the environment's `mae` by absolute
+    path: both are quoted, so a clone in "My Projects" runs (and its MLflow store is created there)."""
+    workdir, env = workflow_with_stand_in_mae(tmp_path / "My Projects", FAKE_MAE)
+    result = subprocess.run([SNAKEMAKE, "--config", "preset=smoke", "ablations=[table1c_mask_token]", "--until", "pretrain"],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dirs = sorted((workdir / "runs/smoke/pretrain").iterdir())
+    assert len(run_dirs) == 2 and all((d / "metrics.json").exists() for d in run_dirs)
+    assert (workdir / "runs/smoke/mlflow.ready").exists()
 
 
 def test_prepare_mlflow_creates_the_store_once_and_skips_servers(tmp_path):

@@ -3,6 +3,7 @@
 # names each cell by mae.config.identity and collapses cells with the same resolved configuration.
 
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -114,12 +115,13 @@ def get_launcher(wildcards, resources, threads):
     mae = _executable("mae")
     gpus = _gpus_per_node(resources)
     if resources.nodes == 1 and gpus == 0:
-        return mae
+        return shlex.quote(mae)  # a shell word: the repository's path may hold spaces
     python = Path(mae).with_name("python")  # the interpreter that has `mae` (venv or conda env bin/)
-    launch = f"{python if python.exists() else sys.executable} -m mae.launch"
+    launch = f"{shlex.quote(str(python if python.exists() else sys.executable))} -m mae.launch"
     if resources.nodes > 1:
-        return f"{launch} --nodes={resources.nodes} --nproc-per-node={max(gpus, 1)} --cpus-per-task={threads} -- {mae}"
-    return f"{launch} --standalone --nproc-per-node={gpus} -- {mae}"
+        return (f"{launch} --nodes={resources.nodes} --nproc-per-node={max(gpus, 1)} --cpus-per-task={threads} "
+                f"-- {shlex.quote(mae)}")
+    return f"{launch} --standalone --nproc-per-node={gpus} -- {shlex.quote(mae)}"
 
 
 def get_mlflow_uri():

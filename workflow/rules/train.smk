@@ -12,6 +12,8 @@
 # Logs: runs/{preset}/logs/{stage}/{run_id}.log holds the job's stdout and stderr (the rule's log);
 # runs/{preset}/{stage}/{run_id}/train.log is `mae`'s own log, next to metrics.jsonl and metrics.json.
 
+import shlex
+
 from mae.config import STAGES
 
 TRAIN_JOB = ROOT / "workflow/scripts/train_job.sh"
@@ -40,7 +42,7 @@ def training_rule(stage):
             slurm_extra=get_slurm_extra(),
             mae_attempt=lambda wildcards, attempt: attempt,
         shell:
-            f"{TRAIN_JOB} {{resources.mae_attempt}} {{log}} "
+            f"{shlex.quote(str(TRAIN_JOB))} {{resources.mae_attempt}} {{log}} "
             f"{{params.launcher}} {stage} --config {{input.config}} --out {{params.out_dir}}"
 
 
