@@ -7,6 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-main}
 
+# .venv lives here, and Snakemake runs its script: rules as `<python path> <script>` without quoting the
+# interpreter (snakemake/snakemake#2645), so the workflow cannot run from a path with whitespace: say so
+# now, before minutes of installing.
+case "$PWD" in
+  *[[:space:]]*)
+    echo "error: repository path='$PWD' is invalid: allowed a path without whitespace (.venv goes there, and" \
+         "Snakemake cannot run script rules from such an environment: snakemake/snakemake#2645)" >&2
+    exit 2 ;;
+esac
+
 apt_pkgs=(dataset-fashion-mnist)
 if [ "$what" = test ]; then
   apt_pkgs+=(munge slurm-client slurmctld slurmd slurmdbd mariadb-server chromium chromium-driver)

@@ -25,3 +25,17 @@ def test_a_new_venv_without_room_is_one_line_before_anything_is_installed(tmp_pa
     assert len(lines) == 1 and lines[0].startswith(f"setup: a new .venv needs about {1 << 30} GiB free on /"), out.stderr
     assert "GiB are: free some space and run again" in lines[0]
     assert not (tmp_path / ".venv").exists()
+
+
+def test_a_repository_path_with_whitespace_is_one_line_before_anything_is_installed(tmp_path):
+    """.venv would live under it, and Snakemake cannot run script rules from such an environment."""
+    repo = tmp_path / "My Projects" / "mae"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("scripts/setup.sh", "pyproject.toml", "requirements.lock"):
+        shutil.copy(REPO / name, repo / name)
+    out = subprocess.run(["bash", "scripts/setup.sh", "main"], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert lines == [f"error: repository path='{repo}' is invalid: allowed a path without whitespace (.venv goes "
+                     "there, and Snakemake cannot run script rules from such an environment: snakemake/snakemake#2645)"]
+    assert not (repo / ".venv").exists()

@@ -249,6 +249,23 @@ def test_a_repository_path_with_spaces_runs(tmp_path):
     assert (workdir / "runs/smoke/mlflow.ready").exists()
 
 
+def test_an_environment_path_with_whitespace_is_one_line(workdir, tmp_path):
+    """Snakemake runs script rules as `<python path> <script>` unquoted (snakemake/snakemake#2645): the
+    workflow refuses such an environment at parse time instead of failing every job. The environment
+    here is this one's .venv seen through a folder with a space (its pyvenv.cfg, bin/python, lib/)."""
+    venv = Path(sys.prefix)
+    spaced = tmp_path / "my env"
+    (spaced / "bin").mkdir(parents=True)
+    shutil.copy(venv / "pyvenv.cfg", spaced / "pyvenv.cfg")
+    (spaced / "bin" / "python").symlink_to(Path(sys.executable).resolve())
+    (spaced / "lib").symlink_to(venv / "lib")
+    result = subprocess.run([str(spaced / "bin" / "python"), "-m", "snakemake", "-n", "--config", "preset=smoke"],
+                            cwd=workdir, capture_output=True, text=True, timeout=300)
+    message = workflow_error_line(result.returncode, result.stdout, result.stderr)
+    assert message == (f"Snakemake's python='{spaced / 'bin' / 'python'}' is invalid: allowed an environment at a "
+                       "path without whitespace (Snakemake cannot run script rules from there: snakemake/snakemake#2645)")
+
+
 def test_prepare_mlflow_creates_the_store_once_and_skips_servers(tmp_path):
     sys.path.insert(0, str(REPO / "workflow/scripts"))
     try:

@@ -26,6 +26,14 @@ if "SLURM_JOB_ID" in os.environ:
         signal.signal(_signal, signal.SIG_IGN)
     shell.prefix("set -euo pipefail; trap '' USR1 TERM; ")
 
+# Snakemake runs script: rules as `<python path> <script>`, the interpreter unquoted
+# (snakemake/snakemake#2645): from an environment whose path holds whitespace every such job would fail
+# with "No such file or directory". The repository's own path may hold spaces (the job command quotes it).
+if any(c.isspace() for c in sys.executable):
+    print(f"error: Snakemake's python={sys.executable!r} is invalid: allowed an environment at a path without "
+          "whitespace (Snakemake cannot run script rules from there: snakemake/snakemake#2645)", file=sys.stderr)
+    sys.exit(2)
+
 try:
     GRID = build_grid(config, ROOT)
 except GridError as err:
