@@ -42,7 +42,11 @@ def redact(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _env_secrets() -> list[str]:
-    return sorted((v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 6), key=len, reverse=True)
+    # Names first, then each value with get(): another thread may remove a variable meanwhile (mae.tracking
+    # takes its MLflow client settings out when a failed server closes the session), and
+    # os.environ.items() then raised KeyError in the middle of a checkpoint save.
+    values = (os.environ.get(k) for k in list(os.environ) if _SECRET_ENV.search(k))
+    return sorted((v for v in values if v is not None and len(v) >= 6), key=len, reverse=True)
 
 
 def redact_text(text: str) -> str:

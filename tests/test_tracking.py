@@ -268,6 +268,36 @@ def test_redaction_of_text_and_trees(monkeypatch):
     assert tree["tracking"]["uri"] == "http://me:pw123@host"  # a copy
 
 
+def test_redaction_survives_a_variable_removed_while_it_reads_the_environment(monkeypatch):
+    """mae.tracking removes its MLflow client settings from os.environ in the tracking thread when a
+    failed server closes the session; a checkpoint save in the main thread was reading os.environ at that
+    moment and died with KeyError (seen once in the outage test). Here the variable vanishes between the
+    listing of the names and the read of its value, every time."""
+    import collections.abc
+    import types
+
+    from mae import redaction
+    from mae.redaction import REDACTED, redact_tree
+
+    class VanishingEnviron(collections.abc.Mapping):
+        def __init__(self, data, vanishing):
+            self.data, self.vanishing = data, vanishing
+
+        def __iter__(self):
+            return iter([*self.data, self.vanishing])  # listed, then gone when read
+
+        def __len__(self):
+            return len(self.data) + 1
+
+        def __getitem__(self, key):
+            return self.data[key]
+
+    environ = VanishingEnviron({"MAE_API_TOKEN": "tok-0123456789-secret"}, "MLFLOW_HTTP_REQUEST_MAX_RETRIES_TOKEN")
+    monkeypatch.setattr(redaction, "os", types.SimpleNamespace(environ=environ))  # pytest itself needs os.environ
+    out = redact_tree({"tracking": {"tags": {"note": "tok-0123456789-secret", "seed": 3}}})
+    assert out == {"tracking": {"tags": {"note": REDACTED, "seed": 3}}}
+
+
 def test_open_store_creates_a_new_store_once_under_concurrency(tmp_path):
     """Four processes open a store that does not exist yet at the same moment: all succeed, one schema."""
     import subprocess
