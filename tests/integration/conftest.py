@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from integration_support import (REPO_ROOT, TEST_OUTPUT, TIMINGS, MlflowServer, PretrainRun, SlurmCluster,
+from integration_support import (REPO_ROOT, TEST_OUTPUT, MlflowServer, PretrainRun, SlurmCluster,
                                  mae_pretrain, record_timing, run_logged, service_env, tail, unavailable)
 
 
@@ -24,13 +24,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if TIMINGS:
-        terminalreporter.section("integration timings (s)")
-        for name, secs in TIMINGS.items():
-            terminalreporter.write_line(f"{name:45s} {secs:8.1f}")
 
 
 # ---------------------------------------------------------------------------------------------------
