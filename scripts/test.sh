@@ -36,7 +36,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # Two pytest-xdist workers: run in one process the suite kept the 2 cores of a CI machine only 60 % busy
-# (it waits on SLURM allocations, servers and subprocesses), 35 min of pytest; with two, 90 % and 25 min.
+# (it waits on SLURM allocations, servers and subprocesses), 35 min of pytest; with two, 88 % and 26 min.
 # tests/conftest.py keeps a file whole on one worker and the integration tests together on one (they
 # share the SLURM cluster and MLflow server). `-n 0` runs everything in this process (e.g. with --pdb).
 rc=0
