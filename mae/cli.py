@@ -123,12 +123,13 @@ def run(argv: list[str]) -> int:
     if args.command == "visualize":
         from mae.choices import check_figure_request  # no torch: a bad option is reported at once
         _check_overrides(args.overrides, "data.root=/data/imagenet")
-        check_figure_request(_parse_ratios(args.mask_ratios), args.num_images, args.seed, args.device)
+        ratios = _parse_ratios(args.mask_ratios)
+        check_figure_request(ratios, args.num_images, args.seed, args.device)
         if not os.path.isfile(args.checkpoint):
             raise UserError("--checkpoint", args.checkpoint, "an existing file (a model.pth written by `mae pretrain`, "
                             "or an official MAE checkpoint-N.pth)")
         from mae.visualize import visualize_checkpoint  # torch, timm: seconds
-        path = visualize_checkpoint(args.checkpoint, args.out, mask_ratios=_parse_ratios(args.mask_ratios),
+        path = visualize_checkpoint(args.checkpoint, args.out, mask_ratios=ratios,
                                     num_images=args.num_images, seed=args.seed, device=args.device,
                                     overrides=args.overrides)
         print(path)
