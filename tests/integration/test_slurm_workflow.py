@@ -78,7 +78,7 @@ def test_cluster_runs_a_batch_job(slurm_cluster, tmp_path):
 def test_smoke_workflow_through_slurm(slurm_cluster, mlflow_server, tmp_path):
     snakemake = VENV_BIN / "snakemake"
     assert snakemake.exists(), f"{snakemake} missing"
-    work = copy_worktree(tmp_path / "repo").resolve()
+    work = copy_worktree(tmp_path / "my repo").resolve()  # a space in the path: the job commands quote it
     log = TEST_OUTPUT / "slurm_workflow.log"
     log.parent.mkdir(exist_ok=True)
     since = datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
