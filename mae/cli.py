@@ -91,6 +91,12 @@ def _check_overrides(overrides: list[str], example: str) -> None:
         raise UserError("override", stray[0], f"'section.key=value' (e.g. {example})")
 
 
+def _check_checkpoint_file(path: str, allowed: str) -> None:
+    """`--checkpoint` names a file: said before torch is imported, not seconds later."""
+    if not os.path.isfile(path):
+        raise UserError("--checkpoint", path, allowed)
+
+
 def _parse_ratios(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
@@ -125,9 +131,8 @@ def run(argv: list[str]) -> int:
         _check_overrides(args.overrides, "data.root=/data/imagenet")
         ratios = _parse_ratios(args.mask_ratios)
         check_figure_request(ratios, args.num_images, args.seed, args.device)
-        if not os.path.isfile(args.checkpoint):
-            raise UserError("--checkpoint", args.checkpoint, "an existing file (a model.pth written by `mae pretrain`, "
-                            "or an official MAE checkpoint-N.pth)")
+        _check_checkpoint_file(args.checkpoint, "an existing file (a model.pth written by `mae pretrain`, or an "
+                               "official MAE checkpoint-N.pth)")
         from mae.visualize import visualize_checkpoint  # torch, timm: seconds
         path = visualize_checkpoint(args.checkpoint, args.out, mask_ratios=ratios,
                                     num_images=args.num_images, seed=args.seed, device=args.device,
@@ -170,7 +175,7 @@ def _features_command(args) -> int:
     """`mae features` / `mae knn`: one JSON line on stdout with the numbers and their cost."""
     import json
 
-    from mae.choices import GLOBAL_POOLS
+    from mae.choices import GLOBAL_POOLS, RANDOM_CHECKPOINT
     from mae.config import load_config
     from mae.errors import check_choice
     _check_overrides(args.overrides, "data.train_subset=1000")
@@ -178,6 +183,8 @@ def _features_command(args) -> int:
     if args.raw_pixels == (args.checkpoint is not None):
         raise UserError.message("--checkpoint", f"mae {args.command}: give --checkpoint (a model.pth or "
                                 "'random') or --raw-pixels, exactly one")
+    if args.checkpoint not in (None, RANDOM_CHECKPOINT):
+        _check_checkpoint_file(args.checkpoint, "an existing model.pth, or 'random'")
     if args.command == "features" and os.path.isdir(args.out):
         raise UserError("--out", args.out, "a file path (it is a folder)")
     cfg = load_config(args.config, args.overrides).resolved()

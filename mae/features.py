@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mae.choices import RANDOM_CHECKPOINT
 from mae.config import Config
 from mae.errors import UserError
 from mae.seeding import generator
@@ -42,7 +43,6 @@ log = logging.getLogger("mae")
 
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
-RANDOM_CHECKPOINT = "random"  # `--checkpoint random`: the config's encoder at its seeded initialisation
 FEATURE_BATCH = 256
 FEATURES_FILE = "features.pth"  # a pretraining's k-NN features, beside its model.pth, for its cached probe
 # Convergence of the cached probe (see `train_cached_probe`).

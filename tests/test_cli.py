@@ -51,6 +51,7 @@ def test_subprocess_exit_code_and_clean_stderr(tmp_path):
     ["knn", "--checkpoint", "random", "data.name=imagenet2"],
     ["features", "--raw-pixels", "--out", "{out}", "--pool", "max"],
     ["config", "--stage", "pretrain", "model.mask_ratio=1.0"],
+    ["knn", "--checkpoint", "{out}/none.pth"],
     ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png"],
     ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png", "--num-images", "5000"],
     ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png", "--mask-ratios", "0.75,1.5"],
