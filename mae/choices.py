@@ -167,3 +167,14 @@ def check_figure_request(mask_ratios: Any, num_images: Any, seed: Any, device: A
     kind, _, index = str(device).partition(":")
     if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
         raise UserError("--device", device, "'cpu', 'cuda' or 'cuda:N'")
+
+
+def batch_geometry(stage: str, batch_size: int, micro_batch_size: int | None, world_size: int) -> tuple[int, int]:
+    """(micro batch per process, accumulation steps) for `stage`'s global `batch_size` over `world_size`
+    processes: micro_batch_size, or else the whole share of each process (no accumulation)."""
+    micro = micro_batch_size or batch_size // world_size
+    if micro < 1 or batch_size % (world_size * micro):
+        raise UserError(f"{stage}.batch_size", batch_size,
+                        f"a multiple of world_size x micro_batch_size = {world_size} x {micro} (set "
+                        f"{stage}.micro_batch_size to a divisor of batch_size / world_size)")
+    return micro, batch_size // (world_size * micro)

@@ -91,10 +91,10 @@ def _check_overrides(overrides: list[str], example: str) -> None:
         raise UserError("override", stray[0], f"'section.key=value' (e.g. {example})")
 
 
-def _check_checkpoint_file(path: str, allowed: str) -> None:
-    """`--checkpoint` names a file: said before torch is imported, not seconds later."""
+def _check_checkpoint_file(path: str, allowed: str, field: str = "--checkpoint") -> None:
+    """`field` names a file: said before torch is imported, not seconds later."""
     if not os.path.isfile(path):
-        raise UserError("--checkpoint", path, allowed)
+        raise UserError(field, path, allowed)
 
 
 def _parse_ratios(text: str) -> list[float]:
@@ -114,10 +114,18 @@ def run(argv: list[str]) -> int:
     if extra:
         raise UserError.message("arguments", f"mae {args.command}: unrecognized arguments: {' '.join(extra)}")
     if args.command in ("pretrain", "finetune", "linprobe"):
-        from mae.config import load_config  # no torch: a bad config is reported in a fraction of a second
+        from mae.choices import batch_geometry  # no torch: a bad config is reported in a fraction of a second
+        from mae.config import check_stage, load_config
         # `--out` may come after the overrides: argparse already took it out of the positional list.
         _check_overrides(args.overrides, "model.mask_ratio=0.9")
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides).resolved()  # fills the architecture, checks its rules
+        check_stage(cfg, args.command)
+        section = cfg.stage(args.command)
+        batch_geometry(args.command, section.batch_size, section.micro_batch_size,
+                       int(os.environ.get("WORLD_SIZE", "1")))
+        if section.checkpoint is not None:
+            _check_checkpoint_file(section.checkpoint, "an existing checkpoint file (a model.pth or an official "
+                                   "MAE .pth)", field=f"{args.command}.checkpoint")
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise UserError("--out", args.out, "a folder (it is a file or a special path)")
         command = shlex.join(["mae", *argv])

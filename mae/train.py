@@ -32,6 +32,7 @@ from torch import nn
 
 from mae import checkpoint as ckpt
 from mae import distributed
+from mae.choices import batch_geometry
 from mae.config import Config, dump_config, identity
 from mae.data.datasets import check_num_classes
 from mae.engine import (EXIT_PREEMPTED, EpochContext, LoopState, PreemptionFlag, TrainingStopped, autocast_dtype,
@@ -357,13 +358,7 @@ def _shareable_config(cfg: Config) -> dict[str, Any]:
 
 def _batch_geometry(run: Run) -> tuple[int, int]:
     """(micro batch per process, accumulation steps) from the stage's global batch."""
-    section, world = run.section, run.dist.world_size
-    micro = section.micro_batch_size or section.batch_size // world
-    if micro < 1 or section.batch_size % (world * micro):
-        raise UserError(f"{run.stage}.batch_size", section.batch_size,
-                        f"a multiple of world_size x micro_batch_size = {world} x {micro} (set "
-                        f"{run.stage}.micro_batch_size to a divisor of batch_size / world_size)")
-    return micro, section.batch_size // (world * micro)
+    return batch_geometry(run.stage, run.section.batch_size, run.section.micro_batch_size, run.dist.world_size)
 
 
 def _wrap(model: nn.Module, run: Run) -> nn.Module:

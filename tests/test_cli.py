@@ -57,6 +57,13 @@ def test_subprocess_exit_code_and_clean_stderr(tmp_path):
     ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png", "--mask-ratios", "0.75,1.5"],
     ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png", "--device", "tpu"],
     ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png", "data.root"],
+    # rules that need the named architecture, the stage or the world size, and the stage's weights file
+    ["pretrain", "--out", "{out}", "model.arch=mae_vit_gigantic"],
+    ["pretrain", "--out", "{out}", "model.arch=mae_vit_micro_patch7_dec64d1b", "model.img_size=30"],
+    ["pretrain", "--out", "{out}", "model.arch=mae_vit_micro_patch7_dec64d1b", "model.mask_ratio=0.99"],
+    ["finetune", "--out", "{out}", "finetune.batch_size=32", "finetune.micro_batch_size=5"],
+    ["finetune", "--out", "{out}", "finetune.checkpoint={out}/none.pth"],
+    ["linprobe", "--out", "{out}", "linprobe.checkpoint={out}"],
 ])
 def test_a_bad_config_is_reported_before_torch_is_imported(tmp_path, args):
     """A typo costs a tenth of a second, not the seconds torch and timm take to import."""
