@@ -60,9 +60,12 @@ def _installer(venv: Path, dist: str) -> str:
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the locked (x86_64) install")
 @pytest.mark.parametrize("uv_works", [True, False])
 def test_the_lock_is_installed_by_uv_or_else_by_pip(tmp_path, uv_works):
-    """uv installs the lock and the project (its cache removed after); where uv fails, pip installs both."""
+    """uv installs the lock and the project, bytecode compiled (its cache removed after); where uv fails,
+    pip installs both."""
     repo = _probe_repo(tmp_path / "repo")
-    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_SPEC", "VIRTUAL_ENV")}
+    # PYTHONDONTWRITEBYTECODE: no process writes .pyc files later, so the install must compile them
+    env = {**{k: v for k, v in os.environ.items() if k not in ("TORCH_SPEC", "VIRTUAL_ENV")},
+           "PYTHONDONTWRITEBYTECODE": "1"}
     if not uv_works:
         env["UV_OFFLINE"] = "1"  # read by uv only: with its cache empty, uv can install nothing
     out = subprocess.run(["bash", "scripts/setup.sh", "main"], cwd=repo, env=env, capture_output=True, text=True,
@@ -72,6 +75,7 @@ def test_the_lock_is_installed_by_uv_or_else_by_pip(tmp_path, uv_works):
     assert subprocess.run([venv / "bin" / "python", "-c", "import six"]).returncode == 0
     assert _installer(venv, "six-1.17.0") == ("uv" if uv_works else "pip")
     assert _installer(venv, "setup_probe-0") == ("uv" if uv_works else "pip")
+    assert list((venv / "lib").glob("python3*/site-packages/__pycache__/six.cpython-3*.pyc"))  # compiled once
     assert not (venv / ".uv-cache").exists()
     assert list(venv.glob(".installed-*-test")), list(venv.iterdir())
     fallbacks = [line for line in out.stderr.splitlines() if "trying pip" in line]
