@@ -1,4 +1,5 @@
-"""scripts/setup.sh checks for room before it makes a new .venv, instead of pip failing halfway."""
+"""scripts/setup.sh: the checks before anything is installed (room for a new .venv, the repository path),
+and the install itself (uv, or pip where uv fails)."""
 
 import os
 import platform
