@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mae.choices import CHECKPOINT_FILE_ALLOWED
 from mae.errors import UserError
 from mae.run_folder import CHECKPOINT_PTH, PREVIOUS_CHECKPOINT_PTH
 
@@ -427,7 +428,7 @@ def read_weights_file(path: str | Path) -> WeightsFile:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError("checkpoint", str(path), "an existing checkpoint file (a model.pth or an official MAE .pth)")
+        raise UserError("checkpoint", str(path), CHECKPOINT_FILE_ALLOWED)
     try:
         obj = _safe_load(path, str(path))
         harness = isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT

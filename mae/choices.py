@@ -32,6 +32,8 @@ MAX_PATCHES = 256 * 256
 # (5000 rows took 18.5 GB).
 MAX_FIGURE_IMAGES = 32
 MAX_FIGURE_MASK_RATIOS = 8
+# What a weights file named by `<stage>.checkpoint` must be (checked by the CLI before torch, and on reading).
+CHECKPOINT_FILE_ALLOWED = "an existing checkpoint file (a model.pth or an official MAE .pth)"
 RANDOM_CHECKPOINT = "random"  # `--checkpoint random`: the config's encoder at its seeded initialisation
 # RandomResizedCrop's official lower area bound per stage (`data.crop_min_scale: null`).
 OFFICIAL_CROP_MIN_SCALE = {"pretrain": 0.2, "finetune": 0.08, "linprobe": 0.08, "eval": 0.08}

@@ -114,7 +114,7 @@ def run(argv: list[str]) -> int:
     if extra:
         raise UserError.message("arguments", f"mae {args.command}: unrecognized arguments: {' '.join(extra)}")
     if args.command in ("pretrain", "finetune", "linprobe"):
-        from mae.choices import batch_geometry  # no torch: a bad config is reported in a fraction of a second
+        from mae.choices import CHECKPOINT_FILE_ALLOWED, batch_geometry  # no torch: a bad config is reported in a fraction of a second
         from mae.config import check_stage, load_config
         # `--out` may come after the overrides: argparse already took it out of the positional list.
         _check_overrides(args.overrides, "model.mask_ratio=0.9")
@@ -124,8 +124,7 @@ def run(argv: list[str]) -> int:
         batch_geometry(args.command, section.batch_size, section.micro_batch_size,
                        int(os.environ.get("WORLD_SIZE", "1")))
         if section.checkpoint is not None:
-            _check_checkpoint_file(section.checkpoint, "an existing checkpoint file (a model.pth or an official "
-                                   "MAE .pth)", field=f"{args.command}.checkpoint")
+            _check_checkpoint_file(section.checkpoint, CHECKPOINT_FILE_ALLOWED, field=f"{args.command}.checkpoint")
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise UserError("--out", args.out, "a folder (it is a file or a special path)")
         command = shlex.join(["mae", *argv])

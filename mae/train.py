@@ -106,7 +106,7 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
 
     # ---- build. The same seed on every rank, so that every rank builds the same initial weights.
     torch.manual_seed(cfg.run.seed)
-    micro, accum = _batch_geometry(run)
+    micro, accum = batch_geometry(run.stage, section.batch_size, section.micro_batch_size, run.dist.world_size)
     train_set = run.dataset("train")
     num_classes = check_num_classes(train_set, cfg.data.num_classes)
     # Before the loader, whose own check cannot name the stage's field. batch_size <= images also
@@ -354,11 +354,6 @@ def _write_run_record(run: Run, command: str) -> None:
 def _shareable_config(cfg: Config) -> dict[str, Any]:
     """The config as every file of the run folder carries it: credentials redacted (`mae.redaction.redact_tree`)."""
     return redact_tree(cfg.to_dict())
-
-
-def _batch_geometry(run: Run) -> tuple[int, int]:
-    """(micro batch per process, accumulation steps) from the stage's global batch."""
-    return batch_geometry(run.stage, run.section.batch_size, run.section.micro_batch_size, run.dist.world_size)
 
 
 def _wrap(model: nn.Module, run: Run) -> nn.Module:
