@@ -26,9 +26,9 @@ from torch.distributed import TCPStore
 
 from mae import launch
 from mae.checkpoint import load_checkpoint
+from mae.choices import batch_geometry
 from mae.config import load_config
 from mae.run_folder import read_jsonl
-from mae.train import _batch_geometry
 from micro_config import MICRO_MODEL
 from test_workflow import SNAKEMAKE, copy_workflow
 
@@ -417,10 +417,10 @@ def test_every_preset_layout_keeps_the_recipe_batch():
         cfg = load_config(REPO / f"workflow/presets/{preset}.yaml").resolved()
         for stage, spec in rules.items():
             world = spec["nodes"] * max(spec["gpu"], 1)
-            run = SimpleNamespace(stage=stage, section=cfg.stage(stage), dist=SimpleNamespace(world_size=world))
-            micro, accum = _batch_geometry(run)
+            section = cfg.stage(stage)
+            micro, accum = batch_geometry(stage, section.batch_size, section.micro_batch_size, world)
             assert world * micro * accum == cfg.stage(stage).batch_size, (preset, stage)
     paper = load_config(REPO / "workflow/presets/paper.yaml").resolved()
     # the official repository's per-GPU batches on its node counts: no accumulation
-    assert [_batch_geometry(SimpleNamespace(stage=s, section=paper.stage(s), dist=SimpleNamespace(
-        world_size=resources["paper"][s]["nodes"] * 8)))[1] for s in ("pretrain", "finetune", "linprobe")] == [1, 1, 1]
+    assert [batch_geometry(s, paper.stage(s).batch_size, paper.stage(s).micro_batch_size,
+                           resources["paper"][s]["nodes"] * 8)[1] for s in ("pretrain", "finetune", "linprobe")] == [1, 1, 1]
