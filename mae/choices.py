@@ -2,14 +2,18 @@
 
 `mae.config` validates every config with these (a resolved config checks every rule, so a bad grid
 row fails when the workflow is parsed); the model, masking, targets and data modules call the same
-functions when they are built directly, so both report the same one-line `UserError`.
+functions when they are built directly, so both report the same one-line `UserError`. Whether
+data.root holds what data.name reads is checked by the `mae` CLI before torch and by the dataset
+builder, not by the config: a workflow may be parsed on a machine that does not hold the data.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from mae.errors import UserError, check_range
+from mae.errors import UserError, check_choice, check_range
 
 STAGES = ("pretrain", "finetune", "linprobe")
 TRANSFORM_KINDS = (*STAGES, "eval")
@@ -35,6 +39,10 @@ MAX_FIGURE_MASK_RATIOS = 8
 # What a weights file named by `<stage>.checkpoint` must be (checked by the CLI before torch, and on reading).
 CHECKPOINT_FILE_ALLOWED = "an existing checkpoint file (a model.pth or an official MAE .pth)"
 RANDOM_CHECKPOINT = "random"  # `--checkpoint random`: the config's encoder at its seeded initialisation
+# data.root when it is null: Debian's dataset-fashion-mnist package; every other dataset needs one.
+DEFAULT_ROOTS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+# torchvision's CIFAR folder under data.root (its `base_folder`)
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 # RandomResizedCrop's official lower area bound per stage (`data.crop_min_scale: null`).
 OFFICIAL_CROP_MIN_SCALE = {"pretrain": 0.2, "finetune": 0.08, "linprobe": 0.08, "eval": 0.08}
 
@@ -180,3 +188,49 @@ def batch_geometry(stage: str, batch_size: int, micro_batch_size: int | None, wo
                         f"a multiple of world_size x micro_batch_size = {world_size} x {micro} (set "
                         f"{stage}.micro_batch_size to a divisor of batch_size / world_size)")
     return micro, batch_size // (world_size * micro)
+
+
+def data_root_error(name: str, root: Path, expected: str) -> UserError:
+    """The one line for a data.root that does not hold what data.name reads there."""
+    return UserError.message(
+        "data.root", f"data.root={str(root)!r} is invalid for data.name={name!r}: expected {expected} there")
+
+
+def fashion_mnist_files(root: Path, split: str) -> tuple[Path, Path]:
+    """(images, labels) idx files of a Fashion-MNIST split ('train', or 'val': the t10k files) under
+    `root`, gzipped (as Debian installs them) or not."""
+    prefix = "train" if split == "train" else "t10k"
+    found = []
+    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        path = next((p for p in (root / f"{prefix}-{kind}.gz", root / f"{prefix}-{kind}") if p.is_file()), None)
+        if path is None:
+            raise data_root_error("fashion_mnist", root,
+                                  f"{prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz (idx files)")
+        found.append(path)
+    return found[0], found[1]
+
+
+def check_data_root(name: str, root: str | os.PathLike | None, split: str, download: bool = False) -> Path | None:
+    """The folder that `split` of data.name is read from ('train', or 'val': the test files or folder):
+    `root`, else `DEFAULT_ROOTS`; None for synthetic data. Checks that the files or folders the split
+    is read from are there, by name only: their contents are checked when they are read."""
+    check_choice("data.name", name, DATASETS)
+    if name == "synthetic":
+        return None
+    if root is None:
+        root = DEFAULT_ROOTS.get(name)
+        if root is None:
+            raise UserError.message("data.root", f"data.root is required for data.name={name!r}")
+    root = Path(root).expanduser()
+    if name in ("imagenet", "image_folder"):
+        if not (root / split).is_dir():
+            raise data_root_error(name, root, f"a folder {split}/ with one sub-folder of images per class")
+        return root
+    if not root.is_dir():
+        download_hint = " (or set data.download=true)" if name in CIFAR_FOLDERS else ""
+        raise data_root_error(name, root, "an existing folder" + download_hint)
+    if name == "fashion_mnist":
+        fashion_mnist_files(root, split)
+    elif not download and not (root / CIFAR_FOLDERS[name]).is_dir():
+        raise data_root_error(name, root, f"the torchvision folder {CIFAR_FOLDERS[name]}/ (or set data.download=true)")
+    return root

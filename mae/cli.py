@@ -114,7 +114,8 @@ def run(argv: list[str]) -> int:
     if extra:
         raise UserError.message("arguments", f"mae {args.command}: unrecognized arguments: {' '.join(extra)}")
     if args.command in ("pretrain", "finetune", "linprobe"):
-        from mae.choices import CHECKPOINT_FILE_ALLOWED, batch_geometry  # no torch: a bad config is reported in a fraction of a second
+        # no torch before the checks below: a bad config is reported in a fraction of a second
+        from mae.choices import CHECKPOINT_FILE_ALLOWED, batch_geometry, check_data_root
         from mae.config import check_stage, load_config
         # `--out` may come after the overrides: argparse already took it out of the positional list.
         _check_overrides(args.overrides, "model.mask_ratio=0.9")
@@ -125,6 +126,8 @@ def run(argv: list[str]) -> int:
                        int(os.environ.get("WORLD_SIZE", "1")))
         if section.checkpoint is not None:
             _check_checkpoint_file(section.checkpoint, CHECKPOINT_FILE_ALLOWED, field=f"{args.command}.checkpoint")
+        # the training split, which every stage reads first; the evaluation split is checked when it is read
+        check_data_root(cfg.data.name, cfg.data.root, "train", cfg.data.download)
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise UserError("--out", args.out, "a folder (it is a file or a special path)")
         command = shlex.join(["mae", *argv])
@@ -182,7 +185,7 @@ def _features_command(args) -> int:
     """`mae features` / `mae knn`: one JSON line on stdout with the numbers and their cost."""
     import json
 
-    from mae.choices import GLOBAL_POOLS, RANDOM_CHECKPOINT
+    from mae.choices import GLOBAL_POOLS, RANDOM_CHECKPOINT, check_data_root
     from mae.config import load_config
     from mae.errors import check_choice
     _check_overrides(args.overrides, "data.train_subset=1000")
@@ -195,6 +198,7 @@ def _features_command(args) -> int:
     if args.command == "features" and os.path.isdir(args.out):
         raise UserError("--out", args.out, "a file path (it is a folder)")
     cfg = load_config(args.config, args.overrides).resolved()
+    check_data_root(cfg.data.name, cfg.data.root, "train", cfg.data.download)
     from mae import features as feats  # torch, after every check of the arguments
     features = feats.compute_features(cfg, args.checkpoint, pool=args.pool, raw_pixels=args.raw_pixels,
                                       device=args.device)

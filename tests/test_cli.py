@@ -64,15 +64,22 @@ def test_subprocess_exit_code_and_clean_stderr(tmp_path):
     ["finetune", "--out", "{out}", "finetune.batch_size=32", "finetune.micro_batch_size=5"],
     ["finetune", "--out", "{out}", "finetune.checkpoint={out}/none.pth"],
     ["linprobe", "--out", "{out}", "linprobe.checkpoint={out}"],
+    # data.root without what data.name reads there (by name: the contents need the data read)
+    ["pretrain", "--out", "{out}", "data.name=fashion_mnist", "data.root={out}/none"],
+    ["finetune", "--out", "{out}", "data.name=cifar10", "data.root={tmp}"],
+    ["linprobe", "--out", "{out}", "data.name=imagenet", "data.root={tmp}"],
+    ["pretrain", "--out", "{out}", "data.name=imagenet", "data.root=null"],
+    ["knn", "--checkpoint", "random", "data.name=fashion_mnist", "data.root={tmp}"],
 ])
 def test_a_bad_config_is_reported_before_torch_is_imported(tmp_path, args):
     """A typo costs a tenth of a second, not the seconds torch and timm take to import."""
     code = ("import sys; from mae import cli; code = cli.main(sys.argv[1:]); "
             "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
-    argv = [a.replace("{out}", str(tmp_path / "out")) for a in args]
+    argv = [a.replace("{out}", str(tmp_path / "out")).replace("{tmp}", str(tmp_path)) for a in args]
     result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
     assert result.stdout.strip() == "torch not imported"
+    assert not (tmp_path / "out").exists()  # no run folder, no train.log
 
 
 def test_config_prints_what_a_run_used_and_loads_again(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Datasets, batched transforms and exactly resumable, sharded loaders (mae/data/)."""
 
 import gzip
+import re
 import struct
 from pathlib import Path
 
@@ -226,6 +227,39 @@ def _jpeg_folder(root: Path, n_per_class=6, size=40):
             for i in range(n_per_class):
                 arr = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
                 Image.fromarray(arr).save(root / split / c / f"{i}.jpg", quality=90)
+
+
+def test_data_root_layout_is_checked_by_name_and_the_builder_says_the_same(tmp_path):
+    """check_data_root (torch-free, run by the CLI before torch) names what is missing under data.root;
+    build_dataset reports a missing layout with the same line, and a layout that is there passes."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    from mae.choices import CIFAR_FOLDERS, check_data_root
+    assert CIFAR_FOLDERS == {"cifar10": CIFAR10.base_folder, "cifar100": CIFAR100.base_folder}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [  # (name, root, split, download, what the one line must name)
+        ("imagenet", empty, "train", False, "expected a folder train/ with one sub-folder of images per class"),
+        ("image_folder", None, "train", False, "data.root is required for data.name='image_folder'"),
+        ("fashion_mnist", tmp_path / "nope", "train", False, "expected an existing folder there"),
+        ("fashion_mnist", empty, "val", False, "expected t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz"),
+        ("cifar10", empty, "train", False, "expected the torchvision folder cifar-10-batches-py/ (or set data.download"),
+        ("cifar100", tmp_path / "nope", "train", True, "expected an existing folder (or set data.download=true)"),
+    ]
+    for name, root, split, download, words in cases:
+        with pytest.raises(UserError, match=re.escape(words)) as checked:
+            check_data_root(name, root, split, download)
+        with pytest.raises(UserError) as built:
+            build_dataset(name, root, split, img_size=32, in_chans=3, download=download)
+        assert str(built.value) == str(checked.value), name
+    _jpeg_folder(tmp_path / "folders")
+    assert check_data_root("imagenet", tmp_path / "folders", "val") == tmp_path / "folders"
+    (empty / "t10k-images-idx3-ubyte").write_bytes(b"")  # by name: the contents are read later
+    _write_idx(empty / "t10k-labels-idx1-ubyte.gz", np.zeros(3))
+    assert check_data_root("fashion_mnist", str(empty), "val") == empty
+    (empty / "cifar-100-python").mkdir()
+    assert check_data_root("cifar100", empty, "train") == empty
+    assert check_data_root("synthetic", None, "train") is None
 
 
 def test_image_folder_path(tmp_path):

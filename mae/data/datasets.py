@@ -20,12 +20,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mae.choices import DATASETS, check_img_size, check_in_chans, image_hw
+from mae.choices import (CIFAR_FOLDERS, DATASETS, DEFAULT_ROOTS, check_data_root, check_img_size, check_in_chans,
+                         data_root_error, fashion_mnist_files, image_hw)
 from mae.errors import UserError, check_choice
-
 from mae.seeding import generator, mix_seed
 
-DEFAULT_ROOTS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # per-channel statistics of each training set, on [0, 1] pixels
@@ -123,11 +122,6 @@ class FolderDataset(Dataset):
         return self.load(i)
 
 
-def _missing_root(name: str, root: Path, expected: str) -> UserError:
-    return UserError.message(
-        "data.root", f"data.root={str(root)!r} is invalid for data.name={name!r}: expected {expected} there")
-
-
 def _read_idx(path: Path) -> np.ndarray:
     """Read one idx file (MNIST format, optionally gzipped) into a numpy array; a damaged file is a
     UserError naming it and what is wrong."""
@@ -164,18 +158,10 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def _load_fashion_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     prefix = "train" if split == "train" else "t10k"
-    found = {}
-    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-        candidates = [root / f"{prefix}-{kind}.gz", root / f"{prefix}-{kind}"]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            raise _missing_root("fashion_mnist", root,
-                                f"{prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz (idx files)")
-        found[kind] = _read_idx(path)
-    images, labels = found["images-idx3-ubyte"], found["labels-idx1-ubyte"]
+    images, labels = (_read_idx(path) for path in fashion_mnist_files(root, split))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise _missing_root("fashion_mnist", root, f"{prefix} images [N, H, W] and labels [N] of one length "
-                            f"(found {list(images.shape)} and {list(labels.shape)})")
+        raise data_root_error("fashion_mnist", root, f"{prefix} images [N, H, W] and labels [N] of one length "
+                              f"(found {list(images.shape)} and {list(labels.shape)})")
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
@@ -184,9 +170,9 @@ def _load_cifar(name: str, root: Path, split: str, download: bool) -> tuple[torc
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     try:
         ds = cls(str(root), train=split == "train", download=download)
-    except RuntimeError:
-        folder = cls.base_folder
-        raise _missing_root(name, root, f"the torchvision folder {folder}/ (or set data.download=true)") from None
+    except RuntimeError:  # torchvision's integrity check (a damaged folder), or a failed download
+        raise data_root_error(name, root,
+                              f"the torchvision folder {CIFAR_FOLDERS[name]}/ (or set data.download=true)") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(ds.targets, dtype=torch.int64)
 
@@ -290,21 +276,14 @@ def build_dataset(
             images, labels = images[part][:subset], labels[part][:subset]
         return InMemoryDataset(images, labels, SYNTHETIC_CLASSES, mean, std, name)
 
-    if root is None:
-        root = DEFAULT_ROOTS.get(name)
-        if root is None:
-            raise UserError.message("data.root", f"data.root is required for data.name={name!r}")
-    root = Path(root).expanduser()
-
+    root = check_data_root(name, root, source_split, download)
     if name in ("imagenet", "image_folder"):
         from torchvision.datasets import ImageFolder
         split_dir = root / source_split
-        if not split_dir.is_dir():
-            raise _missing_root(name, root, f"a folder {source_split}/ with one sub-folder of images per class")
         try:
             folder = ImageFolder(str(split_dir))
         except (FileNotFoundError, RuntimeError) as e:
-            raise _missing_root(name, root, f"class sub-folders with images in {source_split}/ ({e})") from None
+            raise data_root_error(name, root, f"class sub-folders with images in {source_split}/ ({e})") from None
         pool = list(range(len(folder))) if val_split is None else _split_part(len(folder), val_split, split).tolist()
         indices = None if val_split is None else pool
         _check_subset(subset, len(pool), name, split)
@@ -314,8 +293,6 @@ def build_dataset(
         dataset.check_headers()
         return dataset
 
-    if not root.is_dir():
-        raise _missing_root(name, root, "an existing folder" + (" (or set data.download=true)" if "cifar" in name else ""))
     if name == "fashion_mnist":
         images, labels = _load_fashion_mnist(root, source_split)
         num_classes = 10
