@@ -25,7 +25,7 @@ import shlex
 import signal
 import sys
 
-from mae.errors import UserError
+from mae.errors import USER_ERRNOS, UserError
 from mae.signals import STOP_SIGNALS, StopRequested, install_stop_handlers
 
 EXIT_USER_ERROR = 2
@@ -97,6 +97,23 @@ def _check_checkpoint_file(path: str, allowed: str, field: str = "--checkpoint")
         raise UserError(field, path, allowed)
 
 
+def _make_run_folder(out: str, main_process: bool) -> None:
+    """Create the run folder `--out` on the main process (train makes the others wait for it) and check
+    that it can be written: a path that cannot be a run folder is said before torch is imported."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError("--out", out, "a folder (it is a file or a special path)")
+    if not main_process:
+        return
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        if exc.errno not in USER_ERRNOS:
+            raise
+        raise UserError("--out", out, f"a folder that can be created ({USER_ERRNOS[exc.errno]})") from None
+    if not os.access(out, os.W_OK | os.X_OK):  # root too on a read-only file system
+        raise UserError("--out", out, "a folder this user can write in")
+
+
 def _parse_ratios(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
@@ -122,14 +139,13 @@ def run(argv: list[str]) -> int:
         cfg = load_config(args.config, args.overrides).resolved()  # fills the architecture, checks its rules
         check_stage(cfg, args.command)
         section = cfg.stage(args.command)
-        batch_geometry(args.command, section.batch_size, section.micro_batch_size,
-                       int(os.environ.get("WORLD_SIZE", "1")))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))  # as mae.distributed reads it (it imports torch)
+        batch_geometry(args.command, section.batch_size, section.micro_batch_size, world_size)
         if section.checkpoint is not None:
             _check_checkpoint_file(section.checkpoint, CHECKPOINT_FILE_ALLOWED, field=f"{args.command}.checkpoint")
         # the training split, which every stage reads first; the evaluation split is checked when it is read
         check_data_root(cfg.data.name, cfg.data.root, "train", cfg.data.download)
-        if os.path.exists(args.out) and not os.path.isdir(args.out):
-            raise UserError("--out", args.out, "a folder (it is a file or a special path)")
+        _make_run_folder(args.out, main_process=world_size <= 1 or os.environ.get("RANK") == "0")
         command = shlex.join(["mae", *argv])
         from mae import train  # torch, timm: seconds
         getattr(train, args.command)(cfg, args.out, command=command)

@@ -1,5 +1,7 @@
 """`mae` CLI: user errors exit 2 with one `error:` line and no traceback, and leave nothing finished."""
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +72,9 @@ def test_subprocess_exit_code_and_clean_stderr(tmp_path):
     ["linprobe", "--out", "{out}", "data.name=imagenet", "data.root={tmp}"],
     ["pretrain", "--out", "{out}", "data.name=imagenet", "data.root=null"],
     ["knn", "--checkpoint", "random", "data.name=fashion_mnist", "data.root={tmp}"],
+    # an --out that cannot be made a run folder
+    ["pretrain", "--out", "/dev/null/run", "data.name=synthetic"],
+    ["finetune", "--out", "/proc/no-such-folder/run", "data.name=synthetic"],
 ])
 def test_a_bad_config_is_reported_before_torch_is_imported(tmp_path, args):
     """A typo costs a tenth of a second, not the seconds torch and timm take to import."""
@@ -80,6 +85,25 @@ def test_a_bad_config_is_reported_before_torch_is_imported(tmp_path, args):
     assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
     assert result.stdout.strip() == "torch not imported"
     assert not (tmp_path / "out").exists()  # no run folder, no train.log
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"),
+                    reason="needs root to mount a read-only tmpfs")
+def test_an_out_folder_on_a_read_only_file_system_is_one_line(tmp_path):
+    """Root may write anywhere but on a read-only file system: said before torch, for a folder to make
+    there and for one that is there."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("mount refused (a container without CAP_SYS_ADMIN)")
+    try:
+        for out, allowed in [(mount / "run", "a folder that can be created (read-only file system)"),
+                             (mount, "a folder this user can write in")]:
+            result = subprocess.run([sys.executable, "-m", "mae.cli", "pretrain", "--out", str(out), "data.name=synthetic"],
+                                    capture_output=True, text=True, timeout=120)
+            assert (result.returncode, result.stderr) == (2, f"error: --out={str(out)!r} is invalid: allowed {allowed}\n")
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_config_prints_what_a_run_used_and_loads_again(tmp_path, capsys):
