@@ -232,5 +232,10 @@ def check_data_root(name: str, root: str | os.PathLike | None, split: str, downl
     if name == "fashion_mnist":
         fashion_mnist_files(root, split)
     elif not download and not (root / CIFAR_FOLDERS[name]).is_dir():
-        raise data_root_error(name, root, f"the torchvision folder {CIFAR_FOLDERS[name]}/ (or set data.download=true)")
+        raise cifar_folder_error(name, root)
     return root
+
+
+def cifar_folder_error(name: str, root: Path) -> UserError:
+    """The one line for a CIFAR data.root without torchvision's folder (missing, or failing its check)."""
+    return data_root_error(name, root, f"the torchvision folder {CIFAR_FOLDERS[name]}/ (or set data.download=true)")

@@ -419,7 +419,7 @@ def test_every_preset_layout_keeps_the_recipe_batch():
             world = spec["nodes"] * max(spec["gpu"], 1)
             section = cfg.stage(stage)
             micro, accum = batch_geometry(stage, section.batch_size, section.micro_batch_size, world)
-            assert world * micro * accum == cfg.stage(stage).batch_size, (preset, stage)
+            assert world * micro * accum == section.batch_size, (preset, stage)
     paper = load_config(REPO / "workflow/presets/paper.yaml").resolved()
     # the official repository's per-GPU batches on its node counts: no accumulation
     assert [batch_geometry(s, paper.stage(s).batch_size, paper.stage(s).micro_batch_size,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mae.choices import (CIFAR_FOLDERS, DATASETS, DEFAULT_ROOTS, check_data_root, check_img_size, check_in_chans,
+from mae.choices import (DATASETS, DEFAULT_ROOTS, check_data_root, check_img_size, check_in_chans, cifar_folder_error,
                          data_root_error, fashion_mnist_files, image_hw)
 from mae.errors import UserError, check_choice
 from mae.seeding import generator, mix_seed
@@ -171,8 +171,7 @@ def _load_cifar(name: str, root: Path, split: str, download: bool) -> tuple[torc
     try:
         ds = cls(str(root), train=split == "train", download=download)
     except RuntimeError:  # torchvision's integrity check (a damaged folder), or a failed download
-        raise data_root_error(name, root,
-                              f"the torchvision folder {CIFAR_FOLDERS[name]}/ (or set data.download=true)") from None
+        raise cifar_folder_error(name, root) from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(ds.targets, dtype=torch.int64)
 
