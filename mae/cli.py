@@ -249,31 +249,40 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:  # a full disk, a path that is a file, no permission: the user's to fix
             raise user_error_from_os(exc) or exc
     except UserError as exc:
+        _ignore_stop_signals()  # decided: torchrun's SIGTERM, once another rank exited 2, must not make it a traceback
         from mae.redaction import redact_text
         message = redact_text(" ".join(str(exc).split()))  # one line, always, and no credential in it
         print(f"error: {message}", file=sys.stderr)
         code = EXIT_USER_ERROR
     except StopRequested as exc:
+        _ignore_stop_signals()
         print(f"stopped: {exc}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
+        _ignore_stop_signals()
         print("interrupted", file=sys.stderr)
         code = 130
     except Exception as exc:
         engine = sys.modules.get("mae.engine")  # never imported: it cannot be a TrainingStopped
         if engine is None or not isinstance(exc, engine.TrainingStopped):
             raise
+        _ignore_stop_signals()
         print(f"stopped: {' '.join(str(exc).split())}", file=sys.stderr)
         code = exc.exit_code
     finally:
-        for sig in STOP_SIGNALS:  # the outcome is decided: a late signal must not turn it into a traceback
-            _set_signal(sig, signal.SIG_IGN)
+        _ignore_stop_signals()
         distributed = sys.modules.get("mae.distributed")
         if distributed is not None:
             distributed.cleanup()
         for sig, handler in previous.items():
             _set_signal(sig, handler)
     return code
+
+
+def _ignore_stop_signals() -> None:
+    """The outcome is decided (reported, or about to be): a late stop signal must not turn it into a traceback."""
+    for sig in STOP_SIGNALS:
+        _set_signal(sig, signal.SIG_IGN)
 
 
 def _set_signal(sig: int, handler) -> None:

@@ -46,6 +46,19 @@ def test_subprocess_exit_code_and_clean_stderr(tmp_path):
     assert proc.stderr.startswith("error: data.name='mnist' is invalid")
 
 
+def test_a_stop_signal_while_a_user_error_is_reported_keeps_exit_2(tmp_path):
+    """torchrun SIGTERMs the other workers once one exits 2 with the same user error: a signal that lands
+    while the error line is being written (here: from inside its redaction) must not make it a traceback
+    (it did: exit 1, a StopRequested traceback, in a two-process run)."""
+    code = ("import os, signal, sys; import mae.redaction as r; from mae import cli; plain = r.redact_text\n"
+            "def late(text):\n    os.kill(os.getpid(), signal.SIGTERM); return plain(text)\n"
+            "r.redact_text = late; sys.exit(cli.main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "pretrain", "--out", str(tmp_path / "out"),
+                             "model.mask_ratio=1.5"], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+    assert result.stderr.startswith("error: model.mask_ratio=1.5 is invalid")
+
+
 @pytest.mark.parametrize("args", [
     ["pretrain", "--out", "{out}", "model.mask_ratio=1.5"],
     ["finetune", "--config", "missing.yaml", "--out", "{out}"],
