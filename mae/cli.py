@@ -26,7 +26,7 @@ import signal
 import sys
 
 from mae.errors import USER_ERRNOS, UserError
-from mae.signals import STOP_SIGNALS, StopRequested, install_stop_handlers
+from mae.signals import STOP_SIGNALS, StopRequested, install_stop_handlers, raise_pending_stop
 
 EXIT_USER_ERROR = 2
 
@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         try:
+            raise_pending_stop()  # one its launcher received for it before this process could act (mae.signals)
             code = run(argv)
         except OSError as exc:  # a full disk, a path that is a file, no permission: the user's to fix
             raise user_error_from_os(exc) or exc

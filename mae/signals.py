@@ -8,17 +8,24 @@ again) and one line, having written nothing that looks finished. The training lo
 handlers by its own flag (`mae.engine.PreemptionFlag`), which checkpoints at the next step boundary
 and also exits 75, and puts them back when the loop ends. On several nodes, torchrun starts each worker
 in a session of its own, out of reach of SLURM's signal to the task; `mae.launch` passes the signals on.
+A signal that reached the job before `mae` existed (at its SLURM job step's start: the step's Snakemake
+remembers it, `remember_stop_signals`) comes in the environment (`PENDING_STOP_SIGNAL`): `mae` stops at once.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from contextlib import contextmanager
 
-__all__ = ["EXIT_PREEMPTED", "STOP_SIGNALS", "StopRequested", "install_stop_handlers", "stop_signals_held"]
+__all__ = ["EXIT_PREEMPTED", "PENDING_STOP_SIGNAL", "STOP_SIGNALS", "StopRequested", "install_stop_handlers",
+           "raise_pending_stop", "remember_stop_signals", "stop_signals_held"]
 
 EXIT_PREEMPTED = 75  # checkpointed (or nothing started yet): run the same command again
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# An environment variable: the stop signal (its name) that a process starting `mae` received for it
+# before `mae` could act on it (remember_stop_signals); `mae` stops at once (raise_pending_stop).
+PENDING_STOP_SIGNAL = "MAE_PENDING_STOP_SIGNAL"
 
 
 class StopRequested(BaseException):
@@ -66,3 +73,22 @@ def install_stop_handlers() -> bool:
     except ValueError:
         return False
     return True
+
+
+def remember_stop_signals() -> None:
+    """For a process that will start `mae` (a SLURM job step's Snakemake): a stop signal does not end it but
+    is written into os.environ[PENDING_STOP_SIGNAL] (the first one), which the processes it starts from then
+    on inherit, so the `mae` it starts later stops at once (exit 75) instead of the signal being lost."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _remember_stop)
+
+
+def _remember_stop(signum, frame) -> None:
+    os.environ.setdefault(PENDING_STOP_SIGNAL, signal.Signals(signum).name)
+
+
+def raise_pending_stop() -> None:
+    """`StopRequested` if a stop signal was received for this command before it could act on it."""
+    pending = os.environ.pop(PENDING_STOP_SIGNAL, None)
+    if pending in {signal.Signals(sig).name for sig in STOP_SIGNALS}:
+        raise StopRequested(pending)
