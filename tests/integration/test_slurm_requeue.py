@@ -9,6 +9,7 @@ with one extra ablation file: a single pretraining cell, long enough (64 steps) 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -138,6 +139,77 @@ def test_slurm_signalled_mae_checkpoints_at_the_signal(hit_workflow, fault):
     assert h["hit_at"] <= at_step <= h["hit_at"] + 20, (h["hit_at"], at_step)
     fault.observe(f"sacct: {h['sacct']}; mae: {stopped[0][:70]}...; the retry resumed from step "
                   f"{done['resumed_from_step']} (signal sent after step {h['hit_at']}): 0 steps recomputed")
+
+
+def _step_snakemake(copy: Path):
+    """The job step's `python -m snakemake` of the workflow in `copy` (started by slurmstepd), or None."""
+    import psutil
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if ("snakemake" in cmdline and "--target-jobs" in cmdline and proc.info["cwd"]
+                    and Path(proc.info["cwd"]).resolve() == copy.resolve() and proc.parent().name() == "slurmstepd"):
+                return proc
+        except psutil.Error:
+            continue
+    return None
+
+
+def _caught_signals(pid: int) -> set[int]:
+    mask = int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("SigCgt:")), 16)
+    return {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}
+
+
+def test_slurm_signal_at_the_job_steps_start_requeues_the_job(slurm_cluster, tmp_path, fault):
+    """The signal lands while the job step's `python -m snakemake` is still starting, before it has parsed
+    workflow/rules/common.smk and before `mae` exists. Before workflow/slurm_step_start this killed the
+    step: the job ended FAILED and spent a retry (reproduced: `scancel --signal=USR1` 3.0 and 3.6 s after
+    RUNNING; this test failed so). Now the step's interpreter remembers the signal from its first moment,
+    the `mae` it starts stops at once (exit 75), and the job requeues itself as at any other moment; the
+    next allocation runs the pretraining to its end. No retry is spent (`--retries 0`)."""
+    fault.describe("SLURM", "`scancel --signal=USR1 JOBID` 0.3 s after the job step's `python -m snakemake` "
+                   "started (before it parsed the workflow; `mae` not yet started)",
+                   "the step does not die of it: `mae` stops at once (exit 75), the job requeues itself "
+                   "(REQUEUED, then COMPLETED), no retry spent, the run finishes")
+    copy = _workflow_copy(tmp_path, 13)
+    log = tmp_path / "snakemake.log"
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--profile", "slurm", "--config", "preset=smoke",
+           f"ablations=[{ABLATION}]", "--until", "pretrain", "--retries", "0",
+           "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3"]
+    proc = subprocess.Popen(["timeout", "-k", "30", str(WORKFLOW_TIMEOUT_S), *cmd], cwd=copy, env=slurm_cluster.env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    step, job, caught, started_children = None, None, set(), None
+    try:
+        deadline = time.monotonic() + WORKFLOW_TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None and step is None:
+            step = _step_snakemake(copy)
+            time.sleep(0.05)
+        assert step is not None, f"no job step started\n{log.read_text()[-4000:]}"
+        time.sleep(0.3)
+        caught, started_children = _caught_signals(step.pid), step.children()
+        (job,) = [j for j, state in _jobs_in(slurm_cluster, copy) if state == "RUNNING"]
+        hit = subprocess.run(["scancel", "--signal=USR1", job], capture_output=True, text=True,
+                             env=slurm_cluster.env, timeout=60)
+        assert hit.returncode == 0, hit.stderr
+        code = proc.wait(WORKFLOW_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not started_children, f"signalled too late to test the start: the step had started {started_children}"
+    deadline = time.monotonic() + 60  # slurmctld hands records to slurmdbd asynchronously
+    while (states := slurm_cluster.sacct("-X", "-D", "-n", "-P", "-j", job, "-o", "State").split())[-1:] != ["COMPLETED"]:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert code == 0, f"workflow exit {code}; sacct {states}\n{log.read_text()[-5000:]}"
+    assert states == ["REQUEUED", "COMPLETED"], states
+    done = json.loads((_run_dir(copy) / "metrics.json").read_text())
+    assert done["steps"] == 64 and "resumed_from_step" not in done, done  # the first allocation trained nothing
+    assert {signal.SIGUSR1, signal.SIGTERM} <= caught, caught
+    fault.observe(f"signalled job {job} 0.3 s after its step's snakemake (pid {step.pid}) started, before it "
+                  f"had started the rule's shell (it already caught USR1 and TERM); sacct: {' / '.join(states)}; "
+                  f"workflow exit 0 with --retries 0; {done['steps']} steps, trained in the second allocation")
 
 
 def test_slurm_and_mariadb_listen_on_loopback_only(slurm_cluster, fault):

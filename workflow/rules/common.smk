@@ -18,13 +18,22 @@ ROOT = Path(workflow.main_snakefile).parent  # the repository: presets, ablation
 # the SIGTERM of a cancel, preemption or requeue reach every process of the job step: the jobstep
 # `python -m snakemake` that parses this file, the job's bash and `mae` (or mae.launch, which passes
 # them on to its torchrun workers). Only `mae` acts on them: it checkpoints and exits 75 for the retry.
-# The others ignore them, so that none dies first and makes slurmstepd kill `mae` before its checkpoint
-# is written (SLURM's SIGKILL after KillWait still ends everything). `mae` and mae.launch install their
-# own handlers, so the inherited "ignore" does not reach them. Outside SLURM nothing changes.
+# The others do not die of them, so that none dies first and makes slurmstepd kill `mae` before its
+# checkpoint is written (SLURM's SIGKILL after KillWait still ends everything): this Snakemake ignores them
+# and the job's shell too. `mae` and mae.launch install their own handlers. Outside SLURM nothing changes.
+# The jobstep Snakemake is a job step of its own (`srun`) that starts with the default actions; its
+# interpreter is protected from its first moment by workflow/slurm_step_start (a sitecustomize on
+# PYTHONPATH, enabled by MAE_REMEMBER_STOP_SIGNALS, both set here and inherited through srun), which
+# remembers a signal instead of ignoring it (mae.signals.remember_stop_signals: the `mae` it starts then
+# stops at once and the job requeues); that handler is kept.
 if "SLURM_JOB_ID" in os.environ:
     for _signal in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(_signal, signal.SIG_IGN)
+        if signal.getsignal(_signal) == signal.SIG_DFL:
+            signal.signal(_signal, signal.SIG_IGN)
     shell.prefix("set -euo pipefail; trap '' USR1 TERM; ")
+    os.environ["MAE_REMEMBER_STOP_SIGNALS"] = "1"
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "workflow" / "slurm_step_start"), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 # Snakemake runs script: rules as `<python path> <script>`, the interpreter unquoted
 # (snakemake/snakemake#2645): from an environment whose path holds whitespace every such job would fail
