@@ -43,6 +43,12 @@ def test_the_interpreter_remembers_the_stop_signals_from_its_first_statement(tmp
     assert started["variable"] is None and started["pythonpath"] == str(tmp_path), started
 
 
+def test_the_rest_of_pythonpath_is_kept_as_it_was(tmp_path):
+    for rest in (f"{tmp_path}{os.pathsep}", f"{os.pathsep}{tmp_path}", f"{tmp_path}{os.pathsep}{tmp_path}"):
+        started = _start_python({"MAE_REMEMBER_STOP_SIGNALS": "1", "PYTHONPATH": f"{STEP_START}{os.pathsep}{rest}"})
+        assert started["pythonpath"] == rest and started["usr1"] == REMEMBER, started
+
+
 def test_without_the_variable_nothing_changes(tmp_path):
     started = _start_python({"PYTHONPATH": f"{tmp_path}{os.pathsep}{STEP_START}"})
     assert started["usr1"] is None and started["term"] is None, started  # SIG_DFL

@@ -30,8 +30,8 @@ def _consume_settings():
         else:
             remember_stop_signals()
     entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    kept = [entry for entry in entries if entry and os.path.abspath(entry) != _HERE]
-    if kept:
+    kept = [entry for entry in entries if not entry or os.path.abspath(entry) != _HERE]  # "" is the cwd: kept
+    if any(kept):
         os.environ["PYTHONPATH"] = os.pathsep.join(kept)
     else:
         os.environ.pop("PYTHONPATH", None)
