@@ -31,9 +31,11 @@ if "SLURM_JOB_ID" in os.environ:
         if signal.getsignal(_signal) == signal.SIG_DFL:
             signal.signal(_signal, signal.SIG_IGN)
     shell.prefix("set -euo pipefail; trap '' USR1 TERM; ")
-    os.environ["MAE_REMEMBER_STOP_SIGNALS"] = "1"
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "workflow" / "slurm_step_start"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ.update(  # written, not read: no `envvars:` to declare
+        MAE_REMEMBER_STOP_SIGNALS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT / "workflow" / "slurm_step_start"),
+                                    *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
 
 # Snakemake runs script: rules as `<python path> <script>`, the interpreter unquoted
 # (snakemake/snakemake#2645): from an environment whose path holds whitespace every such job would fail
