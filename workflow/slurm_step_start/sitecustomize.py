@@ -14,7 +14,6 @@ a `mae` started with these settings remembers them from its own first moment), c
 """
 
 import os
-import signal
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,13 +21,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _consume_settings():
     if os.environ.pop("MAE_REMEMBER_STOP_SIGNALS", None) == "1":
-        try:
-            from mae.signals import remember_stop_signals
-        except ImportError:  # not the project's environment: at least do not die
-            for stop_signal in (signal.SIGUSR1, signal.SIGTERM):
-                signal.signal(stop_signal, signal.SIG_IGN)
-        else:
-            remember_stop_signals()
+        from mae.signals import remember_stop_signals  # the workflow's environment has mae (it parses with it)
+
+        remember_stop_signals()
     entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     kept = [entry for entry in entries if not entry or os.path.abspath(entry) != _HERE]  # "" is the cwd: kept
     if any(kept):
