@@ -23,12 +23,22 @@ REPORT = ("import json, os, signal, sys; print(json.dumps({"
           "'hidden': os.environ.get('HIDDEN_SITECUSTOMIZE_RAN')}))")
 
 
-def _start_python(env: dict[str, str], code: str = REPORT) -> dict:
-    """A python started with the default action for every signal (as slurmstepd starts a step's task)."""
+def _environment(**settings: str) -> dict[str, str]:
+    """This process's environment without the two settings, then `settings`."""
     base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MAE_REMEMBER_STOP_SIGNALS")}
-    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
-                         timeout=60, restore_signals=True,
-                         preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGUSR1, signal.SIGTERM)])
+    return {**base, **settings}
+
+
+def _default_stop_actions() -> None:
+    """preexec_fn: the child starts with the default actions, as slurmstepd starts a step's task."""
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _start_python(env: dict[str, str], code: str = REPORT) -> dict:
+    """What a fresh python reports at its first statement, started with the default stop actions."""
+    out = subprocess.run([sys.executable, "-c", code], env=_environment(**env), capture_output=True, text=True,
+                         timeout=60, preexec_fn=_default_stop_actions)
     assert out.returncode == 0 and not out.stderr, out.stderr
     return json.loads(out.stdout)
 
@@ -67,13 +77,12 @@ def test_a_signal_during_start_up_is_remembered_not_fatal(tmp_path):
     environment its children inherit. Without the setting they end it."""
     (tmp_path / "slow_import.py").write_text("import sys\nprint('importing', flush=True)\nsys.stdin.readline()\n")
     code = "import os, slow_import; print(os.environ.get('MAE_PENDING_STOP_SIGNAL'))"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MAE_REMEMBER_STOP_SIGNALS")}
     for variable, expected in (("1", (0, "SIGUSR1\n")), (None, (-signal.SIGUSR1, ""))):
         proc = subprocess.Popen(
             [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp_path,
-            env={**env, "PYTHONPATH": f"{STEP_START}{os.pathsep}{tmp_path}",
-                 **({"MAE_REMEMBER_STOP_SIGNALS": variable} if variable else {})},
-            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGUSR1, signal.SIGTERM)])
+            env=_environment(PYTHONPATH=f"{STEP_START}{os.pathsep}{tmp_path}",
+                             **({"MAE_REMEMBER_STOP_SIGNALS": variable} if variable else {})),
+            preexec_fn=_default_stop_actions)
         assert proc.stdout.readline() == "importing\n"
         proc.send_signal(signal.SIGUSR1)
         proc.send_signal(signal.SIGTERM)
@@ -100,8 +109,7 @@ def test_inside_a_slurm_job_the_workflow_sets_it_up_for_its_job_steps(tmp_path):
         f"{sys.executable} report.py > {{output}}'\n")
     snakemake = str(Path(sys.executable).parent / "snakemake")
     for slurm in (True, False):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "MAE_REMEMBER_STOP_SIGNALS"}
-        env.pop("PYTHONPATH", None)
+        env = {k: v for k, v in _environment().items() if not k.startswith("SLURM_")}
         if slurm:
             env["SLURM_JOB_ID"] = "4242"
         out = subprocess.run([snakemake, "-s", "Snakefile.env", "--cores", "1", "--forceall", "--config", "preset=smoke",
