@@ -95,7 +95,12 @@ def pretrain_runs(mlflow_server, tmp_path_factory) -> list[PretrainRun]:
         config = base / f"{cell.run_id}.yaml"
         write(str(config), cell.config)
         run = PretrainRun(base / cell.run_id, cell.config["tracking"]["run_name"], [], cell.config)
-        proc = mae_pretrain(run.out, [], mlflow_server.uri, config=config)
+        # A smoke run samples for about a second on a fast CPU: at the default cadence (1 s) that is one
+        # system-metrics point, which the UI draws as a bar without the line legend test_mlflow_ui reads
+        # (seen once in CI). Five points a second (MLflow's own settings) give every run a curve.
+        proc = mae_pretrain(run.out, [], mlflow_server.uri, config=config,
+                            MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.2",
+                            MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING="1")
         assert proc.returncode == 0, f"mae pretrain failed (exit {proc.returncode}):\n" \
                                      f"{tail(base / f'{cell.run_id}.stdout.log')}"
         assert run.metrics["run_id"] == cell.run_id, "the rendered tracking keys changed the run id"

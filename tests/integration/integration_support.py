@@ -179,13 +179,14 @@ class PretrainRun:
 SMOKE = REPO_ROOT / "workflow" / "presets" / "smoke.yaml"
 
 
-def mae_pretrain(out: Path, overrides: list[str], uri: str, timeout: float = 600,
-                 wait: bool = True, config: Path = SMOKE) -> subprocess.CompletedProcess | subprocess.Popen:
-    """`mae pretrain --config CONFIG --out OUT k=v ...` (CONFIG: smoke.yaml) logging to the MLflow server at uri."""
+def mae_pretrain(out: Path, overrides: list[str], uri: str, timeout: float = 600, wait: bool = True,
+                 config: Path = SMOKE, **env_extra: str) -> subprocess.CompletedProcess | subprocess.Popen:
+    """`mae pretrain --config CONFIG --out OUT k=v ...` (CONFIG: smoke.yaml) logging to the MLflow server at uri,
+    with `env_extra` in its environment."""
     cmd = [*mae_cmd(), "pretrain", "--config", str(config), "--out", str(out), *overrides]
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.stdout.log"
-    env = service_env(MLFLOW_TRACKING_URI=uri)
+    env = service_env(MLFLOW_TRACKING_URI=uri, **env_extra)
     if wait:
         return run_logged(cmd, log, timeout=timeout, env=env)
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
