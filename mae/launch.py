@@ -335,8 +335,13 @@ def _catches(pid: int, sig: int) -> bool:
 
 def _exit_code(failures: Mapping) -> int:
     """The workers' own exit code when they agree (75 checkpointed, 2 user error, 3 non-finite loss), else 1.
-    Workers killed by a signal are left out: torchrun ends a node's other workers once one has exited."""
+    Workers killed by a signal are left out: torchrun ends a node's other workers once one has exited.
+    A user error beside stops stays a user error: torchrun's SIGTERM can reach a worker before it has
+    checked the same input, and that worker then stops (75) rather than fails; every retry would end
+    the same way, so the job must not look retryable."""
     codes = {failure.exitcode for failure in failures.values() if failure.exitcode > 0}
+    if codes == {2, 75}:
+        return 2
     return codes.pop() if len(codes) == 1 else 1
 
 

@@ -194,6 +194,9 @@ def test_exit_code_is_the_workers_own():
     failure = lambda code: SimpleNamespace(exitcode=code)  # noqa: E731
     assert launch._exit_code({0: failure(75), 1: failure(75)}) == 75
     assert launch._exit_code({0: failure(2), 3: failure(-15)}) == 2  # the rest ended by torchrun
+    # torchrun's SIGTERM reached rank 1 before its own check of the input that rank 0 refused
+    assert launch._exit_code({0: failure(2), 1: failure(75)}) == 2
+    assert launch._exit_code({0: failure(2), 1: failure(75), 2: failure(1)}) == 1
     assert launch._exit_code({0: failure(75), 1: failure(3)}) == 1
     assert launch._exit_code({0: failure(-9)}) == 1
 
