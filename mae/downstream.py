@@ -47,6 +47,21 @@ class LoadReport:
     dropped: list[str]
     pos_embed_resampled: tuple[tuple[int, int], tuple[int, int]] | None = None
 
+    def summary(self) -> str:
+        """One short log line: counts, the keys left at init by name, the dropped ones by module.
+
+        A ViT-L checkpoint has close to 400 keys; the dataclass's own repr would put every one on one line."""
+        modules: dict[str, int] = {}
+        for key in self.dropped:
+            modules[key.split(".")[0]] = modules.get(key.split(".")[0], 0) + 1
+        dropped = ", ".join(f"{name} ({count})" if count > 1 else name for name, count in modules.items())
+        line = (f"{len(self.loaded)} tensors loaded; left at init: {', '.join(self.missing) or 'none'}; "
+                f"not loaded: {dropped or 'none'}")
+        if self.pos_embed_resampled is not None:
+            (oh, ow), (nh, nw) = self.pos_embed_resampled
+            line += f"; pos_embed resampled from {oh}x{ow} to {nh}x{nw} patches"
+        return line
+
 
 def create_vit(
         arch: str,

@@ -343,7 +343,7 @@ def _downstream_vit(run: Run, num_classes: int, global_pool: str, without: str, 
         return vit
     state_dict, _ = load_model_state(path)
     report = load_encoder_weights(vit, state_dict, source=str(path))
-    log.info("encoder weights from %s: %s", path, report)
+    log.info("encoder weights from %s: %s", path, report.summary())
     return vit
 
 

@@ -43,6 +43,10 @@ def test_encoder_loads_into_fine_tune_model_with_exactly_fc_norm_and_head_missin
     assert not any(k.startswith(("head.", "fc_norm.")) for k in report.loaded)
     for k in report.loaded:
         torch.testing.assert_close(vit.state_dict()[k], mae.state_dict()[k])
+    assert report.summary() == (
+        f"{len(report.loaded)} tensors loaded; left at init: fc_norm.bias, fc_norm.weight, head.bias, head.weight; "
+        f"not loaded: decoder_blocks ({len([k for k in report.dropped if k.startswith('decoder_blocks.')])}), "
+        "decoder_embed (2), decoder_norm (2), decoder_pos_embed, decoder_pred (2), mask_token, norm (2)")
 
 
 def test_official_vit_base_checkpoint_loads_into_timm(tmp_path):
@@ -80,6 +84,7 @@ def test_pos_embed_resampled_when_grid_differs():
     vit = create_vit(MICRO, 10, img_size=48)
     report = load_encoder_weights(vit, mae.state_dict())
     assert report.pos_embed_resampled == ((8, 8), (12, 12))
+    assert report.summary().endswith("; pos_embed resampled from 8x8 to 12x12 patches")
     assert vit.pos_embed.shape == (1, 145, 128)
     torch.testing.assert_close(vit.pos_embed[0, 0], mae.pos_embed[0, 0])
 
