@@ -322,8 +322,8 @@ def figure_loss_curves(manifest: list[dict], ablations: dict[str, dict], runs: p
         ax.legend(title=None, fontsize="small")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_axis_off()
-    figure.suptitle("Pretraining loss per ablation row (ours; faint: each seed, solid: their mean; "
-                    "dashed: run without metrics.json)")
+    figure.suptitle(wrap("Pretraining loss per ablation row (ours; faint: each seed, solid: their mean; "
+                         "dashed: run without metrics.json)", 55 * ncols))  # no wider than the panels
     return figure
 
 
