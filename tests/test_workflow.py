@@ -355,6 +355,11 @@ def test_partial_grid_still_aggregates(tmp_path):
     assert "(n=1)" in default.split("|")[3], table  # ours ft: the default row finished
     assert "no run folder" in table  # the note says what is missing
     assert (workdir / "results/smoke/figures/loss_curves.png").stat().st_size > 0
+    # "Rerun the same command to complete them": the partial results must not make the failed runs look done
+    again = snakemake(workdir, "-n", "--config", "preset=smoke", "ablations=[table1c_mask_token]")
+    counts = job_counts(again.stdout + again.stderr)
+    assert (counts.get("pretrain"), counts.get("finetune"), counts.get("collect_runs")) == (1, 1, 1), \
+        again.stdout[-3000:]
 
 
 # A stand-in for `mae` that finishes every job at once: config.yaml, a two-step metrics.jsonl and a
