@@ -34,6 +34,10 @@ localrules:
     prepare_mlflow,
 
 
+onstart:
+    check_data_before_jobs()
+
+
 onerror:
     aggregate_partial_results()
 

@@ -185,6 +185,20 @@ def test_a_model_rule_fails_at_grid_time_naming_the_file_and_row(root):
     assert message.startswith("ablations/bad.yaml: rows[1] (label '50%'): model.mask_ratio=0.5 is invalid"), message
 
 
+def test_the_training_data_each_run_reads_is_checked_on_this_machine(root, tmp_path):
+    (root / "ablations/one.yaml").write_text(HEADER + ROW_A)
+    assert grid("smoke", root, ablations=["one"]).data_problem() is None  # synthetic images: no folder
+    missing = tmp_path / "no-such-folder"
+    assert grid("tiny", root, ablations=["one"], data_root=str(missing)).data_problem() == (
+        f"data.root='{missing}' is invalid for data.name='fashion_mnist': expected an existing folder there")
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    assert "train-images-idx3-ubyte.gz" in grid("tiny", root, ablations=["one"], data_root=str(folder)).data_problem()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (folder / name).write_bytes(b"")  # by name only: contents are checked when read
+    assert grid("tiny", root, ablations=["one"], data_root=str(folder)).data_problem() is None
+
+
 def test_workflow_settings_errors_are_one_line(root):
     (root / "ablations/one.yaml").write_text(HEADER + ROW_A)
     cases = {
@@ -193,6 +207,8 @@ def test_workflow_settings_errors_are_one_line(root):
         "ablations='fast' is invalid: allowed 'all', a subset (quick) or a list of: one": dict(ablations="fast"),
         "data_root=None is invalid: preset 'paper' reads imagenet: pass --config data_root=/path/to/dataset":
             dict(preset="paper", ablations=["one"]),
+        "data_root='/data/x' is invalid: preset 'smoke' makes synthetic images and reads no folder: allowed "
+        "unset (null)": dict(ablations=["one"], data_root="/data/x"),
     }
     for expected, settings in cases.items():
         with pytest.raises(GridError) as err:

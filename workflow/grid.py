@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import yaml
 from jsonschema import Draft202012Validator
 
+from mae.choices import check_data_root
 from mae.config import Config, apply_overrides, identity, load_yaml_file, read_yaml
 from mae.errors import UserError
 from mae.run_folder import MODEL_PTH
@@ -81,6 +82,18 @@ class Grid:
     @property
     def runs_dir(self) -> str:
         return runs_dir(self.preset)
+
+    def data_problem(self) -> str | None:
+        """What is missing of the training data the grid's runs read, as `mae` would say it before torch
+        (mae.choices.check_data_root), checked on this machine; None when every run's is there."""
+        sources = {(c.config["data"]["name"], c.config["data"]["root"], c.config["data"]["download"])
+                   for c in self.cells.values()}
+        for name, root, download in sorted(sources, key=str):
+            try:
+                check_data_root(name, root, "train", download)
+            except UserError as err:
+                return str(err)
+        return None
 
     def pretrained_model(self, stage: str, run_id: str) -> str | None:
         """The model.pth the evaluation `stage`/`run_id` starts from, when it is a pretraining of the grid."""
@@ -237,6 +250,9 @@ def _load_settings(config: Mapping[str, Any], root: Path,
         base.setdefault("tracking", {}).update(uri=config["mlflow_uri"], enabled=True)
     _check({}, preset_file, "", base, {}, str(preset_file))
     base = Config.from_dict(base, source=str(preset_file)).to_dict()  # unresolved: rows may change model.arch
+    if config.get("data_root") and base["data"]["name"] == "synthetic":  # it would only rename every run
+        raise GridError(f"data_root={config['data_root']!r} is invalid: preset {preset!r} makes synthetic images "
+                        "and reads no folder: allowed unset (null)")
     if base["data"]["name"] in ("imagenet", "image_folder") and not base["data"]["root"]:
         raise GridError(f"data_root=None is invalid: preset {preset!r} reads {base['data']['name']}: "
                         "pass --config data_root=/path/to/dataset")

@@ -138,3 +138,26 @@ def test_smoke_workflow_through_slurm(slurm_cluster, mlflow_server, tmp_path):
 
     # the aggregation ran too (its jobs are among the COMPLETED ones above)
     assert (work / f"results/smoke/tables/{ABLATION}.csv").is_file()
+
+
+def test_data_missing_on_the_submitting_machine_is_a_warning_and_the_jobs_say_why(slurm_cluster, tmp_path):
+    """Jobs sent to a cluster read their data on its nodes, which may see paths this machine does not:
+    a data_root missing here is one warning line, not a refusal (run locally it is exit 2 before any
+    job: test_workflow.py), and the jobs say on their own where it is missing."""
+    work = copy_worktree(tmp_path / "wf").resolve()
+    missing = tmp_path / "not-here"
+    cmd = ["timeout", "-k", "30", "600", str(VENV_BIN / "snakemake"), "--profile", "slurm",
+           "--config", "preset=tiny", f"data_root={missing}", "ablations=[fig5_mask_ratio]", "seeds=0",
+           "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "5",
+           "--retries", "0", "--slurm-no-account"]
+    try:
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=slurm_cluster.env, timeout=660)
+    finally:
+        cancel_leftovers(slurm_cluster, work)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]
+    line = (f"data.root='{missing}' is invalid for data.name='fashion_mnist': expected an existing folder there")
+    assert f"warning: not on this machine, so the jobs must find it on theirs: {line}" in output, output[-3000:]
+    assert re.search(r"submitted with SLURM jobid \d+", output), output[-3000:]
+    job_logs = sorted((work / "runs/tiny/logs/pretrain").glob("*.log"))
+    assert job_logs and all(f"error: {line}" in log.read_text() for log in job_logs), job_logs

@@ -182,6 +182,19 @@ def get_figures(for_report=False):
     return [report(path, caption=f"../report/figure_{name}.rst", category="Figures") for name, path in paths]
 
 
+def check_data_before_jobs():
+    """Before the first job (onstart): the training data every run reads, checked by name as `mae` checks
+    it. Run here, a wrong data_root is one line and exit 2 instead of every job failing on it; for jobs
+    that run elsewhere (a cluster's nodes may see other paths) it is a warning."""
+    problem = GRID.data_problem()
+    if problem is None:
+        return
+    if workflow.local_exec:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    logger.warning(f"warning: not on this machine, so the jobs must find it on theirs: {problem}")
+
+
 def aggregate_partial_results():
     """After failed jobs (onerror): the same tables and figures from the runs that finished, with
     "—" and a note for the rest, so a partial grid still aggregates."""
