@@ -437,12 +437,17 @@ def _valid_keys() -> list[str]:
 
 
 def _unknown_key(key: str, source: str) -> UserError:
-    candidates = _valid_keys() if "." in key else list(_section_classes())
+    sections = _section_classes()
+    if key in sections:  # `model=3`: a section where a key was meant (not "did you mean 'model'?")
+        names = ", ".join(f.name for f in dataclasses.fields(sections[key]))
+        return UserError.message(key, f"unknown key {key!r} in {source}: it is a section; allowed {key}.KEY=VALUE "
+                                 f"with KEY one of {names}")
+    candidates = _valid_keys() if "." in key else list(sections)
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     if not close and "." in key:  # a misspelt section with a correct key: match on the last part
         tail = key.rsplit(".", 1)[1]
         close = [k for k in candidates if k.endswith("." + tail)][:1]
-    hint = f"; did you mean {close[0]!r}?" if close else f"; valid sections: {', '.join(_section_classes())}"
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid sections: {', '.join(sections)}"
     return UserError.message(key, f"unknown key {key!r} in {source}{hint}")
 
 

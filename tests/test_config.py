@@ -126,6 +126,10 @@ def test_apply_overrides_nests_dotted_keys_with_the_config_rules():
     for key in ("modle.depth", "model", "model.depth.x", "meta.stage"):
         with pytest.raises(UserError, match="unknown key"):
             apply_overrides(base, {key: 1})
+    with pytest.raises(UserError) as err:  # a section where a key was meant: not "did you mean 'model'?"
+        apply_overrides(base, {"model": 3})
+    assert str(err.value).startswith("unknown key 'model' in override: it is a section; allowed model.KEY=VALUE "
+                                     "with KEY one of arch, img_size, "), str(err.value)
 
 
 
