@@ -142,7 +142,7 @@ CASES += [
          ABLATION_HEAD.replace('title: "bad"\n', "") + "rows:\n" + ROW.format(label="1", set="model.decoder_depth: 2"),
          ["'title' is a required property"]),
     _abl("abl_key_without_section", "ablation row set: mask_ratio (no section)",
-         ABLATION_HEAD + "rows:\n" + ROW.format(label="1", set="mask_ratio: 0.5"), ["mask_ratio", "does not match"]),
+         ABLATION_HEAD + "rows:\n" + ROW.format(label="1", set="mask_ratio: 0.5"), ["rows[0].set: 'mask_ratio' is invalid: allowed a dotted key section.key"]),
     _abl("abl_malformed", "malformed ablation YAML", ABLATION_HEAD + "rows: [\n", ["not valid YAML"]),
     _abl("abl_unknown_evaluation", "ablation evaluations: [segmentation]",
          ABLATION_HEAD.replace("[finetune]", "[segmentation]") + "rows:\n" + ROW.format(label="1", set="model.decoder_depth: 2"),

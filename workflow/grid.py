@@ -201,6 +201,8 @@ def validate(data: Any, schema: str, name: str) -> None:
         return
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
     message = error.message
+    if error.validator == "pattern" and "description" in error.schema:  # not the regular expression
+        message = f"{error.instance!r} is invalid: allowed {error.schema['description']}"
     if error.validator == "additionalProperties":
         message += "; allowed: " + ", ".join(error.schema.get("properties", {}))
     raise GridError(f"{name}: {where or 'top level'}: {message}")
