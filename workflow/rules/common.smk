@@ -210,5 +210,6 @@ def aggregate_partial_results():
     # runs.csv older than the manifest makes collect_runs, and with it the failed runs, run again.
     before_manifest = manifest.stat().st_mtime - 1
     os.utime(runs, (before_manifest, before_manifest))
-    logger.warning(f"Some jobs failed: results/{PRESET}/ holds the tables and figures of the runs that "
-                   "finished (missing cells show '—' with a note). Rerun the same command to complete them.")
+    logger.warning(f"Not every job finished (one failed, or the run was interrupted): results/{PRESET}/ holds "
+                   "the tables and figures of the runs that finished (missing cells show '—' with a note). "
+                   "Rerun the same command to complete them.")
