@@ -86,6 +86,28 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
     return metrics
 
 
+def finished_metrics(run_dir: str | Path, stage: str, run_id: str) -> dict[str, Any] | None:
+    """metrics.json when `run_dir` already holds this finished run (`stage`, `run_id`), else None.
+
+    Raises:
+        UserError: the folder holds a finished *other* run, or a metrics.json that cannot be read.
+    """
+    from mae.errors import UserError
+
+    try:
+        metrics = read_metrics(run_dir)
+    except (OSError, ValueError) as exc:  # damaged, not JSON, unreadable
+        raise UserError.message("--out", f"{Path(run_dir) / METRICS_JSON} cannot be read ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:120]}): allowed a run folder without one or with a "
+                                "valid metrics.json; remove it or choose another --out") from None
+    if metrics is None:
+        return None
+    if metrics.get("run_id") != run_id or metrics.get("stage") != stage:
+        raise UserError.message("--out", f"{run_dir} holds a finished {metrics.get('stage')} run "
+                                f"{metrics.get('run_id')}, not this config ({stage} {run_id}); choose another --out")
+    return metrics
+
+
 def is_finished(run_dir: str | Path) -> bool:
     """A run is finished when its folder holds metrics.json (written last, atomically)."""
     return (Path(run_dir) / METRICS_JSON).is_file()

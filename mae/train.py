@@ -45,7 +45,7 @@ from mae.signals import StopRequested, stop_signals_held
 from mae.redaction import RedactingFilter, redact_text, redact_tree
 from mae.provenance import environment_record, environment_tags, git_revision
 from mae.run_folder import (ARTIFACTS, CHECKPOINT_PTH, CONFIG_YAML, ENVIRONMENT_JSON, METRICS_JSON, METRICS_JSONL,
-                            MODEL_PTH, TRAIN_LOG, flatten, read_jsonl, read_metrics)
+                            MODEL_PTH, TRAIN_LOG, finished_metrics, flatten, read_jsonl)
 
 log = logging.getLogger("mae")
 
@@ -80,7 +80,7 @@ def train(stage: str, cfg: Config, out_dir: str | Path, command: str | None = No
     if run.is_main:
         run.out_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
-    finished = _finished_metrics(run)
+    finished = finished_metrics(run.out_dir, stage, run_id)
     if finished is not None:
         return finished
     with _run_logging(run.out_dir / TRAIN_LOG if run.is_main else None, run.is_main):
@@ -369,23 +369,6 @@ def _wrap(model: nn.Module, run: Run) -> nn.Module:
 
 
 # ---- run folder and checkpoints ------------------------------------------------------------------
-
-
-def _finished_metrics(run: Run) -> dict[str, Any] | None:
-    """This run's metrics.json when the folder already holds it; a finished *other* run is a UserError."""
-    try:
-        metrics = read_metrics(run.out_dir)
-    except (OSError, ValueError) as exc:  # damaged, not JSON, unreadable
-        raise UserError.message("--out", f"{run.out_dir / METRICS_JSON} cannot be read ({type(exc).__name__}: "
-                                f"{' '.join(str(exc).split())[:120]}): allowed a run folder without one or with a "
-                                "valid metrics.json; remove it or choose another --out") from None
-    if metrics is None:
-        return None
-    if metrics.get("run_id") != run.run_id or metrics.get("stage") != run.stage:
-        raise UserError.message("--out", f"{run.out_dir} holds a finished {metrics.get('stage')} run "
-                                f"{metrics.get('run_id')}, not this config ({run.stage} {run.run_id}); "
-                                "choose another --out")
-    return metrics
 
 
 def _truncate_records(path: Path, global_step: int) -> None:

@@ -100,6 +100,27 @@ def test_a_bad_config_is_reported_before_torch_is_imported(tmp_path, args):
     assert not (tmp_path / "out").exists()  # no run folder, no train.log
 
 
+def test_a_finished_run_run_again_says_so_in_one_line_before_torch(tmp_path):
+    """By hand, the same command again on a finished run folder: exit 0 and one line saying there is
+    nothing to do, without importing torch (it used to take 3 s and print nothing); the folder unchanged."""
+    import json
+
+    from mae.config import identity, load_config
+    config = REPO / "workflow/presets/smoke.yaml"
+    out = tmp_path / "run"
+    out.mkdir()
+    run_id = identity(load_config(config, []).resolved(), "pretrain")
+    (out / "metrics.json").write_text(json.dumps({"status": "completed", "stage": "pretrain", "run_id": run_id}))
+    code = ("import sys; from mae import cli; code = cli.main(sys.argv[1:]); "
+            "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code, "pretrain", "--config", str(config), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout.strip()) == (0, "torch not imported"), result.stderr
+    assert result.stderr == (f"{out} holds this pretrain run ({run_id}), finished: nothing to do (its results are "
+                             f"in {out / 'metrics.json'})\n")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"),
                     reason="needs root to mount a read-only tmpfs")
 def test_an_out_folder_on_a_read_only_file_system_is_one_line(tmp_path):
