@@ -365,10 +365,14 @@ def test_partial_grid_still_aggregates(tmp_path):
     assert "(n=1)" in default.split("|")[3], table  # ours ft: the default row finished
     assert "no run folder" in table  # the note says what is missing
     assert (workdir / "results/smoke/figures/loss_curves.png").stat().st_size > 0
-    # "Rerun the same command to complete them": the partial results must not make the failed runs look done
+    # "Rerun the same command to complete them": the partial results must not make the failed runs look
+    # done, nor a finished run whose folder was deleted to be redone
+    manifest = json.loads((workdir / "runs/smoke/manifest.json").read_text())
+    finished_probe = next(e["run_dir"] for e in manifest if e["stage"] == "linprobe" and "w/o" in e["row"])
+    shutil.rmtree(workdir / finished_probe)
     again = snakemake(workdir, "-n", "--config", "preset=smoke", "ablations=[table1c_mask_token]")
     counts = job_counts(again.stdout + again.stderr)
-    assert (counts.get("pretrain"), counts.get("finetune"), counts.get("collect_runs")) == (1, 1, 1), \
+    assert [counts.get(rule) for rule in ("pretrain", "finetune", "linprobe", "collect_runs")] == [1, 1, 2, 1], \
         again.stdout[-3000:]
 
 

@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from mae.run_folder import is_finished
 from workflow.grid import GridError, build_grid
 from workflow.results.figures import figure_stems, read_ablation_files
 
@@ -57,6 +58,23 @@ PRESET, RUNS, ABLATIONS = GRID.preset, GRID.runs_dir, GRID.ablations
 # and their rows need titles and default flags (unreadable files are skipped: the selected ones were
 # validated by build_grid).
 ALL_ABLATIONS = {**read_ablation_files(ROOT / "ablations"), **ABLATIONS}
+
+
+def mark_results_stale_when_runs_are_missing():
+    """Results that describe runs whose folders lack metrics.json (failed, interrupted, or deleted by
+    hand to be redone) must not look up to date: Snakemake reruns a job whose output is missing only for
+    a consumer that runs, so it would say "Nothing to be done" and never run them. runs.csv set a second
+    older than the manifest makes collect_runs, and with it every missing run, run again."""
+    runs_csv, manifest = Path(f"results/{PRESET}/runs.csv"), Path(f"{RUNS}/manifest.json")
+    if not (runs_csv.exists() and manifest.exists()) or all(is_finished(e["run_dir"]) for e in GRID.manifest):
+        return
+    before_manifest = manifest.stat().st_mtime - 1
+    if runs_csv.stat().st_mtime > before_manifest:
+        os.utime(runs_csv, (before_manifest, before_manifest))
+
+
+if workflow.is_main_process:  # not in a cluster job's Snakemake, which runs one job of the plan
+    mark_results_stale_when_runs_are_missing()
 
 
 def get_rendered_config(wildcards):
@@ -203,13 +221,8 @@ def aggregate_partial_results():
         return
     from workflow.results.aggregate import aggregate  # pandas and matplotlib: not at parse time
 
-    runs = Path(f"results/{PRESET}/runs.csv")
-    aggregate(manifest, runs, ALL_ABLATIONS, ROOT / "paper", PRESET, get_tables(), get_figures(), get_findings())
-    # Written outside any job, these results look up to date to Snakemake, which then drops the failed
-    # runs from the next run ("Nothing to be done": it reruns a missing file only for a consumer that runs).
-    # runs.csv older than the manifest makes collect_runs, and with it the failed runs, run again.
-    before_manifest = manifest.stat().st_mtime - 1
-    os.utime(runs, (before_manifest, before_manifest))
+    aggregate(manifest, f"results/{PRESET}/runs.csv", ALL_ABLATIONS, ROOT / "paper", PRESET, get_tables(),
+              get_figures(), get_findings())
     logger.warning(f"Not every job finished (one failed, or the run was interrupted): results/{PRESET}/ holds "
                    "the tables and figures of the runs that finished (missing cells show '—' with a note). "
                    "Rerun the same command to complete them.")
