@@ -226,8 +226,10 @@ def check_data_root(name: str, root: str | os.PathLike | None, split: str, downl
         if not (root / split).is_dir():
             raise data_root_error(name, root, f"a folder {split}/ with one sub-folder of images per class")
         return root
+    if name in CIFAR_FOLDERS and download and not root.exists():
+        return root  # torchvision makes it and downloads into it
     if not root.is_dir():
-        download_hint = " (or set data.download=true)" if name in CIFAR_FOLDERS else ""
+        download_hint = " (or set data.download=true)" if name in CIFAR_FOLDERS and not download else ""
         raise data_root_error(name, root, "an existing folder" + download_hint)
     if name == "fashion_mnist":
         fashion_mnist_files(root, split)

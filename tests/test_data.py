@@ -238,13 +238,16 @@ def test_data_root_layout_is_checked_by_name_and_the_builder_says_the_same(tmp_p
     assert CIFAR_FOLDERS == {"cifar10": CIFAR10.base_folder, "cifar100": CIFAR100.base_folder}
     empty = tmp_path / "empty"
     empty.mkdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
     cases = [  # (name, root, split, download, what the one line must name)
         ("imagenet", empty, "train", False, "expected a folder train/ with one sub-folder of images per class"),
         ("image_folder", None, "train", False, "data.root is required for data.name='image_folder'"),
         ("fashion_mnist", tmp_path / "nope", "train", False, "expected an existing folder there"),
         ("fashion_mnist", empty, "val", False, "expected t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz"),
         ("cifar10", empty, "train", False, "expected the torchvision folder cifar-10-batches-py/ (or set data.download"),
-        ("cifar100", tmp_path / "nope", "train", True, "expected an existing folder (or set data.download=true)"),
+        ("cifar100", tmp_path / "nope", "train", False, "expected an existing folder (or set data.download=true)"),
+        ("cifar10", a_file, "train", True, "expected an existing folder there"),
     ]
     for name, root, split, download, words in cases:
         with pytest.raises(UserError, match=re.escape(words)) as checked:
@@ -260,6 +263,25 @@ def test_data_root_layout_is_checked_by_name_and_the_builder_says_the_same(tmp_p
     (empty / "cifar-100-python").mkdir()
     assert check_data_root("cifar100", empty, "train") == empty
     assert check_data_root("synthetic", None, "train") is None
+    assert check_data_root("cifar10", tmp_path / "new", "train", download=True) == tmp_path / "new"  # torchvision makes it
+
+
+def test_a_cifar_download_that_fails_is_one_line_naming_data_download(tmp_path, monkeypatch):
+    """data.download=true where the download server cannot be reached (a cluster's compute node without
+    internet): a UserError naming data.download and the reason, not urllib's traceback."""
+    from urllib.error import URLError
+
+    from torchvision.datasets import CIFAR10
+
+    def unreachable(self):
+        raise URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(CIFAR10, "download", unreachable)
+    with pytest.raises(UserError) as err:
+        build_dataset("cifar10", tmp_path / "new", "train", img_size=32, in_chans=3, download=True)
+    assert str(err.value) == (f"data.download=true could not fetch cifar10 into {tmp_path / 'new'} ([Errno -2] Name or "
+                              "service not known): allowed a machine that reaches the download server, or "
+                              "torchvision's folder cifar-10-batches-py/ there with data.download=false")
 
 
 def test_image_folder_path(tmp_path):

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mae.choices import (DATASETS, DEFAULT_ROOTS, check_data_root, check_img_size, check_in_chans, cifar_folder_error,
-                         data_root_error, fashion_mnist_files, image_hw)
+from mae.choices import (CIFAR_FOLDERS, DATASETS, DEFAULT_ROOTS, check_data_root, check_img_size, check_in_chans,
+                         cifar_folder_error, data_root_error, fashion_mnist_files, image_hw)
 from mae.errors import UserError, check_choice
 from mae.seeding import generator, mix_seed
 
@@ -172,6 +172,13 @@ def _load_cifar(name: str, root: Path, split: str, download: bool) -> tuple[torc
         ds = cls(str(root), train=split == "train", download=download)
     except RuntimeError:  # torchvision's integrity check (a damaged folder), or a failed download
         raise cifar_folder_error(name, root) from None
+    except OSError as exc:  # the download: no network (a cluster's compute node), a proxy, a full disk
+        if not download:
+            raise
+        reason = " ".join(str(getattr(exc, "reason", exc)).split())
+        raise UserError.message("data.download", f"data.download=true could not fetch {name} into {root} ({reason}): "
+                                "allowed a machine that reaches the download server, or torchvision's folder "
+                                f"{CIFAR_FOLDERS[name]}/ there with data.download=false") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(ds.targets, dtype=torch.int64)
 
