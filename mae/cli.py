@@ -97,21 +97,35 @@ def _check_checkpoint_file(path: str, allowed: str, field: str = "--checkpoint")
         raise UserError(field, path, allowed)
 
 
-def _make_run_folder(out: str, main_process: bool) -> None:
+def _make_out_folder(out: str, main_process: bool, file_in_it: bool = False) -> None:
     """Create the run folder `--out` on the main process (train makes the others wait for it) and check
-    that it can be written: a path that cannot be a run folder is said before torch is imported."""
-    if os.path.exists(out) and not os.path.isdir(out):
+    that it can be written: a path that cannot be a run folder is said before torch is imported. With
+    `file_in_it`, `--out` names a file (`mae features`, `mae visualize`): its folder is made and checked."""
+    folder = os.path.dirname(os.path.abspath(out)) if file_in_it else out
+    made, writable = (("a file path whose folder can be created", "a file path in a folder this user can write in")
+                      if file_in_it else ("a folder that can be created", "a folder this user can write in"))
+    if not file_in_it and os.path.exists(out) and not os.path.isdir(out):
         raise UserError("--out", out, "a folder (it is a file or a special path)")
+    if file_in_it and os.path.isdir(out):
+        raise UserError("--out", out, "a file path (it is a folder)")
     if not main_process:
         return
     try:
-        os.makedirs(out, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
     except OSError as exc:
         if exc.errno not in USER_ERRNOS:
             raise
-        raise UserError("--out", out, f"a folder that can be created ({USER_ERRNOS[exc.errno]})") from None
-    if not os.access(out, os.W_OK | os.X_OK):  # root too on a read-only file system
-        raise UserError("--out", out, "a folder this user can write in")
+        raise UserError("--out", out, f"{made} ({USER_ERRNOS[exc.errno]})") from None
+    # A file made and removed: os.access answers yes to root where the file system refuses (sysfs, a
+    # read-only mount), and the write would then fail after seconds of imports, naming a file of the run.
+    import tempfile
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".mae-write-check-"):
+            pass
+    except OSError as exc:
+        if exc.errno not in USER_ERRNOS:
+            raise
+        raise UserError("--out", out, f"{writable} ({USER_ERRNOS[exc.errno]})") from None
 
 
 def _parse_ratios(text: str) -> list[float]:
@@ -146,7 +160,7 @@ def run(argv: list[str]) -> int:
             _check_checkpoint_file(section.checkpoint, CHECKPOINT_FILE_ALLOWED, field=f"{args.command}.checkpoint")
         # the training split, which every stage reads first; the evaluation split is checked when it is read
         check_data_root(cfg.data.name, cfg.data.root, "train", cfg.data.download)
-        _make_run_folder(args.out, main_process=world_size <= 1 or os.environ.get("RANK") == "0")
+        _make_out_folder(args.out, main_process=world_size <= 1 or os.environ.get("RANK") == "0")
         run_id = identity(cfg, args.command)
         if finished_metrics(args.out, args.command, run_id) is not None:  # another run there is a UserError
             print(f"{args.out} holds this {args.command} run ({run_id}), finished: nothing to do (its results are "
@@ -165,6 +179,7 @@ def run(argv: list[str]) -> int:
         check_figure_request(ratios, args.num_images, args.seed, args.device)
         _check_checkpoint_file(args.checkpoint, "an existing file (a model.pth written by `mae pretrain`, or an "
                                "official MAE checkpoint-N.pth)")
+        _make_out_folder(args.out, main_process=True, file_in_it=True)
         from mae.visualize import visualize_checkpoint  # torch, timm: seconds
         path = visualize_checkpoint(args.checkpoint, args.out, mask_ratios=ratios,
                                     num_images=args.num_images, seed=args.seed, device=args.device,
@@ -217,8 +232,8 @@ def _features_command(args) -> int:
                                 "'random') or --raw-pixels, exactly one")
     if args.checkpoint not in (None, RANDOM_CHECKPOINT):
         _check_checkpoint_file(args.checkpoint, "an existing model.pth, or 'random'")
-    if args.command == "features" and os.path.isdir(args.out):
-        raise UserError("--out", args.out, "a file path (it is a folder)")
+    if args.command == "features":
+        _make_out_folder(args.out, main_process=True, file_in_it=True)
     cfg = load_config(args.config, args.overrides).resolved()
     check_data_root(cfg.data.name, cfg.data.root, "train", cfg.data.download)
     from mae import features as feats  # torch, after every check of the arguments

@@ -88,12 +88,20 @@ def test_a_stop_signal_while_a_user_error_is_reported_keeps_exit_2(tmp_path):
     # an --out that cannot be made a run folder
     ["pretrain", "--out", "/dev/null/run", "data.name=synthetic"],
     ["finetune", "--out", "/proc/no-such-folder/run", "data.name=synthetic"],
+    ["pretrain", "--out", "/sys", "data.name=synthetic"],  # root may, by os.access; sysfs refuses the file
+    # the file `mae features` writes: its folder is made, and checked, before torch
+    ["features", "--raw-pixels", "--out", "/dev/null/x/f.npz", "data.name=synthetic"],
+    ["features", "--raw-pixels", "--out", "/sys/f.npz", "data.name=synthetic"],
+    ["features", "--raw-pixels", "--out", "{tmp}", "data.name=synthetic"],
+    ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "/sys/r.png"],
+    ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}"],
 ])
 def test_a_bad_config_is_reported_before_torch_is_imported(tmp_path, args):
     """A typo costs a tenth of a second, not the seconds torch and timm take to import."""
     code = ("import sys; from mae import cli; code = cli.main(sys.argv[1:]); "
             "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
     argv = [a.replace("{out}", str(tmp_path / "out")).replace("{tmp}", str(tmp_path)) for a in args]
+    (tmp_path / "model.pth").write_bytes(b"")  # an existing file: visualize reads it only after torch
     result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
     assert result.stdout.strip() == "torch not imported"
@@ -132,7 +140,7 @@ def test_an_out_folder_on_a_read_only_file_system_is_one_line(tmp_path):
         pytest.skip("mount refused (a container without CAP_SYS_ADMIN)")
     try:
         for out, allowed in [(mount / "run", "a folder that can be created (read-only file system)"),
-                             (mount, "a folder this user can write in")]:
+                             (mount, "a folder this user can write in (read-only file system)")]:
             result = subprocess.run([sys.executable, "-m", "mae.cli", "pretrain", "--out", str(out), "data.name=synthetic"],
                                     capture_output=True, text=True, timeout=120)
             assert (result.returncode, result.stderr) == (2, f"error: --out={str(out)!r} is invalid: allowed {allowed}\n")
