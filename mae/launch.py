@@ -45,7 +45,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from mae.errors import UserError
-from mae.signals import STOP_SIGNALS
+from mae.signals import EXIT_PREEMPTED, STOP_SIGNALS, StopRequested, raise_pending_stop
 
 __all__ = ["RDZV_PORT_BASE", "RDZV_PORT_SPAN", "first_host", "main", "rendezvous_port", "srun_command", "srun_env",
            "standalone_args", "torchrun_args"]
@@ -395,6 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the worker's command line (mae <stage> ...)")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:  # a signal its job step received before it could act (mae.signals): no srun, no torchrun started
+        raise_pending_stop()
+    except StopRequested as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        return EXIT_PREEMPTED
     try:
         if args.nodes is not None:
             srun = srun_command(os.environ, args.nodes, args.nproc_per_node, args.cpus_per_task, command)

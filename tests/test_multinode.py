@@ -343,6 +343,16 @@ def _one_node(out: Path, *overrides: str) -> list[str]:
             *overrides]
 
 
+def test_a_stop_signal_pending_before_the_launcher_is_exit_75_without_starting_torchrun(tmp_path):
+    """The job step remembered a time-limit signal before the rule's shell ran (mae.signals): the launcher
+    stops at once, as `mae` would, instead of starting torchrun for workers that would each stop."""
+    proc = subprocess.run(_one_node(tmp_path / "run"), cwd=REPO, env=_env(MAE_PENDING_STOP_SIGNAL="SIGUSR1"),
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (75, "stopped: received SIGUSR1 before training started: nothing to "
+                                              "save, nothing written that looks finished; run the same command again\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_one_node_user_error_is_exit_2_not_torchruns_1(tmp_path):
     proc = subprocess.run(_one_node(tmp_path / "run", "pretrain.batch_size=15"), cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=240)
