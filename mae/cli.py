@@ -148,7 +148,7 @@ def run(argv: list[str]) -> int:
         # no torch before the checks below: a bad config is reported in a fraction of a second
         from mae.choices import CHECKPOINT_FILE_ALLOWED, batch_geometry, check_data_root
         from mae.config import check_stage, identity, load_config
-        from mae.run_folder import finished_metrics
+        from mae.run_folder import METRICS_JSON, finished_metrics
         # `--out` may come after the overrides: argparse already took it out of the positional list.
         _check_overrides(args.overrides, "model.mask_ratio=0.9")
         cfg = load_config(args.config, args.overrides).resolved()  # fills the architecture, checks its rules
@@ -164,7 +164,7 @@ def run(argv: list[str]) -> int:
         run_id = identity(cfg, args.command)
         if finished_metrics(args.out, args.command, run_id) is not None:  # another run there is a UserError
             print(f"{args.out} holds this {args.command} run ({run_id}), finished: nothing to do (its results are "
-                  f"in {os.path.join(args.out, 'metrics.json')})", file=sys.stderr)
+                  f"in {os.path.join(args.out, METRICS_JSON)})", file=sys.stderr)
             return 0
         command = shlex.join(["mae", *argv])
         from mae import train  # torch, timm: seconds

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Mapping
@@ -51,9 +52,7 @@ class LoadReport:
         """One short log line: counts, the keys left at init by name, the dropped ones by module.
 
         A ViT-L checkpoint has close to 400 keys; the dataclass's own repr would put every one on one line."""
-        modules: dict[str, int] = {}
-        for key in self.dropped:
-            modules[key.split(".")[0]] = modules.get(key.split(".")[0], 0) + 1
+        modules = Counter(key.split(".")[0] for key in self.dropped)  # in the order of first appearance
         dropped = ", ".join(f"{name} ({count})" if count > 1 else name for name, count in modules.items())
         line = (f"{len(self.loaded)} tensors loaded; left at init: {', '.join(self.missing) or 'none'}; "
                 f"not loaded: {dropped or 'none'}")

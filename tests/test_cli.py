@@ -15,6 +15,9 @@ TINY = ["model.arch=mae_vit_micro_patch7_dec64d1b", "model.embed_dim=32", "model
         "model.decoder_embed_dim=32", "model.decoder_num_heads=2", "data.name=synthetic", "data.train_subset=32",
         "data.val_subset=8", "pretrain.epochs=1", "pretrain.warmup_epochs=0", "pretrain.batch_size=16",
         "run.threads=1", "tracking.enabled=false"]
+# `mae` on argv, then whether torch was imported on stdout, then its exit code
+MAIN_REPORTING_TORCH = ("import sys; from mae import cli; code = cli.main(sys.argv[1:]); "
+                        "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
 
 
 @pytest.mark.parametrize("args, words", [
@@ -98,11 +101,10 @@ def test_a_stop_signal_while_a_user_error_is_reported_keeps_exit_2(tmp_path):
 ])
 def test_a_bad_config_is_reported_before_torch_is_imported(tmp_path, args):
     """A typo costs a tenth of a second, not the seconds torch and timm take to import."""
-    code = ("import sys; from mae import cli; code = cli.main(sys.argv[1:]); "
-            "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
     argv = [a.replace("{out}", str(tmp_path / "out")).replace("{tmp}", str(tmp_path)) for a in args]
     (tmp_path / "model.pth").write_bytes(b"")  # an existing file: visualize reads it only after torch
-    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", MAIN_REPORTING_TORCH, *argv], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
     assert result.stdout.strip() == "torch not imported"
     assert not (tmp_path / "out").exists()  # no run folder, no train.log
@@ -119,10 +121,8 @@ def test_a_finished_run_run_again_says_so_in_one_line_before_torch(tmp_path):
     out.mkdir()
     run_id = identity(load_config(config, []).resolved(), "pretrain")
     (out / "metrics.json").write_text(json.dumps({"status": "completed", "stage": "pretrain", "run_id": run_id}))
-    code = ("import sys; from mae import cli; code = cli.main(sys.argv[1:]); "
-            "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
-    result = subprocess.run([sys.executable, "-c", code, "pretrain", "--config", str(config), "--out", str(out)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", MAIN_REPORTING_TORCH, "pretrain", "--config", str(config),
+                             "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stdout.strip()) == (0, "torch not imported"), result.stderr
     assert result.stderr == (f"{out} holds this pretrain run ({run_id}), finished: nothing to do (its results are "
                              f"in {out / 'metrics.json'})\n")
