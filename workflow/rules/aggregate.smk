@@ -6,10 +6,10 @@
 
 rule collect_runs:
     input:
-        manifest=f"{RUNS}/manifest.json",
+        manifest=MANIFEST,
         metrics=get_metrics(),
     output:
-        runs=report(f"results/{PRESET}/runs.csv", caption="../report/runs.rst", category="Runs"),
+        runs=report(RUNS_CSV, caption="../report/runs.rst", category="Runs"),
         ablation_runs=get_ablation_runs(),
     log:
         f"{RUNS}/logs/collect_runs.log",
@@ -19,8 +19,8 @@ rule collect_runs:
 
 rule make_tables:
     input:
-        manifest=f"{RUNS}/manifest.json",
-        runs=f"results/{PRESET}/runs.csv",
+        manifest=MANIFEST,
+        runs=RUNS_CSV,
     output:
         get_tables(for_report=True),
         get_findings(for_report=True),
@@ -36,8 +36,8 @@ rule make_tables:
 
 rule make_figures:
     input:
-        manifest=f"{RUNS}/manifest.json",
-        runs=f"results/{PRESET}/runs.csv",
+        manifest=MANIFEST,
+        runs=RUNS_CSV,
     output:
         get_figures(for_report=True),
     params:

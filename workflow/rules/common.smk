@@ -54,6 +54,8 @@ except GridError as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
 PRESET, RUNS, ABLATIONS = GRID.preset, GRID.runs_dir, GRID.ablations
+MANIFEST = f"{RUNS}/manifest.json"  # the grid's runs (write_manifest), which the aggregation reads
+RUNS_CSV = f"results/{PRESET}/runs.csv"  # every run's config and metrics, one row each (collect_runs)
 # Every ablation file, for the aggregation: runs.csv keeps earlier runs of ablations not selected now,
 # and their rows need titles and default flags (unreadable files are skipped: the selected ones were
 # validated by build_grid).
@@ -65,7 +67,7 @@ def mark_results_stale_when_runs_are_missing():
     hand to be redone) must not look up to date: Snakemake reruns a job whose output is missing only for
     a consumer that runs, so it would say "Nothing to be done" and never run them. runs.csv set a second
     older than the manifest makes collect_runs, and with it every missing run, run again."""
-    runs_csv, manifest = Path(f"results/{PRESET}/runs.csv"), Path(f"{RUNS}/manifest.json")
+    runs_csv, manifest = Path(RUNS_CSV), Path(MANIFEST)
     if not (runs_csv.exists() and manifest.exists()) or all(is_finished(e["run_dir"]) for e in GRID.manifest):
         return
     before_manifest = manifest.stat().st_mtime - 1
@@ -216,13 +218,13 @@ def check_data_before_jobs():
 def aggregate_partial_results():
     """After failed jobs (onerror): the same tables and figures from the runs that finished, with
     "—" and a note for the rest, so a partial grid still aggregates."""
-    manifest = Path(f"{RUNS}/manifest.json")
+    manifest = Path(MANIFEST)
     if not manifest.exists():
         return
     from workflow.results.aggregate import aggregate  # pandas and matplotlib: not at parse time
 
-    aggregate(manifest, f"results/{PRESET}/runs.csv", ALL_ABLATIONS, ROOT / "paper", PRESET, get_tables(),
-              get_figures(), get_findings())
+    aggregate(manifest, RUNS_CSV, ALL_ABLATIONS, ROOT / "paper", PRESET, get_tables(), get_figures(),
+              get_findings())
     logger.warning(f"Not every job finished (one failed, or the run was interrupted): results/{PRESET}/ holds "
                    "the tables and figures of the runs that finished (missing cells show '—' with a note). "
                    "Rerun the same command to complete them.")

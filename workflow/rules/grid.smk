@@ -14,7 +14,7 @@ rule render_config:
 
 rule write_manifest:
     output:
-        f"{RUNS}/manifest.json",
+        MANIFEST,
     params:
         data=get_manifest(),
     log:
