@@ -42,9 +42,13 @@ onerror:
     aggregate_partial_results()
 
 
+# The job is done when every run of the grid is finished and the results are written. The runs are named
+# here too: Snakemake reruns a job whose output is missing only for a consumer that runs, and results
+# that exist (a partial aggregation, a run folder deleted to be redone) would not make one run.
 rule all:
     input:
         get_tables(),
         get_findings(),
         get_figures(),
+        get_metrics(),
     default_target: True

@@ -312,6 +312,16 @@ def test_smoke_end_to_end_then_nothing_to_do_then_only_affected_jobs(tmp_path):
     again = snakemake(workdir, "-n", "--config", "preset=smoke", grid)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
 
+    # A finished run's folder moved away (deleted to be redone) after a complete run: the results and
+    # Snakemake's records of them are all there, and the run must still be planned again.
+    probe = workdir / next(e["run_dir"] for e in manifest if e["stage"] == "linprobe")
+    probe.rename(probe.with_name("moved"))
+    redo = snakemake(workdir, "-n", "--config", "preset=smoke", grid)
+    counts = job_counts(redo.stdout + redo.stderr)
+    assert [counts.get(rule) for rule in ("pretrain", "finetune", "linprobe", "collect_runs")] == [None, None, 1, 1], \
+        redo.stdout[-3000:]
+    probe.with_name("moved").rename(probe)
+
     # The Snakemake report carries every table and figure with its caption.
     report = snakemake(workdir, "--config", "preset=smoke", grid, "--report", "results/smoke/report.html")
     assert report.returncode == 0, report.stderr[-3000:]

@@ -9,7 +9,6 @@ import signal
 import sys
 from pathlib import Path
 
-from mae.run_folder import is_finished
 from workflow.grid import GridError, build_grid
 from workflow.results.figures import figure_stems, read_ablation_files
 
@@ -60,23 +59,6 @@ RUNS_CSV = f"results/{PRESET}/runs.csv"  # every run's config and metrics, one r
 # and their rows need titles and default flags (unreadable files are skipped: the selected ones were
 # validated by build_grid).
 ALL_ABLATIONS = {**read_ablation_files(ROOT / "ablations"), **ABLATIONS}
-
-
-def mark_results_stale_when_runs_are_missing():
-    """Results that describe runs whose folders lack metrics.json (failed, interrupted, or deleted by
-    hand to be redone) must not look up to date: Snakemake reruns a job whose output is missing only for
-    a consumer that runs, so it would say "Nothing to be done" and never run them. runs.csv set a second
-    older than the manifest makes collect_runs, and with it every missing run, run again."""
-    runs_csv, manifest = Path(RUNS_CSV), Path(MANIFEST)
-    if not (runs_csv.exists() and manifest.exists()) or all(is_finished(e["run_dir"]) for e in GRID.manifest):
-        return
-    before_manifest = manifest.stat().st_mtime - 1
-    if runs_csv.stat().st_mtime > before_manifest:
-        os.utime(runs_csv, (before_manifest, before_manifest))
-
-
-if workflow.is_main_process:  # not in a cluster job's Snakemake, which runs one job of the plan
-    mark_results_stale_when_runs_are_missing()
 
 
 def get_rendered_config(wildcards):
