@@ -106,6 +106,21 @@ def test_seeds_and_data_root_settings(root):
     assert {c.config["data"]["root"] for c in paper.cells.values()} == {"/datasets/imagenet"}
 
 
+def test_seeds_as_snakemake_reads_them_from_the_command_line(root):
+    # `--config seeds=[3,4]` reaches the workflow as ['3', '4'] (a YAML list read without types)
+    from snakemake.cli import parse_config
+    (root / "ablations/one.yaml").write_text(HEADER + ROW_A)
+    for text, seeds in (("seeds=[3,4]", [3, 4]), ("seeds=2", [2])):
+        settings = parse_config([text])
+        one = grid("smoke", root, ablations=["one"], **settings)
+        assert sorted(e["seed"] for e in one.manifest if e["stage"] == "pretrain") == seeds
+    for text, shown in (("seeds=[a]", "['a']"), ("seeds=x", "'x'"), ("seeds=-1", "-1"), ("seeds=[1,1]", "[1, 1]")):
+        with pytest.raises(GridError) as err:
+            grid("smoke", root, ablations=["one"], **parse_config([text]))
+        assert str(err.value) == (f"config: seeds: {shown} is invalid: allowed a seed (an integer >= 0) or a list of "
+                                  "distinct seeds, e.g. seeds=0 or seeds=[0,1,2], replacing every ablation's own `seeds`")
+
+
 HEADER = "title: t\npaper_ref: Table 1a\npaper_file: table1_ablations.csv\nevaluations: [finetune]\n"
 ROW_A = "rows:\n  - label: a\n    paper_where: {subtable: '1a', value: '1'}\n    set: {model.decoder_depth: 1}\n"
 BAD = {
@@ -214,3 +229,48 @@ def test_workflow_settings_errors_are_one_line(root):
         with pytest.raises(GridError) as err:
             build_grid({**CONFIG, "preset": "smoke", **settings}, root)
         assert str(err.value) == expected
+
+
+def own_ablation_example() -> tuple[str, str]:
+    """(name, text) of the ablation file README's "An ablation of your own" shows, as a user copies it."""
+    section = (REPO / "README.md").read_text().split("## An ablation of your own", 1)[1]
+    text = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    name = text.splitlines()[0].removeprefix("# ablations/").removesuffix(".yaml")
+    return name, text
+
+
+def test_an_ablation_the_paper_lacks_needs_no_paper_keys(root):
+    # README's example, as a user would copy it: no paper_ref, paper_file or paper_where
+    name, text = own_ablation_example()
+    (root / f"ablations/{name}.yaml").write_text(text)
+    shutil.copy(REPO / "ablations/fig5_mask_ratio.yaml", root / "ablations")
+    own = grid("smoke", root, ablations=[name])
+    assert Counter(stage for stage, _ in own.cells) == {"pretrain": 9, "linprobe": 9}  # 3 rows x 3 seeds
+    assert {e["paper_ref"] for e in own.manifest} == {None}
+    assert all(cell.config["tracking"]["run_name"].startswith(f"{name} · ") for cell in own.cells.values())
+    # the default row is the preset's own setting: its runs are the baseline of the paper's tables
+    both = grid("tiny", root, ablations=["fig5_mask_ratio", name])
+    pretrainings = lambda ablation, row: {(e["seed"], e["run_id"]) for e in both.manifest  # noqa: E731
+                                          if (e["ablation"], e["row"], e["stage"]) == (ablation, row, "pretrain")}
+    assert pretrainings(name, "0.05") <= pretrainings("fig5_mask_ratio", "75")
+    assert name in grid("tiny", root, ablations="all").ablations
+
+
+def test_paper_keys_come_together(root):
+    def error(text):
+        (root / "ablations/bad.yaml").write_text(text)
+        with pytest.raises(GridError) as err:
+            grid("smoke", root, ablations=["bad"])
+        return str(err.value)
+
+    assert error(HEADER.replace("paper_ref: Table 1a\n", "") + ROW_A) == (
+        "ablations/bad.yaml: top level: 'paper_file' is given without 'paper_ref': allowed both or neither")
+    own_header = "title: t\nevaluations: [finetune]\n"
+    assert error(own_header + ROW_A) == (
+        "ablations/bad.yaml: rows[0] (label 'a'): paper_where: {'subtable': '1a', 'value': '1'} names a paper row, "
+        "but the file names no paper_file: allowed null or left out (an ablation the paper does not have), or "
+        "paper_ref and paper_file at the top of the file")
+    without_where = ROW_A.replace("    paper_where: {subtable: '1a', value: '1'}\n", "")
+    assert error(HEADER + without_where) == "ablations/bad.yaml: rows[0]: 'paper_where' is a required property"
+    (root / "ablations/good.yaml").write_text(own_header + without_where)
+    assert grid("smoke", root, ablations=["good"]).ablations["good"].get("paper_file") is None

@@ -312,6 +312,61 @@ def test_unmatched_paper_row_shows_dash_and_note(manifest, runs, ablations):
     assert summary.notes == ["50: paper_where {'mask_ratio_pct': '55'} matches no row of paper/fig5_mask_ratio.csv"]
 
 
+OWN_ABLATION = {"title": "Pretraining weight decay", "evaluations": ["linprobe"],  # no paper_ref, paper_file
+                "rows": [{"label": "0.05", "default": True}, {"label": "0"}, {"label": "0.2"}, {"label": "0.5"},
+                         {"label": "1"}]}
+
+
+def own_runs(values: dict[str, list[float]]) -> tuple[list[dict], pd.DataFrame]:
+    """Manifest and runs.csv rows of OWN_ABLATION's probes: values[row] = top-1 per seed 0, 1, ..."""
+    manifest, rows = [], []
+    for label, per_seed in values.items():
+        for seed, value in enumerate(per_seed):
+            run_id = f"lin-{label}-s{seed}"
+            manifest.append({"ablation": "wd", "paper_ref": None, "row": label, "default": label == "0.05",
+                             "seed": seed, "stage": "linprobe", "run_id": run_id, "run_dir": f"linprobe/{run_id}"})
+            rows.append({"run_id": run_id, "stage": "linprobe", "status": "completed", "status_reason": "",
+                         "metric": "top1", "value": value, "seed": seed, "ablations": f"wd:{label}"})
+    return manifest, pd.DataFrame(rows)
+
+
+def test_an_ablation_the_paper_lacks_shows_ours_with_intervals_and_verdicts():
+    import io
+
+    from workflow.results.stats import t_quantile
+    base = [80.0, 81.0, 79.5, 80.5]
+    differences = {"0": [2.1, 1.8, 2.0, 2.1], "0.2": [-1.0, -1.4, -1.2, -1.2], "0.5": [3.0, -2.5, 1.0, -1.5],
+                   "1": [5.0, 5.2]}  # clear, but 2 seeds: too few for a verdict
+    manifest, runs = own_runs({"0.05": base, **{row: [b + d for b, d in zip(base, diff)]
+                                                 for row, diff in differences.items()}})
+    summary = summarize_ablation("wd", OWN_ABLATION, manifest, runs, PAPER_DIR, PRESET)
+    assert not summary.in_paper and summary.notes == []  # no "not in the paper" note per row
+    markdown = render_markdown(summary)
+    assert heading(summary) == "Pretraining weight decay (tiny preset)"
+    assert "| Pretraining weight decay | ours lin | ours Δlin [95% CI] | lin verdict |" in markdown
+    assert "paper" not in markdown.split("\n\n", 1)[1] and "He et al." not in markdown
+
+    def interval(diff):
+        mean = sum(diff) / len(diff)
+        half = t_quantile(0.975, len(diff) - 1) * math.sqrt(sum((d - mean) ** 2 for d in diff) / (len(diff) - 1)) \
+            / math.sqrt(len(diff))
+        return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (n={len(diff)})"
+
+    assert table_lines(markdown) == [
+        "| **0.05** (default) | 80.25 ± 0.65 (n=4) | reference | reference |",
+        f"| 0 | 82.25 ± 0.58 (n=4) | {interval(differences['0'])} | above the default |",
+        f"| 0.2 | 79.05 ± 0.56 (n=4) | {interval(differences['0.2'])} | below the default |",
+        f"| 0.5 | 80.25 ± 2.02 (n=4) | {interval(differences['0.5'])} | inconclusive |",
+        f"| 1 | 85.60 ± 0.85 (n=2) | {interval(differences['1'])} | inconclusive |"]
+    latex = render_latex(summary)
+    assert r"\cite" not in latex and "paper/" not in latex and "& above the default \\\\" in latex
+    frame = pd.read_csv(io.StringIO(render_csv(summary)), dtype={"row": str}).set_index("row")
+    assert not [c for c in frame.columns if "paper_" in c and c != "paper_ref"]
+    assert frame["verdict_lin"].tolist() == ["reference", "above the default", "below the default", "inconclusive",
+                                             "inconclusive"]
+    assert frame.at["0", "delta_ours_lin_ci_low"] > 0 > frame.at["0.2", "delta_ours_lin_ci_high"]
+
+
 def test_make_tables_writes_every_format(tmp_path, manifest, runs, ablations):
     outputs = [tmp_path / "tables" / f"{name}.{suffix}" for name in ablations for suffix in ("md", "tex", "csv")]
     make_tables(manifest, runs, ablations, PAPER_DIR, PRESET, outputs)
@@ -594,6 +649,7 @@ def test_every_table_and_figure_has_a_caption_that_renders():
     report = REPO / "workflow" / "report"
     expected = {f"table_{path.stem}.rst" for path in (REPO / "ablations").glob("*.yaml")}
     expected |= {f"figure_{name}.rst" for name in FIGURE_NAMES} | {"runs.rst", "workflow.rst"}
+    expected |= {"table_ablation.rst"}  # any ablation file without its own (common.smk: table_caption)
     assert expected <= {path.name for path in report.glob("*.rst")}
     fake = SimpleNamespace(params=SimpleNamespace(preset="tiny"))
     for name in sorted(expected):

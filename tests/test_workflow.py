@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from mae.config import identity, load_config
+from test_grid import own_ablation_example
 from test_reliability_common import workflow_error_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -344,6 +345,25 @@ def test_smoke_end_to_end_then_nothing_to_do_then_only_affected_jobs(tmp_path):
     counts = job_counts(changed.stdout + changed.stderr)
     print(f"after one changed value: {counts}")
     assert (counts["pretrain"], counts["finetune"], counts["linprobe"]) == (1, 1, 1), counts
+
+
+@pytest.mark.slow
+def test_an_ablation_of_your_own_runs_and_reports(tmp_path):
+    # README's example file as a user copies it (no paper keys), run with the real `mae` (one seed: fast)
+    workdir = copy_workflow(tmp_path)
+    name, text = own_ablation_example()
+    (workdir / f"ablations/{name}.yaml").write_text(text)
+    grid = [f"ablations=[{name}]", "seeds=[0]"]
+    result = snakemake(workdir, "--config", "preset=smoke", *grid, timeout=900)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert job_counts(result.stdout + result.stderr)["pretrain"] == 3
+    table = (workdir / f"results/smoke/tables/{name}.md").read_text()
+    assert "| Pretraining weight decay | ours lin | ours Δlin [95% CI] | lin verdict |" in table
+    assert "| 0.2 | " in table and "He et al." not in table
+    report = snakemake(workdir, "--config", "preset=smoke", *grid, "--report", "results/smoke/report.html")
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (workdir / "results/smoke/report.html").read_text()
+    assert f"{name}.md" in html and "Not in the paper" in html and "An ablation file without a caption" in html
 
 
 # Fails the pretraining of the "encoder w/ [M]" row for real (exit 1) and runs every other job with the

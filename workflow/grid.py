@@ -3,7 +3,8 @@
 Plain Python (no Snakemake, no torch), so it is tested directly (tests/test_grid.py); the workflow
 calls `build_grid` once at parse time (workflow/rules/common.smk), before any job.
 
-    ablation file   one paper table or figure: rows of dotted `mae` settings over the preset
+    ablation file   one paper table or figure, or an ablation of your own (no paper_file): rows of
+                    dotted `mae` settings over the preset
     cell            one `mae <stage>` run: its run id (mae.config.identity), the config the job reads,
                     the pretraining it starts from, the ablation rows that use it
     manifest        one entry per (ablation, row, seed, stage): the run that answers it
@@ -158,7 +159,7 @@ def build_grid(config: Mapping[str, Any], root: str | Path) -> Grid:
             where = f"rows[{i}] (label {row['label']!r}): "
             for seed in seeds_override or row_seeds:
                 data = _check(checked, path, where, base, {**row_set, "run.seed": seed}, f"rows[{i}].set")
-                entry = {"ablation": name, "paper_ref": ablation["paper_ref"], "row": row["label"],
+                entry = {"ablation": name, "paper_ref": ablation.get("paper_ref"), "row": row["label"],
                          "default": bool(row.get("default", False)), "seed": seed}
                 evaluations = row.get("evaluations", ablation["evaluations"])
                 # An evaluation whose checkpoint the row sets (null = from scratch) needs no pretraining.
@@ -201,8 +202,13 @@ def validate(data: Any, schema: str, name: str) -> None:
         return
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
     message = error.message
-    if error.validator == "pattern" and "description" in error.schema:  # not the regular expression
-        message = f"{error.instance!r} is invalid: allowed {error.schema['description']}"
+    if error.validator in ("pattern", "oneOf") and "description" in error.schema:  # not the expression or
+        message = f"{error.instance!r} is invalid: allowed {error.schema['description']}"  # "any of the schemas"
+    if error.validator == "dependentRequired":  # keys that come together: say which one is missing
+        given, needed = next((key, [n for n in names if n not in error.instance])
+                             for key, names in error.validator_value.items()
+                             if key in error.instance and any(n not in error.instance for n in names))
+        message = f"{given!r} is given without {', '.join(map(repr, needed))}: allowed both or neither"
     if error.validator == "additionalProperties":
         message += "; allowed: " + ", ".join(error.schema.get("properties", {}))
     raise GridError(f"{name}: {where or 'top level'}: {message}")
@@ -239,6 +245,7 @@ def _load_settings(config: Mapping[str, Any], root: Path,
                    parsed: dict[str, Any]) -> tuple[str, dict, list[str], list[int] | None]:
     """(preset, the preset's full unresolved config, the selected ablation names, the seeds override);
     the ablation files read to select them are kept in `parsed`."""
+    config = _typed_command_line_values(config)
     validate(config, "config.schema.yaml", "config")
     preset = config["preset"]
     preset_file = root / "workflow/presets" / f"{preset}.yaml"
@@ -272,6 +279,15 @@ def _load_settings(config: Mapping[str, Any], root: Path,
             raise GridError(f"ablations: {name!r} is not a file in ablations/: allowed {', '.join(names)}")
     seeds = config.get("seeds")
     return preset, base, list(selected), [seeds] if isinstance(seeds, int) else seeds
+
+
+def _typed_command_line_values(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The config with `seeds` as integers: `snakemake --config seeds=[0,1,2]` gives the list's items as
+    text (it reads a list as YAML without types), while `seeds=2` arrives as a number."""
+    seeds = config.get("seeds")
+    if isinstance(seeds, list) and all(isinstance(s, str) and s.isascii() and s.isdigit() for s in seeds):
+        return {**config, "seeds": [int(s) for s in seeds]}
+    return config
 
 
 def file_presets(ablation: Mapping[str, Any]) -> list[str]:
@@ -313,9 +329,10 @@ def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict
     except UserError as err:
         raise GridError(str(err)) from None
     if not isinstance(ablation, dict):
-        raise GridError(f"{path}: top level: expected a mapping with title, paper_ref, paper_file, evaluations, rows")
+        raise GridError(f"{path}: top level: expected a mapping with title, evaluations, rows (and paper_ref, "
+                        "paper_file for a paper item)")
     validate(ablation, "ablation.schema.yaml", str(path))
-    if not (root / "paper" / ablation["paper_file"]).is_file():
+    if "paper_file" in ablation and not (root / "paper" / ablation["paper_file"]).is_file():
         raise GridError(f"{path}: paper_file: {ablation['paper_file']!r} is not a file in paper/")
     _check(checked, path, "", base, ablation.get("set", {}), "set")
     _check_paper_rows(root, path, ablation)
@@ -342,15 +359,20 @@ def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict
 
 def _check_paper_rows(root: Path, path: Path, ablation: dict) -> None:
     """Every row's paper_where selects one row of paper_file holding a number for one of the row's
-    evaluations (a row that only pretrains needs the row alone); else the paper cells would go blank."""
+    evaluations (a row that only pretrains needs the row alone); else the paper cells would go blank.
+    Without a paper_file (an ablation the paper does not have) no row may name one."""
     from workflow.results.paper import PAPER_COLUMNS, load_paper_table, match_paper_row, paper_number
-    paper = load_paper_table(root / "paper", ablation["paper_file"])
+    paper = load_paper_table(root / "paper", ablation["paper_file"]) if "paper_file" in ablation else None
     for i, row in enumerate(ablation["rows"]):
         where = row.get("paper_where")
+        label = f"{path}: rows[{i}] (label {row['label']!r}): paper_where"
+        if where is not None and paper is None:
+            raise GridError(f"{label}: {where} names a paper row, but the file names no paper_file: allowed null "
+                            "or left out (an ablation the paper does not have), or paper_ref and paper_file "
+                            "at the top of the file")
         if where is None:
             continue
         found, why = match_paper_row(paper, where, ablation["paper_file"])
-        label = f"{path}: rows[{i}] (label {row['label']!r}): paper_where"
         if found is None:
             raise GridError(f"{label}: {why}: allowed values that select exactly one row (or null: a point "
                             "the paper lacks)")

@@ -183,6 +183,15 @@ def verdict(finding: Finding, low: float, high: float) -> str:
     return "contradicted" if high < bound else "inconclusive"
 
 
+def difference_verdict(low: float, high: float, n: int) -> str:
+    """What the interval [low, high] of a row's paired difference from its table's default row says, for an
+    ablation the paper does not have (no claim to test): above / below the default, else inconclusive (the
+    interval holds 0, or fewer than MIN_SEEDS seeds)."""
+    if n < MIN_SEEDS or not (low == low and high == high):
+        return "inconclusive"
+    return "above the default" if low > 0 else "below the default" if high < 0 else "inconclusive"
+
+
 def paper_values(summary: AblationSummary, finding: Finding) -> dict[str, float]:
     """{row: the paper's number} for the finding's rows (NaN where the paper has none)."""
     rows = summary.rows.set_index("row")

@@ -36,7 +36,8 @@ from workflow.results.paper import paper_setting, parse_speedup  # noqa: E402
 from workflow.results.style import (EVALUATION_NAMES, OURS_BAR, OURS_COLOR, OURS_LINE, PALETTE,  # noqa: E402
                                     PAPER_BAR, PAPER_LINE, apply_theme, arch_display, dataset_display,
                                     format_number, format_ratio, save_figure)
-from workflow.results.summary import EVALUATION_SHORT, AblationSummary, summarize_ablation  # noqa: E402
+from workflow.results.summary import (EVALUATION_SHORT, AblationSummary, ablation_heading,  # noqa: E402
+                                      summarize_ablation)
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ def figure_loss_curves(manifest: list[dict], ablations: dict[str, dict], runs: p
             ax.plot(mean.index.to_numpy(float), mean.to_numpy(float), color=color,
                     linestyle="--" if line["unfinished"] else "-", linewidth=2 if line["default"] else 1.5,
                     label=label)
-        ax.set_title(wrap(f"{ablation.get('paper_ref', '')}: {ablation.get('title', '')}", 45))
+        ax.set_title(wrap(ablation_heading(ablation.get("paper_ref"), str(ablation.get("title", ""))), 45))
         ax.set_xlabel("step")
         ax.set_ylabel("pretraining loss")
         ax.legend(title=None, fontsize="small")

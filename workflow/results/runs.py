@@ -240,7 +240,7 @@ def manifest_from_runs(runs: pd.DataFrame, ablations: dict[str, dict]) -> list[d
                 unknown.add(f"{name}:{label}")
                 continue
             seed = run["seed"]
-            entries.append({"ablation": name, "paper_ref": ablations[name].get("paper_ref", name), "row": label,
+            entries.append({"ablation": name, "paper_ref": ablations[name].get("paper_ref"), "row": label,
                             "default": bool(rows[label].get("default", False)),
                             "seed": int(seed) if seed == seed and seed is not None else 0,
                             "stage": str(run["stage"]), "run_id": str(run["run_id"]), "run_dir": str(run["run_dir"])})

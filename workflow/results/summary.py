@@ -7,6 +7,7 @@ not comparable, effects are. The per-seed values behind every mean are kept (`se
 figures' seed points and the findings' intervals (findings.py). Table 2 adds our pretraining
 wall-clock and speedup vs the w/ [M] row; a table whose paper rows carry relative_training_FLOPs
 (Table 1c) adds our training-FLOPs ratio. A missing cell is NaN and a note says which run is missing and why.
+An ablation the paper does not have (no paper_file) has ours and our Δ alone (`in_paper` false).
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ class AblationSummary:
     """Everything a table or figure needs about one ablation: numbers per row, notes, scale."""
     name: str
     title: str
-    paper_ref: str
-    paper_file: str
+    paper_ref: str | None                    # None: an ablation the paper does not have
+    paper_file: str | None
     preset: str
     evaluations: list[str]
     rows: pd.DataFrame                       # one row per ablation row, numeric columns (see summarize_ablation)
@@ -71,6 +72,15 @@ class AblationSummary:
     seed_values: dict[tuple[str, str, str], dict[int, float]] = field(default_factory=dict)
 
     @property
+    def in_paper(self) -> bool:
+        """Whether the ablation mirrors a paper item (its file names paper_ref and paper_file)."""
+        return self.paper_file is not None
+
+    @property
+    def heading(self) -> str:
+        return ablation_heading(self.paper_ref, self.title)
+
+    @property
     def has_default(self) -> bool:
         """Whether exactly one row is the paper's default: the reference of the Δ columns."""
         return int(self.rows["default"].sum()) == 1 if len(self.rows) else False
@@ -78,6 +88,11 @@ class AblationSummary:
     def values(self, row: str, stage: str, metric: str = "top1") -> dict[int, float]:
         """{seed: value} of `metric` of the row's `stage` runs ({} when none finished)."""
         return self.seed_values.get((str(row), stage, metric), {})
+
+
+def ablation_heading(paper_ref: str | None, title: str) -> str:
+    """'Table 1c: Mask token' for a paper item; the title alone for an ablation the paper does not have."""
+    return f"{paper_ref}: {title}" if paper_ref else title
 
 
 def mean_std_n(values: list[float]) -> tuple[float, float, int]:
@@ -172,8 +187,8 @@ def summarize_ablation(name: str, ablation: dict, manifest: list[dict], runs: pd
     reference row / the row's, so a reference estimated from fewer epochs, as the paper's ViT-H w/ [M], works);
     Table 1c adds paper_flops_ratio, ours_flops_per_image, ours_flops_ratio; and `missing` (text).
     """
-    paper_file = ablation["paper_file"]
-    paper = load_paper_table(paper_dir, paper_file)
+    paper_file = ablation.get("paper_file")  # None: an ablation the paper does not have
+    paper = load_paper_table(paper_dir, paper_file) if paper_file else pd.DataFrame()
     evaluations = [e for e in ablation.get("evaluations", ["finetune", "linprobe"]) if e in EVALUATION_SHORT]
     entries = [e for e in manifest if e.get("ablation") == name]
     per_run = runs.drop_duplicates("run_id").set_index("run_id") if len(runs) else pd.DataFrame()
@@ -198,7 +213,8 @@ def summarize_ablation(name: str, ablation: dict, manifest: list[dict], runs: pd
     for row in ablation["rows"]:
         label = str(row["label"])
         record = {"row": label, "default": bool(row.get("default", False))}
-        paper_row, paper_problem = match_paper_row(paper, row.get("paper_where", {}), paper_file)
+        paper_row, paper_problem = (match_paper_row(paper, row.get("paper_where"), paper_file) if paper_file
+                                    else (None, ""))
         record["paper_found"] = paper_row is not None
         row_notes = [paper_problem] if paper_problem else []
 
@@ -267,7 +283,7 @@ def summarize_ablation(name: str, ablation: dict, manifest: list[dict], runs: pd
         frame = frame.drop(columns=["paper_flops_ratio", "ours_flops_per_image"])
 
     return AblationSummary(
-        name=name, title=str(ablation.get("title", name)), paper_ref=str(ablation.get("paper_ref", name)),
+        name=name, title=str(ablation.get("title", name)), paper_ref=ablation.get("paper_ref"),
         paper_file=paper_file, preset=preset, evaluations=evaluations, rows=frame,
         scale=scale_of(runs, run_ids_by_stage, preset), notes=notes, has_wallclock=has_wallclock,
         has_flops=has_flops, seed_values=seed_values,

@@ -4,17 +4,21 @@ One table per ablation, drawn from its AblationSummary: the paper's ft / lin, ou
 over seeds, n), each row's difference from the default row (ours paired by seed beside the paper's own),
 the paper's default row in bold, Table 2's wall-clock and Table 1c's
 FLOPs columns where the summary has them. Missing cells are "—" and a note under the table says
-which run is missing and why. The file stem names the ablation, the suffix the format.
+which run is missing and why. The file stem names the ablation, the suffix the format. An ablation the
+paper does not have gets ours and our Δ alone, without paper columns or citation.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
 
+from workflow.results.findings import CONFIDENCE, MIN_SEEDS, difference_verdict
 from workflow.results.paper import PAPER_BIBKEY, PAPER_CITATION, paper_setting
+from workflow.results.stats import half_width
 from workflow.results.style import (EVALUATION_NAMES, MISSING, REFERENCE, format_flops, format_mean_std, format_number,
                                     format_ratio, format_signed)
 from workflow.results.summary import EVALUATION_SHORT, AblationSummary, summarize_ablation
@@ -23,12 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def heading(summary: AblationSummary) -> str:
-    return f"{summary.paper_ref}: {summary.title} ({summary.preset} preset)"
+    return f"{summary.heading} ({summary.preset} preset)"
 
 
 def caption(summary: AblationSummary) -> str:
     """What ours and the paper measured, how to read the columns, where the paper's numbers come from."""
     metric_names = " and ".join(EVALUATION_NAMES[e] for e in summary.evaluations)
+    if not summary.in_paper:
+        return _own_caption(summary, metric_names)
     text = (f"Ours: {summary.scale.describe()}. Paper: {paper_setting(summary.paper_file)}. "
             f"Top-1 accuracy (%) after {metric_names}; ours = mean ± sample std over seeds (n seeds). ")
     if summary.has_default:
@@ -47,14 +53,44 @@ def caption(summary: AblationSummary) -> str:
     return text + f"Paper numbers: {PAPER_CITATION}, {summary.paper_ref} (paper/{summary.paper_file})."
 
 
+def _own_caption(summary: AblationSummary, metric_names: str) -> str:
+    """The caption of an ablation the paper does not have: ours only."""
+    text = (f"Ours: {summary.scale.describe()}. Not in the paper: an ablation of this workflow's own "
+            f"(ablations/{summary.name}.yaml). Top-1 accuracy (%) after {metric_names}; mean ± sample std over "
+            "seeds (n seeds). ")
+    if summary.has_default:
+        text += (f"Δ = the row − the default (bold) row: the mean of the per-seed differences and its "
+                 f"{CONFIDENCE:.0%} t interval (n = seeds both rows have); verdict: the interval entirely above 0 = "
+                 f"above the default, entirely below = below, else (or fewer than {MIN_SEEDS} seeds) inconclusive. ")
+    return text + ("Bold: the file's default row." if summary.has_default else "No default row: no Δ columns.")
+
+
+def own_difference(row: pd.Series, short: str) -> tuple[float, float, str]:
+    """(low, high, verdict) of the t interval of a row's paired Δ from the default row (an ablation the
+    paper does not have); NaN bounds below two seeds."""
+    mean, std, n = row[f"delta_ours_{short}_mean"], row[f"delta_ours_{short}_std"], int(row[f"delta_ours_{short}_n"])
+    half = half_width(std, n, CONFIDENCE) if n >= 2 and std == std else math.nan
+    low, high = mean - half, mean + half
+    return low, high, difference_verdict(low, high, n)
+
+
+def format_interval(mean: float, low: float, high: float, n: int) -> str:
+    """'+1.20 [+0.35, +2.05] (n=4)'; without an interval '+1.20 (n=1)'; no seed: '—'."""
+    if not n or mean != mean:
+        return MISSING
+    interval = f" [{format_signed(low)}, {format_signed(high)}]" if low == low else ""
+    return f"{format_signed(mean)}{interval} (n={n})"
+
+
 def table_cells(summary: AblationSummary) -> tuple[list[str], list[list[str]]]:
     """Header and body cells (Unicode text); the row label is the first cell of each body row."""
     header = [summary.title]
     for evaluation in summary.evaluations:
         short = EVALUATION_SHORT[evaluation]
-        header += [f"paper {short}", f"ours {short}"]
+        header += [f"paper {short}", f"ours {short}"] if summary.in_paper else [f"ours {short}"]
         if summary.has_default:
-            header += [f"paper Δ{short}", f"ours Δ{short}"]
+            header += ([f"paper Δ{short}", f"ours Δ{short}"] if summary.in_paper
+                       else [f"ours Δ{short} [{CONFIDENCE:.0%} CI]", f"{short} verdict"])
     unit_name, unit_seconds = summary.time_unit
     if summary.has_wallclock:
         header += ["paper wall-clock (h)", f"ours wall-clock ({unit_name})", "paper speedup", "ours speedup"]
@@ -66,14 +102,19 @@ def table_cells(summary: AblationSummary) -> tuple[list[str], list[list[str]]]:
         cells = [r["row"]]
         for evaluation in summary.evaluations:
             short = EVALUATION_SHORT[evaluation]
-            cells += [format_number(r[f"paper_{short}"], 1),
-                      format_mean_std(r[f"ours_{short}_mean"], r[f"ours_{short}_std"], int(r[f"ours_{short}_n"]))]
+            paper = [format_number(r[f"paper_{short}"], 1)] if summary.in_paper else []
+            cells += paper + [format_mean_std(r[f"ours_{short}_mean"], r[f"ours_{short}_std"],
+                                              int(r[f"ours_{short}_n"]))]
             if summary.has_default and r["default"]:
                 cells += [REFERENCE, REFERENCE]
-            elif summary.has_default:
+            elif summary.has_default and summary.in_paper:
                 cells += [format_signed(r[f"delta_paper_{short}"], 1),
                           format_mean_std(r[f"delta_ours_{short}_mean"], r[f"delta_ours_{short}_std"],
                                           int(r[f"delta_ours_{short}_n"]), signed=True)]
+            elif summary.has_default:
+                low, high, verdict = own_difference(r, short)
+                cells += [format_interval(r[f"delta_ours_{short}_mean"], low, high, int(r[f"delta_ours_{short}_n"])),
+                          verdict]
         if summary.has_wallclock:
             printed = str(r["paper_speedup"]).strip()
             cells += [format_number(r["paper_wallclock_hours"], 1),
@@ -120,11 +161,12 @@ def latex_escape(text: str) -> str:
 def render_latex(summary: AblationSummary) -> str:
     header, body = table_cells(summary)
     columns = "l" + "r" * (len(header) - 1)
+    sources = f"results/{summary.preset}/runs.csv" + (f" and paper/{summary.paper_file}" if summary.in_paper else "")
+    cite = rf" \cite{{{PAPER_BIBKEY}}}" if summary.in_paper else ""
     lines = [f"% {summary.name}, {summary.preset} preset: generated by workflow/scripts/make_tables.py "
-             f"from results/{summary.preset}/runs.csv and paper/{summary.paper_file}. Needs booktabs.",
+             f"from {sources}. Needs booktabs.",
              r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{\textbf{{{latex_escape(heading(summary))}.}} {latex_escape(caption(summary))} "
-             rf"\cite{{{PAPER_BIBKEY}}}}}",
+             rf"\caption{{\textbf{{{latex_escape(heading(summary))}.}} {latex_escape(caption(summary))}{cite}}}",
              rf"\label{{tab:{summary.name}-{summary.preset}}}",
              rf"\begin{{tabular}}{{{columns}}}", r"\toprule",
              " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
@@ -140,6 +182,14 @@ def render_latex(summary: AblationSummary) -> str:
 
 def render_csv(summary: AblationSummary) -> str:
     frame = summary.rows.copy()
+    if not summary.in_paper:  # no paper columns to leave empty; the Δ intervals and verdicts instead
+        frame = frame.drop(columns=[c for c in frame.columns if c.startswith(("paper_", "delta_paper_"))])
+        for evaluation in summary.evaluations if summary.has_default else []:
+            short = EVALUATION_SHORT[evaluation]
+            differences = [own_difference(r, short) for _, r in frame.iterrows()]
+            for i, column in enumerate((f"delta_ours_{short}_ci_low", f"delta_ours_{short}_ci_high", f"verdict_{short}")):
+                frame[column] = [d[i] if not r["default"] else (REFERENCE if i == 2 else math.nan)
+                                 for d, (_, r) in zip(differences, frame.iterrows())]
     frame.insert(0, "paper_ref", summary.paper_ref)
     frame.insert(0, "ablation", summary.name)
     frame.insert(2, "preset", summary.preset)

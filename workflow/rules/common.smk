@@ -158,8 +158,15 @@ def get_tables(for_report=False):
     paths = [(name, f"results/{PRESET}/tables/{name}.{ext}") for name in ABLATIONS for ext in ("md", "tex", "csv")]
     if not for_report:
         return [path for _, path in paths]
-    return [report(path, caption=f"../report/table_{name}.rst", category="Tables",
-                   subcategory=ABLATIONS[name]["paper_ref"]) for name, path in paths]
+    return [report(path, caption=f"../report/{table_caption(name)}", category="Tables",
+                   subcategory=ABLATIONS[name].get("paper_ref", "Not in the paper")) for name, path in paths]
+
+
+def table_caption(name):
+    """The report caption of an ablation's tables: its own file in workflow/report/, else the one for any
+    ablation file (an ablation of the user's own, or a new file for a paper item)."""
+    own = f"table_{name}.rst"
+    return own if (ROOT / "workflow/report" / own).is_file() else "table_ablation.rst"
 
 
 def get_ablation_runs():
@@ -177,7 +184,7 @@ def get_findings(for_report=False):
 
 def get_figures(for_report=False):
     """results/{preset}/figures/{name}.{png,pdf}: the selected paper figures, reconstructions, losses."""
-    names = figure_stems(a["paper_ref"] for a in ABLATIONS.values())
+    names = figure_stems(a.get("paper_ref") for a in ABLATIONS.values())
     paths = [(name, f"results/{PRESET}/figures/{name}.{ext}") for name in names for ext in ("png", "pdf")]
     if not for_report:
         return [path for _, path in paths]
