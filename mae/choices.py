@@ -190,10 +190,12 @@ def batch_geometry(stage: str, batch_size: int, micro_batch_size: int | None, wo
     return micro, batch_size // (world_size * micro)
 
 
-def data_root_error(name: str, root: Path, expected: str) -> UserError:
-    """The one line for a data.root that does not hold what data.name reads there."""
+def data_root_error(name: str, root: Path, expected: str, found: str | None = None) -> UserError:
+    """The one line for a data.root that does not hold what data.name reads there (`found`: what the reader
+    said it found instead)."""
     return UserError.message(
-        "data.root", f"data.root={str(root)!r} is invalid for data.name={name!r}: expected {expected} there")
+        "data.root", f"data.root={str(root)!r} is invalid for data.name={name!r}: expected {expected} there"
+        + (f" ({found})" if found else ""))
 
 
 def fashion_mnist_files(root: Path, split: str) -> tuple[Path, Path]:

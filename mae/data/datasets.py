@@ -289,7 +289,8 @@ def build_dataset(
         try:
             folder = ImageFolder(str(split_dir))
         except (FileNotFoundError, RuntimeError) as e:
-            raise data_root_error(name, root, f"class sub-folders with images in {source_split}/ ({e})") from None
+            raise data_root_error(name, root, f"class sub-folders with images in {source_split}/",
+                                  f"torchvision: {e}") from None
         pool = list(range(len(folder))) if val_split is None else _split_part(len(folder), val_split, split).tolist()
         indices = None if val_split is None else pool
         _check_subset(subset, len(pool), name, split)
