@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("features", "frozen-encoder features of the config's train and val splits, to a file"),
                        ("knn", "k-NN accuracy (k 20, cosine, T 0.07) of a frozen encoder, printed as JSON")):
         sub = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("--config", help="YAML file (model: gives the encoder, data: the splits)")
+        sub.add_argument("--config", help="YAML file (model: gives the encoder, data: the splits); default: the "
+                         "config a model.pth of `mae pretrain` carries (the run's own data), else the defaults")
         sub.add_argument("--checkpoint", help="model.pth, or 'random' (the arch's seeded initialisation)")
         sub.add_argument("--raw-pixels", action="store_true", help="the normalised pixels instead of an encoder")
         sub.add_argument("--pool", default="token", help="token (cls, the paper's probe feature) or avg")
@@ -234,7 +235,8 @@ def _features_command(args) -> int:
         _check_checkpoint_file(args.checkpoint, "an existing model.pth, or 'random'")
     if args.command == "features":
         _make_out_folder(args.out, main_process=True, file_in_it=True)
-    cfg = load_config(args.config, args.overrides).resolved()
+    cfg = _carried_config(args.checkpoint, args.overrides) if args.config is None else None
+    cfg = cfg or load_config(args.config, args.overrides).resolved()
     check_data_root(cfg.data.name, cfg.data.root, "train", cfg.data.download)
     from mae import features as feats  # torch, after every check of the arguments
     features = feats.compute_features(cfg, args.checkpoint, pool=args.pool, raw_pixels=args.raw_pixels,
@@ -254,6 +256,20 @@ def _features_command(args) -> int:
                           linprobe_converged=probe.converged, linprobe_time_s=round(probe.time_s, 3))
     print(json.dumps(result))
     return 0
+
+
+def _carried_config(checkpoint: str | None, overrides: list[str]):
+    """The resolved config a model.pth of `mae pretrain` carries, with the overrides; None for 'random', no
+    checkpoint, or a file without one (released weights: the defaults describe them)."""
+    from mae.choices import RANDOM_CHECKPOINT
+    if checkpoint in (None, RANDOM_CHECKPOINT):
+        return None
+    from mae.checkpoint import load_model_state  # torch: the config is inside the weights file
+    from mae.config import Config
+    _, carried = load_model_state(checkpoint)
+    if not carried or "model" not in carried:
+        return None
+    return Config.from_dict(carried, source=checkpoint).with_overrides(overrides).resolved()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -207,3 +207,20 @@ def test_cli_knn_prints_json(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["source"] == "raw_pixels" and 0 <= result["knn_top1"] <= 100 and "linprobe_top1" in result
+
+
+def test_cli_knn_of_a_pretraining_reads_its_config_from_the_model_pth(tmp_path):
+    # Without --config, a model.pth of `mae pretrain` gives its own architecture and data: the k-NN the run
+    # measured comes back (overrides still apply). Before, the defaults (ViT-L, ImageNet) refused it.
+    run = tmp_path / "pt"
+    assert _cli("pretrain", "--config", str(SMOKE), "--out", str(run)).returncode == 0
+    measured = json.loads((run / "metrics.json").read_text())
+    out = _cli("knn", "--checkpoint", str(run / "model.pth"))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (result["knn_top1"], result["knn_top5"]) == (measured["knn_top1"], measured["knn_top5"])
+    assert result["train_images"] == load_config(SMOKE).data.train_subset
+    out = _cli("features", "--checkpoint", str(run / "model.pth"), "--out", str(tmp_path / "f.pth"),
+               "data.train_subset=16")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["train_images"] == 16
