@@ -182,9 +182,10 @@ def _store(csv: Path, name: str, new: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("spec", type=Path)
+    parser.add_argument("spec", type=Path, help="sweep file, e.g. workflow/tuning/tiny.yaml")
     parser.add_argument("--sweep", action="append", default=[], help="run only these sweeps (default: all)")
-    parser.add_argument("--runs", type=Path, default=REPO_ROOT / "runs" / "tuning")
+    parser.add_argument("--runs", type=Path, default=REPO_ROOT / "runs" / "tuning",
+                        help="folder of the run folders, one per run id (default runs/tuning)")
     parser.add_argument("--out", type=Path, help="folder of tuning.csv / tuning.md (default results/<preset>/tuning)")
     parser.add_argument("--report-only", action="store_true", help="rewrite tuning.md from tuning.csv")
     args = parser.parse_args(argv)
