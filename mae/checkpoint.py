@@ -4,7 +4,9 @@ A resumable checkpoint (`DIR/checkpoint.pth`) holds everything needed to continu
 model, optimizer, scheduler, grad scaler, epoch, step within the epoch, global step, every RNG state,
 the data loader's position and the config. It is written to a temporary file in the same folder,
 fsynced, and moved into place with `os.replace`; the previous one is kept as `checkpoint.prev.pth`.
-The payload carries its own sha256, so a damaged file is detected and the previous one used.
+The payload carries its own sha256, so a damaged file is detected and the previous one used. Once the
+run is finished (metrics.json written) the previous one is no fallback any more and is removed
+(`drop_previous_checkpoint`): for ViT-L with AdamW about 4 GB per run folder.
 
 Final weights (`DIR/model.pth`) use the official MAE format `{"model": state_dict, "config": {...}}`.
 Every load uses `torch.load(weights_only=True)`: a file that needs arbitrary code to unpickle is refused.
@@ -294,6 +296,18 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> Path:
     os.replace(tmp, path)
     _fsync_dir(run_dir)
     return path
+
+
+def drop_previous_checkpoint(run_dir: str | Path) -> int:
+    """Remove `checkpoint.prev.pth` of a finished run (its metrics.json written: nothing resumes from the
+    fallback any more; checkpoint.pth stays, to continue the run). Returns the bytes freed (0: none there)."""
+    path = Path(run_dir) / PREVIOUS_CHECKPOINT_PTH
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

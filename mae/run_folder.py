@@ -8,7 +8,7 @@ torch. Training writes these files; nothing else names them.
     DIR/train.log          the log (also on stdout)
     DIR/metrics.jsonl      one JSON object per logged step
     DIR/system_metrics.jsonl  CPU, memory, disk, network, GPU means over time (mae.system_metrics)
-    DIR/checkpoint.pth     resumable state (atomic; the previous one kept as checkpoint.prev.pth)
+    DIR/checkpoint.pth     resumable state (atomic; the previous one kept as checkpoint.prev.pth until the end)
     DIR/model.pth          final weights, official format {"model": state_dict, "config": {...}}
     DIR/recon.png          pretraining only: reconstruction grid
     DIR/mlflow_run_id      the MLflow run this folder mirrors to (a resumed job continues it)

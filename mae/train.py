@@ -45,7 +45,8 @@ from mae.signals import StopRequested, stop_signals_held
 from mae.redaction import RedactingFilter, redact_text, redact_tree
 from mae.provenance import environment_record, environment_tags, git_revision
 from mae.run_folder import (ARTIFACTS, CHECKPOINT_PTH, CONFIG_YAML, ENVIRONMENT_JSON, METRICS_JSON, METRICS_JSONL,
-                            MODEL_PTH, TRAIN_LOG, finished_metrics, flatten, read_jsonl)
+                            MODEL_PTH, PREVIOUS_CHECKPOINT_PTH, TRAIN_LOG, finished_metrics, flatten,
+                            read_jsonl)
 
 log = logging.getLogger("mae")
 
@@ -219,8 +220,10 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
                     if (run.out_dir / name).exists():
                         _never_fatal(tracker.log_artifact, run.out_dir / name)
             ckpt.atomic_write_text(run.out_dir / METRICS_JSON, json.dumps(metrics, indent=2) + "\n")
-            log.info("done: %s", json.dumps({k: metrics.get(k) for k in ("steps", "final_loss", "top1", "top5",
-                                                                           "train_time_s")}))
+            freed = ckpt.drop_previous_checkpoint(run.out_dir)  # finished: no fallback needed
+            log.info("done: %s%s", json.dumps({k: metrics.get(k) for k in ("steps", "final_loss", "top1", "top5",
+                                                                             "train_time_s")}),
+                     f" (removed {PREVIOUS_CHECKPOINT_PTH}, {freed / 1e6:.1f} MB)" if freed else "")
         distributed.barrier()
     except TrainingStopped as stop:
         log.warning("%s", stop)

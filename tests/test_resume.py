@@ -95,6 +95,9 @@ def test_damaged_checkpoint_resumes_from_previous(tmp_path, reference):
     _assert_same_weights(out, reference / "pretrain")
     assert _records(out) == _records(reference / "pretrain")
     assert "checkpoint.prev.pth" in (out / "train.log").read_text()
+    # finished: the fallback is removed (4 GB for ViT-L with AdamW), checkpoint.pth stays to continue the run
+    assert not (out / PREVIOUS_CHECKPOINT_PTH).exists() and (out / CHECKPOINT_PTH).exists()
+    assert "(removed checkpoint.prev.pth, " in (out / "train.log").read_text().splitlines()[-1]
 
 
 def test_finished_folder_is_not_retrained_and_other_config_is_refused(reference):
