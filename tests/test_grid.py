@@ -141,6 +141,10 @@ BAD = {
     "file not for the preset": ("presets: [tiny, paper]\n" + ROW_A,
                                 "ablations/bad.yaml: presets: the file runs under tiny, paper, not 'smoke': allowed "
                                 "there, or another ablation"),
+    "two default rows": (ROW_A + "    default: true\n" + ROW_A.removeprefix("rows:\n").replace("label: a", "label: b")
+                         .replace("decoder_depth: 1", "decoder_depth: 2") + "    default: true\n",
+                         "ablations/bad.yaml: rows[1].default: rows[0] is the default row already (allowed one "
+                         "default row, or none)"),
     "unknown preset": (ROW_A + "    seeds_by_preset: {bogus: [1]}\n",
                        "ablations/bad.yaml: rows[0].seeds_by_preset: 'bogus' is not one of ['smoke', 'tiny', 'paper']"),
 }

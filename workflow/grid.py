@@ -344,6 +344,11 @@ def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict
                 raise GridError(f"{path}: rows[{i}].{what}: duplicates rows[{seen[what, value]}] "
                                 "(each row needs its own label and settings)")
             seen[what, value] = i
+        if row.get("default") and "default" in seen:  # the one row every other row is compared with
+            raise GridError(f"{path}: rows[{i}].default: rows[{seen['default']}] is the default row already "
+                            "(allowed one default row, or none)")
+        if row.get("default"):
+            seen["default"] = i
     # A preset's own evaluations (the tiny grid probes its ablations and fine-tunes only where a finding
     # needs it), resolved here so that the grid, the tables and the findings read one list.
     ablation["evaluations"] = preset_evaluations(ablation, preset)
