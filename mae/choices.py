@@ -161,6 +161,17 @@ def check_pretrain_mask(mask_ratio: float, num_patches: int, field: str = "model
     return mask_ratio
 
 
+# What `mae visualize --out` can write: matplotlib chooses the format by the suffix.
+FIGURE_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def check_figure_file(out: str) -> None:
+    """A figure path whose suffix names a format the figure is written in."""
+    if Path(out).suffix.lower() not in FIGURE_FORMATS:
+        raise UserError("--out", out, f"a file ending in {', '.join(FIGURE_FORMATS[:-1])} or {FIGURE_FORMATS[-1]} "
+                        "(the format follows the suffix)")
+
+
 def check_figure_request(mask_ratios: Any, num_images: Any, seed: Any, device: Any) -> None:
     """A reconstruction grid that can be drawn and fits one figure, on a device named as torch names one
     (whether that device exists is `mae.visualize`'s check, which needs torch)."""

@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     vis = commands.add_parser("visualize", help="reconstruction grid of a pretrained model.pth")
     vis.add_argument("--checkpoint", required=True, help="model.pth written by `mae pretrain`, or an official MAE "
                      "training checkpoint-N.pth")
-    vis.add_argument("--out", required=True, help="PNG to write")
+    vis.add_argument("--out", required=True, help="image to write: .png, .pdf, .svg or .jpg (the format follows "
+                     "the suffix)")
     vis.add_argument("--mask-ratios", default="0.75,0.85,0.95", help="comma-separated ratios")
     vis.add_argument("--num-images", type=int, default=4)
     vis.add_argument("--seed", type=int, default=0)
@@ -174,10 +175,11 @@ def run(argv: list[str]) -> int:
     if args.command in ("features", "knn"):
         return _features_command(args)
     if args.command == "visualize":
-        from mae.choices import check_figure_request  # no torch: a bad option is reported at once
+        from mae.choices import check_figure_file, check_figure_request  # no torch: said at once
         _check_overrides(args.overrides, "data.root=/data/imagenet")
         ratios = _parse_ratios(args.mask_ratios)
         check_figure_request(ratios, args.num_images, args.seed, args.device)
+        check_figure_file(args.out)
         _check_checkpoint_file(args.checkpoint, "an existing file (a model.pth written by `mae pretrain`, or an "
                                "official MAE checkpoint-N.pth)")
         _make_out_folder(args.out, main_process=True, file_in_it=True)

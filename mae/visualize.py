@@ -75,12 +75,12 @@ def _to_display(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
 def save_reconstruction_grid(model: nn.Module, images: torch.Tensor, path: str | Path, *,
                              mask_ratios: Sequence[float] = (0.75,), seed: int = 0,
                              mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> Path:
-    """Draw rows of (original | per ratio: masked, reconstruction, reconstruction + visible) to a PNG.
+    """Draw rows of (original | per ratio: masked, reconstruction, reconstruction + visible) to an image.
 
     Args:
         model: a MaskedAutoencoderViT.
         images: [N, C, H, W] normalised images (one row each).
-        path: the PNG to write.
+        path: the image to write, in the format its suffix names (.png, .pdf, .svg, .jpg).
         mask_ratios: one column group per ratio (the paper's Fig. 4 uses 0.75, 0.85, 0.95).
         seed: mask seed.
         mean / std: the normalisation of `images`, undone for display.
@@ -110,7 +110,7 @@ def save_reconstruction_grid(model: nn.Module, images: torch.Tensor, path: str |
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # matplotlib writes the format the suffix names
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
@@ -136,7 +136,7 @@ def visualize_checkpoint(checkpoint: str | Path, out: str | Path, *, mask_ratios
     Args:
         checkpoint: a `model.pth` written by `mae pretrain` (it carries the config), or an official
             training checkpoint-N.pth (its `args` give the model and the data folder).
-        out: the PNG to write.
+        out: the image to write (its suffix names the format: .png, .pdf, .svg, .jpg).
         mask_ratios: column groups.
         num_images: rows.
         seed: mask seed.

@@ -212,7 +212,10 @@ def test_official_checkpoint_finetunes_linear_probes_and_visualizes(tmp_path):
     # the official args name the ImageNet folder; the images come from wherever the user says
     png = visualize_checkpoint(path, tmp_path / "recon.png", mask_ratios=[0.75], num_images=2,
                                overrides=["data.name=synthetic"])
-    assert png.stat().st_size > 1000
+    assert png.stat().st_size > 1000 and png.read_bytes().startswith(b"\x89PNG")
+    pdf = visualize_checkpoint(path, tmp_path / "recon.pdf", mask_ratios=[0.75], num_images=2,
+                               overrides=["data.name=synthetic"])
+    assert pdf.read_bytes().startswith(b"%PDF")  # the format its suffix names (it was a PNG named .pdf)
     with pytest.raises(UserError, match="data.root"):  # the official data_path is not on this machine
         visualize_checkpoint(path, tmp_path / "recon2.png", mask_ratios=[0.75], num_images=2)
     del model
