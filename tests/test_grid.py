@@ -278,3 +278,6 @@ def test_paper_keys_come_together(root):
     assert error(HEADER + without_where) == "ablations/bad.yaml: rows[0]: 'paper_where' is a required property"
     (root / "ablations/good.yaml").write_text(own_header + without_where)
     assert grid("smoke", root, ablations=["good"]).ablations["good"].get("paper_file") is None
+    (root / "ablations/loss_curves.yaml").write_text(own_header + without_where)  # its figure takes its name
+    with pytest.raises(GridError, match="^ablations/loss_curves.yaml: the name 'loss_curves' is taken by a figure"):
+        grid("smoke", root, ablations=["loss_curves"])

@@ -395,9 +395,30 @@ def figures(tmp_path_factory, manifest, runs, ablations):
 
 
 def test_figure_stems_follow_the_registry_then_the_figures_of_every_grid():
-    assert figure_stems({"Table 1a", "Table 2", "Fig. 5"}) == ["fig5_mask_ratio", "table2_wallclock",
-                                                               "reconstruction", "loss_curves"]
-    assert figure_stems([]) == ["reconstruction", "loss_curves"]
+    paper = {ref: {"paper_ref": ref, "paper_file": "x.csv"} for ref in ("Table 1a", "Table 2", "Fig. 5")}
+    assert figure_stems(paper) == ["fig5_mask_ratio", "table2_wallclock", "reconstruction", "loss_curves"]
+    assert figure_stems({}) == ["reconstruction", "loss_curves"]
+    # an ablation the paper does not have gets a figure named by its file
+    assert figure_stems({**paper, "wd": OWN_ABLATION}) == ["fig5_mask_ratio", "table2_wallclock", "wd",
+                                                            "reconstruction", "loss_curves"]
+
+
+def test_an_ablation_the_paper_lacks_gets_a_figure_of_ours(tmp_path):
+    base = [80.0, 81.0, 79.5]
+    manifest, runs = own_runs({"0.05": base, "0": [b + 2 for b in base], "1": [b - 1 for b in base],
+                               "0.2": [81.0], "0.5": []})
+    built = make_figures(manifest, runs, {"wd": OWN_ABLATION}, PAPER_DIR, PRESET, [tmp_path / "wd.png"])
+    assert (tmp_path / "wd.png").stat().st_size > 10_000
+    ax, = built["wd"].axes  # one panel: linear probing, ours only
+    ticks = ax.get_xticklabels()
+    assert [t.get_text() for t in ticks] == ["0", "0.05", "0.2", "0.5", "1"]  # a sweep: in increasing order
+    assert list(ax.get_xticks()) == [0, 1, 2, 3, 4]  # evenly spaced (sweeps are often log-spaced)
+    assert [t.get_fontweight() for t in ticks].count("bold") == 1 and ticks[1].get_fontweight() == "bold"
+    default_line = lines_by_label(ax)["default row (0.05): mean"]
+    assert list(default_line.get_ydata()) == [pytest.approx(80.1666666)] * 2
+    assert sorted(y for _, y in seed_points(ax)) == sorted([80.0, 81.0, 79.5, 82.0, 83.0, 81.5, 79.0, 80.0, 78.5,
+                                                           81.0])
+    assert "not in the paper" in built["wd"].get_suptitle() and "linear probing" in ax.get_title()
 
 
 def test_every_figure_file_is_written(figures):
@@ -649,14 +670,14 @@ def test_every_table_and_figure_has_a_caption_that_renders():
     report = REPO / "workflow" / "report"
     expected = {f"table_{path.stem}.rst" for path in (REPO / "ablations").glob("*.yaml")}
     expected |= {f"figure_{name}.rst" for name in FIGURE_NAMES} | {"runs.rst", "workflow.rst"}
-    expected |= {"table_ablation.rst"}  # any ablation file without its own (common.smk: table_caption)
+    expected |= {"table_ablation.rst", "figure_ablation.rst"}  # any ablation without its own (report_caption)
     assert expected <= {path.name for path in report.glob("*.rst")}
     fake = SimpleNamespace(params=SimpleNamespace(preset="tiny"))
     for name in sorted(expected):
         text = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
             (report / name).read_text()).render(snakemake=fake)
         html = publish_parts(text, writer="html", settings_overrides={"halt_level": 2, "report_level": 5})["body"]
-        assert "He et al." in html or name in ("runs.rst", "figure_loss_curves.rst"), name
+        assert "He et al." in html or name in ("runs.rst", "figure_loss_curves.rst", "figure_ablation.rst"), name
         if name.startswith(("table_", "figure_")):
             assert "<strong>tiny</strong>" in html, name
 

@@ -360,10 +360,12 @@ def test_an_ablation_of_your_own_runs_and_reports(tmp_path):
     table = (workdir / f"results/smoke/tables/{name}.md").read_text()
     assert "| Pretraining weight decay | ours lin | ours Δlin [95% CI] | lin verdict |" in table
     assert "| 0.2 | " in table and "He et al." not in table
+    assert (workdir / f"results/smoke/figures/{name}.png").stat().st_size > 10_000  # a figure of its own
     report = snakemake(workdir, "--config", "preset=smoke", *grid, "--report", "results/smoke/report.html")
     assert report.returncode == 0, report.stderr[-3000:]
     html = (workdir / "results/smoke/report.html").read_text()
     assert f"{name}.md" in html and "Not in the paper" in html and "An ablation file without a caption" in html
+    assert f"{name}.png" in html and "A figure of an ablation the paper does not have" in html
 
 
 # Fails the pretraining of the "encoder w/ [M]" row for real (exit 1) and runs every other job with the

@@ -31,6 +31,7 @@ from mae.choices import check_data_root
 from mae.config import Config, apply_overrides, identity, load_yaml_file, read_yaml
 from mae.errors import UserError
 from mae.run_folder import MODEL_PTH
+from workflow.results.figures import FIGURE_NAMES
 
 EVALUATIONS = ("finetune", "linprobe")
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -334,6 +335,9 @@ def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict
     validate(ablation, "ablation.schema.yaml", str(path))
     if "paper_file" in ablation and not (root / "paper" / ablation["paper_file"]).is_file():
         raise GridError(f"{path}: paper_file: {ablation['paper_file']!r} is not a file in paper/")
+    if "paper_file" not in ablation and name in FIGURE_NAMES:  # its figure is named by its file
+        raise GridError(f"{path}: the name {name!r} is taken by a figure of the results ({', '.join(FIGURE_NAMES)}): "
+                        "allowed another file name for an ablation the paper does not have")
     _check(checked, path, "", base, ablation.get("set", {}), "set")
     _check_paper_rows(root, path, ablation)
     seen = {}

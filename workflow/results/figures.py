@@ -18,11 +18,18 @@ ALWAYS_FIGURES = ("reconstruction", "loss_curves")
 FIGURE_NAMES = [*FIGURES, *ALWAYS_FIGURES]
 
 
-def figure_stems(paper_refs) -> list[str]:
-    """The figure stems a grid with these ablation paper_refs produces: the registry's figures whose
-    paper_ref is among them, in registry order, then ALWAYS_FIGURES."""
-    refs = set(paper_refs)
-    return [stem for stem, ref in FIGURES.items() if ref in refs] + list(ALWAYS_FIGURES)
+def figure_stems(ablations: dict[str, dict]) -> list[str]:
+    """The figure stems a grid of these ablations (name -> parsed file) produces: the registry's figures
+    whose paper_ref is among theirs, in registry order, one per ablation the paper does not have (named
+    by its file), then ALWAYS_FIGURES."""
+    refs = {ablation.get("paper_ref") for ablation in ablations.values()}
+    return ([stem for stem, ref in FIGURES.items() if ref in refs] + own_ablations(ablations)
+            + list(ALWAYS_FIGURES))
+
+
+def own_ablations(ablations: dict[str, dict]) -> list[str]:
+    """The ablations the paper does not have (no paper_file), in order: each has a figure named by its file."""
+    return [name for name, ablation in ablations.items() if not ablation.get("paper_file")]
 
 
 def paper_ref_key(paper_ref: str) -> str:

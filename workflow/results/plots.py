@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mae.run_folder import METRICS_JSONL, RECON_PNG, read_jsonl  # noqa: E402
-from workflow.results.figures import FIGURE_NAMES, FIGURES, find_ablation  # noqa: E402
+from workflow.results.figures import FIGURE_NAMES, FIGURES, find_ablation, own_ablations  # noqa: E402
 from workflow.results.paper import paper_setting, parse_speedup  # noqa: E402
 from workflow.results.style import (EVALUATION_NAMES, OURS_BAR, OURS_COLOR, OURS_LINE, PALETTE,  # noqa: E402
                                     PAPER_BAR, PAPER_LINE, apply_theme, arch_display, dataset_display,
@@ -189,6 +189,48 @@ def figure_schedule(summary: AblationSummary, ablation: dict) -> plt.Figure:
 def figure_partial_ft(summary: AblationSummary, ablation: dict) -> plt.Figure:
     """Fig. 9: number of fine-tuned Transformer blocks against accuracy."""
     return accuracy_curves(summary, ablation, "fine-tuned blocks (the paper's rows; 24 = all blocks)", categorical=True)
+
+
+def figure_own_ablation(summary: AblationSummary, ablation: dict) -> plt.Figure:
+    """An ablation the paper does not have: per evaluation one panel of ours, every seed, the mean ± sample
+    std per row and the default row's mean as a dashed line. Rows stand evenly spaced, in increasing order
+    when every label is a number (a sweep), else in the file's order."""
+    apply_theme()
+    labels = summary.rows["row"].astype(str).tolist()
+    shown = [i for i, runs in enumerate(runs_under(ablation, summary.preset)) if runs]
+    try:
+        shown = sorted(shown, key=lambda i: float(labels[i]))
+    except ValueError:
+        pass
+    x = np.arange(len(shown), dtype=float)
+    defaults = [i for i in shown if summary.rows["default"].iloc[i]]
+    figure, axes = plt.subplots(1, len(summary.evaluations), figsize=(max(5.0, 0.8 * len(shown) + 2) *
+                                len(summary.evaluations), 4.6), squeeze=False, layout="constrained")
+    for ax, evaluation in zip(axes[0], summary.evaluations):
+        values = [summary.values(labels[i], evaluation) for i in shown]
+        _, single = plot_series(ax, x, values, "ours: mean ± sample std over seeds (faint: each seed)", OURS_LINE)
+        if single:
+            ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor=OURS_COLOR,
+                    markeredgewidth=1.5, markersize=7, label="ours: a single seed (no spread)")
+        default_values = summary.values(labels[defaults[0]], evaluation) if defaults else {}
+        if default_values:
+            ax.axhline(np.mean(list(default_values.values())), color="gray", linestyle="--", linewidth=1,
+                       label=f"default row ({labels[defaults[0]]}): mean")
+        if any(values):
+            ax.legend(fontsize="small")
+        else:
+            say_no_finished_run(ax)
+        ax.set_xticks(x, [labels[i] for i in shown])
+        for tick, index in zip(ax.get_xticklabels(), shown):
+            if summary.rows["default"].iloc[index]:
+                tick.set_fontweight("bold")
+        ax.set_xlabel(summary.title + (" (bold: the default row)" if defaults else ""))
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(f"{EVALUATION_NAMES[evaluation]} (seeds per row: "
+                     f"{', '.join(str(len(v)) for v in values) or 'none'})", fontsize="medium")
+    figure.suptitle(wrap(f"{summary.heading}: not in the paper, ours only. {summary.scale.describe()}. "
+                         f"Intervals and verdicts: tables/{summary.name}.md", 60 * len(summary.evaluations)))
+    return figure
 
 
 def figure_wallclock(summary: AblationSummary) -> plt.Figure:
@@ -385,9 +427,10 @@ def make_figures(manifest: list[dict], runs: pd.DataFrame, ablations: dict[str, 
                  preset: str, outputs: list[str | Path], base_dir: str | Path = ".") -> dict[str, plt.Figure]:
     """Build each figure named by the outputs' stems once and save it to every requested suffix."""
     paths_by_name: dict[str, list[Path]] = {}
+    own = own_ablations(ablations)
     for output in map(Path, outputs):
-        if output.stem not in FIGURE_NAMES:
-            raise ValueError(f"{output}: unknown figure {output.stem!r} (have: {FIGURE_NAMES})")
+        if output.stem not in FIGURE_NAMES and output.stem not in own:
+            raise ValueError(f"{output}: unknown figure {output.stem!r} (have: {FIGURE_NAMES + own})")
         if output.suffix not in (".png", ".pdf", ".svg"):
             raise ValueError(f"{output}: unknown figure format {output.suffix!r} (use .png, .pdf or .svg)")
         paths_by_name.setdefault(output.stem, []).append(output)
@@ -396,6 +439,9 @@ def make_figures(manifest: list[dict], runs: pd.DataFrame, ablations: dict[str, 
     for name, paths in paths_by_name.items():
         if name in FIGURES:
             figure = ablation_figure(name, manifest, runs, ablations, paper_dir, preset)
+        elif name in own:
+            figure = figure_own_ablation(summarize_ablation(name, ablations[name], manifest, runs, paper_dir, preset),
+                                         ablations[name])
         elif name == "reconstruction":
             figure = figure_reconstruction(manifest, ablations, runs, preset, base_dir)
         else:

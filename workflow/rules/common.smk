@@ -158,15 +158,15 @@ def get_tables(for_report=False):
     paths = [(name, f"results/{PRESET}/tables/{name}.{ext}") for name in ABLATIONS for ext in ("md", "tex", "csv")]
     if not for_report:
         return [path for _, path in paths]
-    return [report(path, caption=f"../report/{table_caption(name)}", category="Tables",
+    return [report(path, caption=f"../report/{report_caption('table', name)}", category="Tables",
                    subcategory=ABLATIONS[name].get("paper_ref", "Not in the paper")) for name, path in paths]
 
 
-def table_caption(name):
-    """The report caption of an ablation's tables: its own file in workflow/report/, else the one for any
-    ablation file (an ablation of the user's own, or a new file for a paper item)."""
-    own = f"table_{name}.rst"
-    return own if (ROOT / "workflow/report" / own).is_file() else "table_ablation.rst"
+def report_caption(kind, name):
+    """The report caption of a table or figure: its own file in workflow/report/ ({kind}_{name}.rst), else
+    the one for any ablation's ({kind}_ablation.rst: an ablation of the user's own, or a new paper file)."""
+    own = f"{kind}_{name}.rst"
+    return own if (ROOT / "workflow/report" / own).is_file() else f"{kind}_ablation.rst"
 
 
 def get_ablation_runs():
@@ -184,11 +184,12 @@ def get_findings(for_report=False):
 
 def get_figures(for_report=False):
     """results/{preset}/figures/{name}.{png,pdf}: the selected paper figures, reconstructions, losses."""
-    names = figure_stems(a.get("paper_ref") for a in ABLATIONS.values())
+    names = figure_stems(ABLATIONS)
     paths = [(name, f"results/{PRESET}/figures/{name}.{ext}") for name in names for ext in ("png", "pdf")]
     if not for_report:
         return [path for _, path in paths]
-    return [report(path, caption=f"../report/figure_{name}.rst", category="Figures") for name, path in paths]
+    return [report(path, caption=f"../report/{report_caption('figure', name)}", category="Figures")
+            for name, path in paths]
 
 
 def check_data_before_jobs():
