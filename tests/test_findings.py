@@ -248,3 +248,33 @@ def test_every_finding_holds_on_the_papers_own_numbers():
         else:
             assert effect > finding.bound, (finding.name, effect)
     assert checked == len(FINDINGS)
+
+
+def test_the_findings_figure_draws_each_measured_finding_by_its_verdict():
+    from workflow.results.plots import VERDICT_COLORS, figure_findings
+    noise = [2.0, -2.5, 3.0, -1.5]
+    values = {("8", "linprobe"): [v + 3.0 + d for v, d in zip(BASE, [0.1, -0.2, 0.0, 0.1])],
+              ("1", "linprobe"): BASE, ("12", "linprobe"): [v + d for v, d in zip(BASE, noise)],
+              ("8", "finetune"): BASE, ("1", "finetune"): [v + 2.0 for v in BASE],
+              ("12", "finetune"): [v + 0.1 for v in BASE]}
+    frame = findings_of(values, [depth_finding("known", "linprobe", "8", "1"),
+                                 depth_finding("reversed", "finetune", "8", "1"),
+                                 depth_finding("noise", "linprobe", "12", "1"),
+                                 depth_finding("flat", "finetune", "8", "12", expect="flat", bound=1.0),
+                                 depth_finding("unrun", "finetune", "8", "2")])  # row 2: paper preset only
+    figure = figure_findings(frame.reset_index(), "tiny")
+    ours, paper = figure.axes
+    assert [t.get_text() for t in ours.get_yticklabels()] == [
+        "known (linear probing, n=4)", "reversed (fine-tuning, n=4)", "noise (linear probing, n=4)",
+        "flat (fine-tuning, n=4)"]
+    means = [line for line in ours.get_lines() if line.get_marker() == "o"]  # one point per finding, top down
+    assert [tuple(line.get_xydata()[0]) for line in means] == [
+        (pytest.approx(frame.at[name, "effect_mean"]), i) for i, name in enumerate(["known", "reversed", "noise", "flat"])]
+    assert [line.get_color() for line in means] == [VERDICT_COLORS[frame.at[name, "verdict"]]
+                                                   for name in ("known", "reversed", "noise", "flat")]
+    assert [frame.at[name, "verdict"] for name in ("known", "reversed", "noise", "flat")] == [
+        "reproduced", "contradicted", "inconclusive", "reproduced"]
+    assert len(ours.collections) == 1  # the flat claim's ± margin band
+    assert [tuple(line.get_xydata()[0]) for line in paper.get_lines() if line.get_marker() == "s"][0] == (
+        pytest.approx(frame.at["known", "paper_effect"]), 0)
+    assert "1 finding not measured by this grid" in figure.legends[0].get_title().get_text()

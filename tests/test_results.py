@@ -396,11 +396,12 @@ def figures(tmp_path_factory, manifest, runs, ablations):
 
 def test_figure_stems_follow_the_registry_then_the_figures_of_every_grid():
     paper = {ref: {"paper_ref": ref, "paper_file": "x.csv"} for ref in ("Table 1a", "Table 2", "Fig. 5")}
-    assert figure_stems(paper) == ["fig5_mask_ratio", "table2_wallclock", "reconstruction", "loss_curves"]
-    assert figure_stems({}) == ["reconstruction", "loss_curves"]
+    assert figure_stems(paper) == ["fig5_mask_ratio", "table2_wallclock", "reconstruction", "loss_curves",
+                                   "findings"]
+    assert figure_stems({}) == ["reconstruction", "loss_curves", "findings"]
     # an ablation the paper does not have gets a figure named by its file
     assert figure_stems({**paper, "wd": OWN_ABLATION}) == ["fig5_mask_ratio", "table2_wallclock", "wd",
-                                                            "reconstruction", "loss_curves"]
+                                                            "reconstruction", "loss_curves", "findings"]
 
 
 def test_an_ablation_the_paper_lacks_gets_a_figure_of_ours(tmp_path):

@@ -14,7 +14,7 @@ import yaml
 FIGURES: dict[str, str] = {"fig5_mask_ratio": "Fig. 5", "fig7_schedule": "Fig. 7", "fig9_partial_ft": "Fig. 9",
                            "table2_wallclock": "Table 2"}
 # Figures drawn for every grid, whatever ablations it holds.
-ALWAYS_FIGURES = ("reconstruction", "loss_curves")
+ALWAYS_FIGURES = ("reconstruction", "loss_curves", "findings")
 FIGURE_NAMES = [*FIGURES, *ALWAYS_FIGURES]
 
 

@@ -32,6 +32,7 @@ import pandas as pd  # noqa: E402
 
 from mae.run_folder import METRICS_JSONL, RECON_PNG, read_jsonl  # noqa: E402
 from workflow.results.figures import FIGURE_NAMES, FIGURES, find_ablation, own_ablations  # noqa: E402
+from workflow.results.findings import compute_findings  # noqa: E402
 from workflow.results.paper import paper_setting, parse_speedup  # noqa: E402
 from workflow.results.style import (EVALUATION_NAMES, OURS_BAR, OURS_COLOR, OURS_LINE, PALETTE,  # noqa: E402
                                     PAPER_BAR, PAPER_LINE, apply_theme, arch_display, dataset_display,
@@ -230,6 +231,62 @@ def figure_own_ablation(summary: AblationSummary, ablation: dict) -> plt.Figure:
                      f"{', '.join(str(len(v)) for v in values) or 'none'})", fontsize="medium")
     figure.suptitle(wrap(f"{summary.heading}: not in the paper, ours only. {summary.scale.describe()}. "
                          f"Intervals and verdicts: tables/{summary.name}.md", 60 * len(summary.evaluations)))
+    return figure
+
+
+VERDICT_COLORS = {"reproduced": PALETTE[2], "contradicted": PALETTE[3], "inconclusive": "gray"}
+
+
+def figure_findings(frame: pd.DataFrame, preset: str) -> plt.Figure:
+    """The paper's findings as a forest plot: per finding measured in top-1 points our paired effect with its
+    95% t interval, coloured by verdict, with the claim (a bound, or a ± margin band for a flat claim),
+    and beside it the paper's own effect on its own axis (other data and scale). Findings in other units
+    (× FLOPs) and those this grid did not measure are listed under the plot; findings.md has every number."""
+    apply_theme()
+    points = frame[(frame["n_seeds"] > 0) & frame["effect_mean"].notna() & ~frame["unit"].str.startswith("×")]
+    others = frame[(frame["n_seeds"] > 0) & frame["effect_mean"].notna() & frame["unit"].str.startswith("×")]
+    unmeasured = len(frame) - len(points) - len(others)
+    if points.empty:
+        return message_figure(f"Findings of the paper, {preset} preset",
+                              f"no finding measured in top-1 points yet ({unmeasured} not measured): see findings.md")
+    y = np.arange(len(points))
+    figure, (ours_ax, paper_ax) = plt.subplots(1, 2, sharey=True, layout="constrained", width_ratios=[3, 2],
+                                               figsize=(13, 2.2 + 0.5 * len(points)))
+    for yi, (_, r) in zip(y, points.iterrows()):
+        color = VERDICT_COLORS[r["verdict"]]
+        if r["expect"] == "flat":
+            ours_ax.fill_betweenx([yi - 0.3, yi + 0.3], -r["bound"], r["bound"], color="gray", alpha=0.15, lw=0)
+        elif r["bound"]:
+            ours_ax.plot([r["bound"]] * 2, [yi - 0.3, yi + 0.3], color="gray", linewidth=1.5)
+        if r["ci_low"] == r["ci_low"]:
+            ours_ax.plot([r["ci_low"], r["ci_high"]], [yi, yi], color=color, linewidth=2.5, solid_capstyle="butt")
+        ours_ax.plot(r["effect_mean"], yi, "o", color=color, markersize=7)
+        if r["paper_effect"] == r["paper_effect"]:
+            paper_ax.plot(r["paper_effect"], yi, **{**PAPER_LINE, "linestyle": "none"})
+    for ax in (ours_ax, paper_ax):
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.grid(axis="y", visible=False)
+    ours_ax.set_yticks(y, [f"{r['finding']} ({r['evaluation']}, n={r['n_seeds']})" for _, r in points.iterrows()])
+    ours_ax.invert_yaxis()  # the registry's order, top down
+    ours_ax.set_xlabel(f"effect (top-1 points): mean and 95% t interval over seeds, {preset} preset")
+    paper_ax.set_xlabel(wrap("the same contrast of the paper's printed numbers (top-1 points, ImageNet-1K)", 45))
+    ours_ax.set_title("ours (paired per seed)")
+    paper_ax.set_title("paper (its own axis)")
+    handles = [Line2D([], [], color=color, marker="o", linewidth=2.5, label=verdict)
+               for verdict, color in VERDICT_COLORS.items()]
+    if (points["expect"] == "flat").any():
+        handles.append(Line2D([], [], color="gray", linewidth=6, alpha=0.3, label="flat claim: ± margin"))
+    if (points["bound"][points["expect"] != "flat"] != 0).any():
+        handles.append(Line2D([], [], color="gray", linewidth=1.5, label="claim: more than this"))
+    handles.append(Line2D([], [], label="paper effect", **{**PAPER_LINE, "linestyle": "none"}))
+    notes = [f"{r['finding']}: {r['effect_mean']:.2f}{r['unit'].split()[0]} (paper {r['paper_effect']:g}"
+             f"{r['unit'].split()[0]}), {r['verdict']}" for _, r in others.iterrows()]
+    if unmeasured:
+        notes.append(f"{unmeasured} finding{'s' if unmeasured > 1 else ''} not measured by this grid")
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles),
+                  title="; ".join(notes) + ("; " if notes else "") + "every number: findings.md")
+    figure.suptitle(f"Findings of the paper checked on the {preset} preset: our effect and its verdict (left), "
+                    "the paper's (right)")
     return figure
 
 
@@ -444,6 +501,8 @@ def make_figures(manifest: list[dict], runs: pd.DataFrame, ablations: dict[str, 
                                          ablations[name])
         elif name == "reconstruction":
             figure = figure_reconstruction(manifest, ablations, runs, preset, base_dir)
+        elif name == "findings":
+            figure = figure_findings(compute_findings(manifest, runs, ablations, paper_dir, preset), preset)
         else:
             figure = figure_loss_curves(manifest, ablations, runs, base_dir)
         save_figure(figure, paths)
