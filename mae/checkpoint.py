@@ -30,7 +30,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -431,6 +431,17 @@ def load_model_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     """
     weights = read_weights_file(path)
     return weights.model, weights.config
+
+
+def load_model_and_config(path: str | Path, overrides: Sequence[str] = ()):
+    """`load_model_state`, with the config the file carries resolved as a `mae.config.Config` (`section.key=value`
+    overrides applied); None in its place when the file carries no model config (released weights, a plain
+    state dict)."""
+    from mae.config import Config
+    state_dict, config = load_model_state(path)
+    if not config or "model" not in config:
+        return state_dict, None
+    return state_dict, Config.from_dict(config, source=str(path)).with_overrides(overrides).resolved()
 
 
 def read_weights_file(path: str | Path) -> WeightsFile:

@@ -266,12 +266,8 @@ def _carried_config(checkpoint: str | None, overrides: list[str]):
     from mae.choices import RANDOM_CHECKPOINT
     if checkpoint in (None, RANDOM_CHECKPOINT):
         return None
-    from mae.checkpoint import load_model_state  # torch: the config is inside the weights file
-    from mae.config import Config
-    _, carried = load_model_state(checkpoint)
-    if not carried or "model" not in carried:
-        return None
-    return Config.from_dict(carried, source=checkpoint).with_overrides(overrides).resolved()
+    from mae.checkpoint import load_model_and_config  # torch: the config is inside the weights file
+    return load_model_and_config(checkpoint, overrides)[1]
 
 
 def main(argv: list[str] | None = None) -> int:

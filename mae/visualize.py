@@ -143,16 +143,14 @@ def visualize_checkpoint(checkpoint: str | Path, out: str | Path, *, mask_ratios
         device: where to run the model.
         overrides: `section.key=value` changes to the checkpoint's config (e.g. `data.root=...`).
     """
-    from mae.checkpoint import load_model_state, load_whole_state
-    from mae.config import Config
+    from mae.checkpoint import load_model_and_config, load_whole_state
     from mae.data import build_dataset, build_loader
     from mae.recipes import build_mae
 
     check_request(mask_ratios, num_images, seed, device)
-    state_dict, config = load_model_state(checkpoint)
-    if not config or "model" not in config:
+    state_dict, cfg = load_model_and_config(checkpoint, overrides)
+    if cfg is None:
         raise UserError.message("--checkpoint", f"{checkpoint} carries no config: use a model.pth written by `mae pretrain`")
-    cfg = Config.from_dict(config, source=str(checkpoint)).with_overrides(overrides).resolved()
     model = build_mae(cfg.model)
     load_whole_state(model, state_dict, "--checkpoint", str(checkpoint),
                      "the pretraining model.pth its config describes (not a fine-tuned model)")
