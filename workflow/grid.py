@@ -340,7 +340,7 @@ def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict
                         "allowed another file name for an ablation the paper does not have")
     _check(checked, path, "", base, ablation.get("set", {}), "set")
     _check_paper_rows(root, path, ablation)
-    seen = {}
+    seen, default_row = {}, None
     for i, row in enumerate(ablation["rows"]):
         key = json.dumps([row.get("set", {}), row.get("set_by_preset", {})], sort_keys=True)
         for what, value in (("label", row["label"]), ("set", key)):
@@ -348,11 +348,11 @@ def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict
                 raise GridError(f"{path}: rows[{i}].{what}: duplicates rows[{seen[what, value]}] "
                                 "(each row needs its own label and settings)")
             seen[what, value] = i
-        if row.get("default") and "default" in seen:  # the one row every other row is compared with
-            raise GridError(f"{path}: rows[{i}].default: rows[{seen['default']}] is the default row already "
+        if row.get("default") and default_row is not None:  # the one row every other row is compared with
+            raise GridError(f"{path}: rows[{i}].default: rows[{default_row}] is the default row already "
                             "(allowed one default row, or none)")
         if row.get("default"):
-            seen["default"] = i
+            default_row = i
     # A preset's own evaluations (the tiny grid probes its ablations and fine-tunes only where a finding
     # needs it), resolved here so that the grid, the tables and the findings read one list.
     ablation["evaluations"] = preset_evaluations(ablation, preset)
