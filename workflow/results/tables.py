@@ -186,10 +186,10 @@ def render_csv(summary: AblationSummary) -> str:
         frame = frame.drop(columns=[c for c in frame.columns if c.startswith(("paper_", "delta_paper_"))])
         for evaluation in summary.evaluations if summary.has_default else []:
             short = EVALUATION_SHORT[evaluation]
-            differences = [own_difference(r, short) for _, r in frame.iterrows()]
-            for i, column in enumerate((f"delta_ours_{short}_ci_low", f"delta_ours_{short}_ci_high", f"verdict_{short}")):
-                frame[column] = [d[i] if not r["default"] else (REFERENCE if i == 2 else math.nan)
-                                 for d, (_, r) in zip(differences, frame.iterrows())]
+            low, high, verdict = zip(*[(math.nan, math.nan, REFERENCE) if r["default"] else own_difference(r, short)
+                                       for _, r in frame.iterrows()])
+            frame[f"delta_ours_{short}_ci_low"], frame[f"delta_ours_{short}_ci_high"] = low, high
+            frame[f"verdict_{short}"] = verdict
     frame.insert(0, "paper_ref", summary.paper_ref)
     frame.insert(0, "ablation", summary.name)
     frame.insert(2, "preset", summary.preset)
