@@ -108,6 +108,19 @@ def plot_series(ax: plt.Axes, x: np.ndarray, values: list[dict[int, float]], lab
     return line, bool(single.any())
 
 
+def single_seed_handle() -> Line2D:
+    """The legend entry of plot_series's hollow marker: a row mean from one seed."""
+    return Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor=OURS_COLOR,
+                  markeredgewidth=1.5, markersize=7, label="ours: a single seed (no spread)")
+
+
+def bold_default_ticks(ax: plt.Axes, shown: list[int], default: pd.Series) -> None:
+    """Bold the x tick label of the default row (`shown`: the row index behind each tick)."""
+    for tick, index in zip(ax.get_xticklabels(), shown):
+        if default.iloc[index]:
+            tick.set_fontweight("bold")
+
+
 def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, categorical: bool) -> plt.Figure:
     """Per evaluation two panels, ours and the paper, each on its own y axis (different data and scale:
     never one twin axis). Ours shows every seed, the mean ± sample std, hollow single-seed means and
@@ -138,9 +151,7 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
         line, single = plot_series(ours_ax, ours_x, values, "ours: mean ± sample std over seeds", OURS_LINE)
         handles.setdefault("mean", line)
         if single:
-            handles["single"] = Line2D([], [], linestyle="none", marker="o", markerfacecolor="white",
-                                       markeredgecolor=OURS_COLOR, markeredgewidth=1.5, markersize=7,
-                                       label="ours: a single seed (no spread)")
+            handles["single"] = single_seed_handle()
         if any(values):
             handles.setdefault("seeds", Line2D([], [], linestyle="none", marker="o", color=OURS_COLOR, alpha=0.45,
                                                markersize=4, label="ours: one seed's run"))
@@ -160,9 +171,7 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
         paper_ax.set_ylabel("top-1 accuracy (%)")
         paper_ax.set_title(wrap(f"{EVALUATION_NAMES[evaluation]}, {paper_name}", 55), fontsize="medium")
         for ax, shown in ((ours_ax, ours_rows), (paper_ax, [i for i, keep in enumerate(measured) if keep])):
-            for tick, index in zip(ax.get_xticklabels(), shown):
-                if rows["default"].iloc[index]:
-                    tick.set_fontweight("bold")
+            bold_default_ticks(ax, shown, rows["default"])
             ax.set_xlabel(x_label + ("\n(bold: paper default)" if rows["default"].any() else ""))
     figure.suptitle(wrap(f"{summary.paper_ref}: {summary.title.lower()}: ours (left) and the paper (right) on "
                          "their own axes: different data and scale, compare the shapes"))
@@ -210,21 +219,18 @@ def figure_own_ablation(summary: AblationSummary, ablation: dict) -> plt.Figure:
     for ax, evaluation in zip(axes[0], summary.evaluations):
         values = [summary.values(labels[i], evaluation) for i in shown]
         _, single = plot_series(ax, x, values, "ours: mean ± sample std over seeds (faint: each seed)", OURS_LINE)
-        if single:
-            ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor=OURS_COLOR,
-                    markeredgewidth=1.5, markersize=7, label="ours: a single seed (no spread)")
         default_values = summary.values(labels[defaults[0]], evaluation) if defaults else {}
         if default_values:
             ax.axhline(np.mean(list(default_values.values())), color="gray", linestyle="--", linewidth=1,
                        label=f"default row ({labels[defaults[0]]}): mean")
         if any(values):
-            ax.legend(fontsize="small")
+            handles = ax.get_legend_handles_labels()[0]
+            single_entry = [single_seed_handle()] if single else []
+            ax.legend(handles=handles[:1] + single_entry + handles[1:], fontsize="small")
         else:
             say_no_finished_run(ax)
         ax.set_xticks(x, [labels[i] for i in shown])
-        for tick, index in zip(ax.get_xticklabels(), shown):
-            if summary.rows["default"].iloc[index]:
-                tick.set_fontweight("bold")
+        bold_default_ticks(ax, shown, summary.rows["default"])
         ax.set_xlabel(summary.title + (" (bold: the default row)" if defaults else ""))
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"{EVALUATION_NAMES[evaluation]} (seeds per row: "
