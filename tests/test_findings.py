@@ -74,16 +74,18 @@ ABLATION = {
 }
 
 
-def fixture_runs(values: dict[tuple[str, str], list[float]]) -> tuple[list[dict], pd.DataFrame]:
-    """Manifest and runs.csv rows for ablation 'depth': values[(row, stage)] = top-1 per seed 0, 1, ..."""
+def fixture_runs(values: dict[tuple[str, str], list[float]], ablation: str = "depth",
+                 paper_ref: str | None = "Table 1a", default: str = "8") -> tuple[list[dict], pd.DataFrame]:
+    """Manifest and runs.csv rows for `ablation` (default row `default`): values[(row, stage)] = top-1 per seed
+    0, 1, ..."""
     manifest, rows = [], []
     for (label, stage), per_seed in values.items():
         for seed, value in enumerate(per_seed):
             run_id = f"{stage[:3]}-{label}-s{seed}"
-            manifest.append({"ablation": "depth", "paper_ref": "Table 1a", "row": label, "default": label == "8",
+            manifest.append({"ablation": ablation, "paper_ref": paper_ref, "row": label, "default": label == default,
                              "seed": seed, "stage": stage, "run_id": run_id, "run_dir": f"{stage}/{run_id}"})
             rows.append({"run_id": run_id, "stage": stage, "status": "completed", "status_reason": "",
-                         "metric": "top1", "value": value, "seed": seed, "ablations": f"depth:{label}"})
+                         "metric": "top1", "value": value, "seed": seed, "ablations": f"{ablation}:{label}"})
     return manifest, pd.DataFrame(rows)
 
 
@@ -267,13 +269,12 @@ def test_the_findings_figure_draws_each_measured_finding_by_its_verdict():
     assert [t.get_text() for t in ours.get_yticklabels()] == [
         "known (linear probing, n=4)", "reversed (fine-tuning, n=4)", "noise (linear probing, n=4)",
         "flat (fine-tuning, n=4)"]
+    shown = ["known", "reversed", "noise", "flat"]
     means = [line for line in ours.get_lines() if line.get_marker() == "o"]  # one point per finding, top down
     assert [tuple(line.get_xydata()[0]) for line in means] == [
-        (pytest.approx(frame.at[name, "effect_mean"]), i) for i, name in enumerate(["known", "reversed", "noise", "flat"])]
-    assert [line.get_color() for line in means] == [VERDICT_COLORS[frame.at[name, "verdict"]]
-                                                   for name in ("known", "reversed", "noise", "flat")]
-    assert [frame.at[name, "verdict"] for name in ("known", "reversed", "noise", "flat")] == [
-        "reproduced", "contradicted", "inconclusive", "reproduced"]
+        (pytest.approx(frame.at[name, "effect_mean"]), i) for i, name in enumerate(shown)]
+    assert [line.get_color() for line in means] == [VERDICT_COLORS[frame.at[name, "verdict"]] for name in shown]
+    assert [frame.at[name, "verdict"] for name in shown] == ["reproduced", "contradicted", "inconclusive", "reproduced"]
     assert len(ours.collections) == 1  # the flat claim's ± margin band
     assert [tuple(line.get_xydata()[0]) for line in paper.get_lines() if line.get_marker() == "s"][0] == (
         pytest.approx(frame.at["known", "paper_effect"]), 0)

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from test_findings import fixture_runs
 from workflow.results.figures import FIGURE_NAMES, figure_stems
 from workflow.results.plots import figure_wallclock, make_figures
 from workflow.results.paper import load_paper_table, match_paper_row
@@ -318,16 +319,9 @@ OWN_ABLATION = {"title": "Pretraining weight decay", "evaluations": ["linprobe"]
 
 
 def own_runs(values: dict[str, list[float]]) -> tuple[list[dict], pd.DataFrame]:
-    """Manifest and runs.csv rows of OWN_ABLATION's probes: values[row] = top-1 per seed 0, 1, ..."""
-    manifest, rows = [], []
-    for label, per_seed in values.items():
-        for seed, value in enumerate(per_seed):
-            run_id = f"lin-{label}-s{seed}"
-            manifest.append({"ablation": "wd", "paper_ref": None, "row": label, "default": label == "0.05",
-                             "seed": seed, "stage": "linprobe", "run_id": run_id, "run_dir": f"linprobe/{run_id}"})
-            rows.append({"run_id": run_id, "stage": "linprobe", "status": "completed", "status_reason": "",
-                         "metric": "top1", "value": value, "seed": seed, "ablations": f"wd:{label}"})
-    return manifest, pd.DataFrame(rows)
+    """Manifest and runs.csv rows of OWN_ABLATION's probes ('wd'): values[row] = top-1 per seed 0, 1, ..."""
+    return fixture_runs({(label, "linprobe"): per_seed for label, per_seed in values.items()}, ablation="wd",
+                        paper_ref=None, default="0.05")
 
 
 def test_an_ablation_the_paper_lacks_shows_ours_with_intervals_and_verdicts():
