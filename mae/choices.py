@@ -172,6 +172,16 @@ def check_figure_file(out: str) -> None:
                         "(the format follows the suffix)")
 
 
+FEATURE_FORMATS = (".pth", ".pt", ".npz")  # torch, torch, NumPy
+
+
+def check_features_file(out: str) -> None:
+    """A features path whose suffix names the format `mae features` writes it in."""
+    if Path(out).suffix.lower() not in FEATURE_FORMATS:
+        raise UserError("--out", out, "a file ending in .pth or .pt (torch, weights_only-loadable) or .npz "
+                        "(NumPy: numpy.load without pickle)")
+
+
 def check_figure_request(mask_ratios: Any, num_images: Any, seed: Any, device: Any) -> None:
     """A reconstruction grid that can be drawn and fits one figure, on a device named as torch names one
     (whether that device exists is `mae.visualize`'s check, which needs torch)."""

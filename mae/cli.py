@@ -6,7 +6,7 @@
     mae visualize --checkpoint runs/x/model.pth --out recon.png [--mask-ratios 0.75,0.85,0.95] [--num-images 4]
     mae visualize --checkpoint checkpoint-799.pth --out recon.png data.root=/data/imagenet   # official files too
     mae replay runs/x [--uri http://host:5000]      # default: env MLFLOW_TRACKING_URI, then the run's tracking.uri
-    mae features --checkpoint runs/x/model.pth --config C.yaml --out feats.pth [--pool token|avg] [--raw-pixels]
+    mae features --checkpoint runs/x/model.pth --config C.yaml --out f.pth|f.npz [--pool token|avg] [--raw-pixels]
     mae knn --checkpoint runs/x/model.pth|random --config C.yaml [--raw-pixels] [--linprobe] [key=value ...]
     mae config --config C.yaml [--stage finetune] [key=value ...]   # the resolved config as YAML (+ run id)
     torchrun --standalone --nproc_per_node=2 -m mae.cli pretrain --config C.yaml --out runs/x
@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--pool", default="token", help="token (cls, the paper's probe feature) or avg")
         sub.add_argument("--device", default="cpu")
         if name == "features":
-            sub.add_argument("--out", required=True, help="file to write (torch, weights_only-loadable)")
+            sub.add_argument("--out", required=True, help="file to write: .pth or .pt (torch, weights_only-loadable: "
+                             "train, val, train_labels, val_labels, ...) or .npz (the same, NumPy)")
         else:
             sub.add_argument("--linprobe", action="store_true",
                              help="also train the cached linear probe with the config's linprobe recipe")
@@ -225,7 +226,7 @@ def _features_command(args) -> int:
     """`mae features` / `mae knn`: one JSON line on stdout with the numbers and their cost."""
     import json
 
-    from mae.choices import GLOBAL_POOLS, RANDOM_CHECKPOINT, check_data_root
+    from mae.choices import GLOBAL_POOLS, RANDOM_CHECKPOINT, check_data_root, check_features_file
     from mae.config import load_config
     from mae.errors import check_choice
     _check_overrides(args.overrides, "data.train_subset=1000")
@@ -236,6 +237,7 @@ def _features_command(args) -> int:
     if args.checkpoint not in (None, RANDOM_CHECKPOINT):
         _check_checkpoint_file(args.checkpoint, "an existing model.pth, or 'random'")
     if args.command == "features":
+        check_features_file(args.out)
         _make_out_folder(args.out, main_process=True, file_in_it=True)
     cfg = _carried_config(args.checkpoint, args.overrides) if args.config is None else None
     cfg = cfg or load_config(args.config, args.overrides).resolved()

@@ -12,7 +12,7 @@ A pretraining whose config probes on cached features keeps the k-NN features it 
 them again: they are the same bits, checked by a key of everything that decides them (the encoder's
 weights, the images, pooling, batch, processes, device type); on any difference the probe computes.
 
-    mae features --checkpoint runs/x/model.pth --config C.yaml --out feats.pth
+    mae features --checkpoint runs/x/model.pth --config C.yaml --out feats.pth   # or feats.npz (NumPy)
     mae knn --checkpoint runs/x/model.pth --config C.yaml [--linprobe]
     mae knn --checkpoint random --config C.yaml          # a randomly initialised encoder of the arch
     mae knn --raw-pixels --config C.yaml                 # normalised raw pixels
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import math
 import pickle
@@ -82,12 +83,21 @@ class Features:
 
 
 def save_features(path: str | Path, features: Features) -> Path:
-    """Write `features` atomically (a dict of tensors and plain values, loadable with weights_only)."""
+    """Write `features` atomically: a `.npz` path as a NumPy archive (arrays, and the rest as 0-d arrays;
+    `key` as JSON text; loads with numpy.load's default allow_pickle=False), any other path as a torch file
+    (a dict of tensors and plain values, loadable with weights_only)."""
     import io
 
     from mae.checkpoint import atomic_write_bytes
     buffer = io.BytesIO()
-    torch.save(features.state_dict(), buffer)
+    if _is_numpy_file(path):
+        import numpy as np
+        state = features.state_dict()
+        arrays = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray("" if v is None else v))
+                  for k, v in state.items() if k != "key"}
+        np.savez(buffer, **arrays, key=np.asarray(json.dumps(features.key)))
+    else:
+        torch.save(features.state_dict(), buffer)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
 
@@ -95,11 +105,23 @@ def save_features(path: str | Path, features: Features) -> Path:
 def load_features(path: str | Path) -> Features:
     """Read a file written by `save_features` (UserError if it is not one)."""
     try:
+        if _is_numpy_file(path):
+            import numpy as np
+            with np.load(path) as archive:
+                state = {k: archive[k] for k in archive.files}
+            tensors = {k: torch.from_numpy(state.pop(k)) for k in ("train", "train_labels", "val", "val_labels")}
+            return Features(**tensors, num_classes=int(state["num_classes"]), source=str(state["source"]),
+                            pool=str(state["pool"]), extract_s=float(state["extract_s"]),
+                            key=json.loads(str(state["key"])), reused_from=str(state["reused_from"]) or None)
         state = torch.load(path, map_location="cpu", weights_only=True)
         return Features(**state)
-    except (OSError, RuntimeError, TypeError, EOFError, pickle.UnpicklingError) as exc:
+    except (OSError, RuntimeError, TypeError, EOFError, pickle.UnpicklingError, ValueError, KeyError) as exc:
         raise UserError.message("features", f"{path} is not a features file written by `mae features` "
                                 f"({type(exc).__name__})") from None
+
+
+def _is_numpy_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".npz"
 
 
 def weights_digest(module: nn.Module) -> str:

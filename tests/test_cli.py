@@ -96,6 +96,7 @@ def test_a_stop_signal_while_a_user_error_is_reported_keeps_exit_2(tmp_path):
     ["features", "--raw-pixels", "--out", "/dev/null/x/f.npz", "data.name=synthetic"],
     ["features", "--raw-pixels", "--out", "/sys/f.npz", "data.name=synthetic"],
     ["features", "--raw-pixels", "--out", "{tmp}", "data.name=synthetic"],
+    ["features", "--raw-pixels", "--out", "{tmp}/f.npy", "data.name=synthetic"],  # .pth, .pt or .npz
     ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "/sys/r.png"],
     ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}"],
     ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}/r.gif"],  # no format matplotlib writes here

@@ -202,6 +202,34 @@ def test_cli_one_line_errors(args, needle):
     assert out.stderr.count("\n") == 1 and needle in out.stderr and "Traceback" not in out.stderr
 
 
+def test_cli_features_to_npz_load_in_numpy_without_pickle(tmp_path):
+    # `--out f.npz` is a NumPy archive (it used to be a torch file named .npz, which numpy.load refuses)
+    import numpy as np
+    out = _cli("features", "--config", str(SMOKE), "--raw-pixels", "--out", str(tmp_path / "f.npz"))
+    assert out.returncode == 0, out.stderr
+    with np.load(tmp_path / "f.npz") as archive:  # allow_pickle=False, numpy's default
+        assert archive["train"].shape == (64, 28 * 28) and archive["val"].shape == (32, 28 * 28)
+        assert archive["train_labels"].dtype == np.int64 and str(archive["pool"]) == "pixels"
+        assert int(archive["num_classes"]) == 10
+    back = F.load_features(tmp_path / "f.npz")
+    again = F.compute_features(load_config(SMOKE).resolved(), None, raw_pixels=True)
+    assert torch.equal(back.train, again.train) and torch.equal(back.val_labels, again.val_labels)
+    assert (back.source, back.key, back.reused_from) == ("raw_pixels", None, None)
+
+
+def test_features_files_round_trip_in_both_formats(tmp_path):
+    features = F.compute_features(load_config(SMOKE).resolved(), F.RANDOM_CHECKPOINT)
+    for name in ("f.pth", "f.npz"):
+        back = F.load_features(F.save_features(tmp_path / name, features))
+        for field in ("train", "train_labels", "val", "val_labels"):
+            assert torch.equal(getattr(back, field), getattr(features, field)), (name, field)
+        assert (back.num_classes, back.source, back.pool, back.key) == (
+            features.num_classes, features.source, features.pool, features.key), name
+    (tmp_path / "bad.npz").write_bytes(b"not an archive")
+    with pytest.raises(UserError, match="not a features file"):
+        F.load_features(tmp_path / "bad.npz")
+
+
 def test_cli_knn_prints_json(tmp_path):
     out = _cli("knn", "--config", str(SMOKE), "--raw-pixels", "--linprobe", "linprobe.epochs=20")
     assert out.returncode == 0, out.stderr
