@@ -414,6 +414,12 @@ def test_an_ablation_the_paper_lacks_gets_a_figure_of_ours(tmp_path):
     assert sorted(y for _, y in seed_points(ax)) == sorted([80.0, 81.0, 79.5, 82.0, 83.0, 81.5, 79.0, 80.0, 78.5,
                                                            81.0])
     assert "not in the paper" in built["wd"].get_suptitle() and "linear probing" in ax.get_title()
+    # a row the preset runs with another value says so under its label, as in the paper's figures
+    by_preset = {**OWN_ABLATION, "rows": [*OWN_ABLATION["rows"][:4], {
+        "label": "1", "set": {"pretrain.weight_decay": 1.0},
+        "set_by_preset": {PRESET: {"pretrain.weight_decay": 0.8}, "paper": {"pretrain.weight_decay": 1.0}}}]}
+    built = make_figures(manifest, runs, {"wd": by_preset}, PAPER_DIR, PRESET, [tmp_path / "wd.png"])
+    assert [t.get_text() for t in built["wd"].axes[0].get_xticklabels()][-1] == "1\n(ours 0.8)"
 
 
 def test_every_figure_file_is_written(figures):

@@ -63,6 +63,11 @@ def preset_overrides(ablation: dict, preset: str) -> list[str]:
     return texts
 
 
+def row_ticks(labels: list[str], overrides: list[str], rows: list[int]) -> list[str]:
+    """Tick text of each of `rows`: its label, and under it what the preset ran instead (`preset_overrides`)."""
+    return [f"{labels[i]}\n(ours {overrides[i]})" if overrides[i] else labels[i] for i in rows]
+
+
 def wrap(text: str, width: int = 70) -> str:
     """A long title on several lines (each given line wrapped on its own)."""
     return "\n".join(textwrap.fill(line, width) for line in str(text).splitlines())
@@ -137,7 +142,7 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
     overrides = preset_overrides(ablation, summary.preset)
     ours_labels = [labels[i] for i in ours_rows]
     ours_x = row_positions(ours_labels, categorical)
-    ours_ticks = [f"{labels[i]}\n(ours {overrides[i]})" if overrides[i] else labels[i] for i in ours_rows]
+    ours_ticks = row_ticks(labels, overrides, ours_rows)
     ours_name = f"ours: {summary.scale.arch or 'unknown model'} on {summary.scale.data or 'unknown data'}"
     paper_name = f"paper: {paper_setting(summary.paper_file)}"
 
@@ -204,7 +209,8 @@ def figure_partial_ft(summary: AblationSummary, ablation: dict) -> plt.Figure:
 def figure_own_ablation(summary: AblationSummary, ablation: dict) -> plt.Figure:
     """An ablation the paper does not have: per evaluation one panel of ours, every seed, the mean ± sample
     std per row and the default row's mean as a dashed line. Rows stand evenly spaced, in increasing order
-    when every label is a number (a sweep), else in the file's order."""
+    when every label is a number (a sweep), else in the file's order; a row the preset runs with other
+    values (`set_by_preset`) says them under its label, as in the paper's figures."""
     apply_theme()
     labels = summary.rows["row"].astype(str).tolist()
     shown = [i for i, runs in enumerate(runs_under(ablation, summary.preset)) if runs]
@@ -229,7 +235,7 @@ def figure_own_ablation(summary: AblationSummary, ablation: dict) -> plt.Figure:
             ax.legend(handles=handles[:1] + single_entry + handles[1:], fontsize="small")
         else:
             say_no_finished_run(ax)
-        ax.set_xticks(x, [labels[i] for i in shown])
+        ax.set_xticks(x, row_ticks(labels, preset_overrides(ablation, summary.preset), shown))
         bold_default_ticks(ax, shown, summary.rows["default"])
         ax.set_xlabel(summary.title + (" (bold: the default row)" if defaults else ""))
         ax.set_ylabel("top-1 accuracy (%)")
