@@ -35,14 +35,15 @@ def caption(summary: AblationSummary) -> str:
     metric_names = " and ".join(EVALUATION_NAMES[e] for e in summary.evaluations)
     if not summary.in_paper:
         return _own_caption(summary, metric_names)
-    text = (f"Ours: {summary.scale.describe()}. Paper: {paper_setting(summary.paper_file)}. "
-            f"Top-1 accuracy (%) after {metric_names}; ours = mean ± sample std over seeds (n seeds). ")
-    if summary.has_default:
-        text += ("Δ = the row − the default (bold) row of the same table, each on its own data: the paper's from "
-                 "its own numbers, ours the mean ± sample std of the per-seed differences (n = seeds both rows "
-                 "have); compare effects, not levels (different data and scale). ")
-    else:
-        text += "Different data and scale: compare the ordering of rows, not levels. "
+    text = f"Ours: {summary.scale.describe()}. Paper: {paper_setting(summary.paper_file)}. "
+    if summary.evaluations:  # a preset may time a table's pretrainings without evaluating them (Table 2, tiny)
+        text += f"Top-1 accuracy (%) after {metric_names}; ours = mean ± sample std over seeds (n seeds). "
+        if summary.has_default:
+            text += ("Δ = the row − the default (bold) row of the same table, each on its own data: the paper's "
+                     "from its own numbers, ours the mean ± sample std of the per-seed differences (n = seeds both "
+                     "rows have); compare effects, not levels (different data and scale). ")
+        else:
+            text += "Different data and scale: compare the ordering of rows, not levels. "
     text += "Bold: the paper's default setting. "
     if summary.has_wallclock:
         text += ("Wall-clock: our pretraining train_time_s; our speedup = time per pretraining epoch of the "
