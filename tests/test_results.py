@@ -28,7 +28,7 @@ from workflow.results.figures import FIGURE_NAMES, figure_stems
 from workflow.results.plots import figure_wallclock, make_figures
 from workflow.results.paper import load_paper_table, match_paper_row
 from workflow.results.runs import collect_runs, read_manifest, read_runs_table, write_runs_table
-from workflow.results.summary import summarize_ablation
+from workflow.results.summary import encoder_text, stand_ins, summarize_ablation
 from workflow.results.tables import caption, heading, make_tables, render_csv, render_latex, render_markdown
 
 matplotlib.use("Agg")
@@ -214,6 +214,16 @@ def test_table2_speedup_is_per_encoder_and_per_epoch(manifest, runs):
     speedup = summary.rows.set_index("row")["ours_speedup"]
     assert speedup["ViT-L w/o [M]"] == pytest.approx(300 / 100)  # both 8 epochs: 300 s vs 100 s
     assert speedup["ViT-H w/o [M]"] == pytest.approx((50 / 4) / (60 / 8))  # 12.5 s/epoch vs 7.5 s/epoch
+    # each encoder's stand-in, from its pretrainings' configs; '' where they differ or are unknown
+    assert summary.rows["ours_encoder"].tolist() == ["128-d, 4 blocks"] * 4
+    assert stand_ins(summary) == "ViT-L: 128-d, 4 blocks; ViT-H: 128-d, 4 blocks"
+    assert "Our encoders for the paper's: ViT-L: 128-d, 4 blocks; ViT-H: 128-d, 4 blocks." in caption(summary)
+    per_run = runs.drop_duplicates("run_id").set_index("run_id")
+    assert encoder_text(per_run, ["pre-d1-s0", "missing"]) == "128-d, 4 blocks"
+    assert encoder_text(per_run, ["missing"]) == ""
+    mixed = per_run.copy()
+    mixed.loc["pre-d8-s0", "model.depth"] = 6
+    assert encoder_text(mixed, ["pre-d1-s0", "pre-d8-s0"]) == ""
     lines = table_lines(render_markdown(summary))
     # no default row in this ablation: no Δ columns
     assert lines[3] == "| ViT-H w/o [M] | 85.8 | — | 34.5 | 1.0 (n=1) | 3.5× | 1.67× |"
@@ -573,6 +583,9 @@ def test_table2_figure_bars_ours_and_papers_speedup(figures):
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["ours (tiny preset)", "paper"]
     assert [t.get_text() for t in ours_ax.get_yticklabels()] == ["w/ [M], dec 8", "w/o [M], dec 8  (default)",
                                                                  "w/o [M], dec 1"]
+    # what stood in for the paper's encoder, read from the runs' configs (before: "<arch>-sized stand-ins")
+    assert ours_ax.get_title().splitlines()[1:] == ["stand-in ViT-L: 128-d, 4 blocks"]
+    assert "ours ran the stand-ins named above" in figure.get_suptitle().replace("\n", " ")
 
 
 def test_reconstruction_figure_shows_default_runs_recon_png(figures):

@@ -38,7 +38,7 @@ from workflow.results.style import (EVALUATION_NAMES, OURS_BAR, OURS_COLOR, OURS
                                     PAPER_BAR, PAPER_LINE, apply_theme, arch_display, dataset_display,
                                     format_number, format_ratio, save_figure)
 from workflow.results.summary import (EVALUATION_SHORT, AblationSummary, ablation_heading,  # noqa: E402
-                                      summarize_ablation)
+                                      stand_ins, summarize_ablation)
 
 log = logging.getLogger(__name__)
 
@@ -325,8 +325,9 @@ def figure_wallclock(summary: AblationSummary) -> plt.Figure:
     ours_ax.bar_label(bars, labels=[f"{format_number(v, 1)} (n={n})" if n else format_number(v, 1)
                                     for v, n in zip(ours_time, counts)], padding=3)
     ours_ax.set_xlabel(f"pretraining wall-clock ({unit_name})")
-    ours_ax.set_title(wrap(f"ours: {summary.scale.arch or 'unknown model'}-sized stand-ins on "
-                           f"{summary.scale.data or 'unknown data'} (n = seeds)", 40))
+    encoders = stand_ins(summary)
+    ours_ax.set_title(wrap(f"ours on {summary.scale.data or 'unknown data'} (n = seeds)"
+                           + "".join(f"\nstand-in {pair}" for pair in encoders.split("; ") if pair), 45))
 
     paper_hours = rows["paper_wallclock_hours"].to_numpy(float)
     bars = paper_ax.barh(positions, np.nan_to_num(paper_hours), label="paper", **PAPER_BAR)
@@ -354,7 +355,8 @@ def figure_wallclock(summary: AblationSummary) -> plt.Figure:
         ax.margins(x=0.22)
         ax.grid(axis="y", visible=False)
     figure.suptitle(wrap(f"{summary.paper_ref}: pre-training wall-clock and speedup, ours and the paper on "
-                         "separate axes (row names are the paper's; ours ran the stand-ins named above)", 90))
+                         "separate axes (row names are the paper's" + ("; ours ran the stand-ins named above)"
+                                                                       if encoders else ")"), 90))
     return figure
 
 

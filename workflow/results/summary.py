@@ -129,6 +129,30 @@ def image_size_text(value) -> str | None:
     return f"{value}×{value}"
 
 
+def encoder_text(per_run: pd.DataFrame, run_ids: list[str]) -> str:
+    """The encoder the runs trained, as width and depth ('128-d, 4 blocks'; '' when unknown or mixed): what
+    stood in for the paper's ViT-L or ViT-H in Table 2 at a small preset."""
+    columns = ["model.embed_dim", "model.depth"]
+    known = [i for i in run_ids if i in per_run.index]
+    if not known or not set(columns) <= set(per_run.columns):
+        return ""
+    shapes = {tuple(per_run.loc[i, columns]) for i in known}
+    if len(shapes) != 1 or any(pd.isna(v) for v in next(iter(shapes))):
+        return ""
+    width, depth = (int(float(v)) for v in shapes.pop())
+    return f"{width}-d, {depth} block{'' if depth == 1 else 's'}"
+
+
+def stand_ins(summary: AblationSummary) -> str:
+    """Table 2's encoders and what ours ran for each: 'ViT-L: 128-d, 4 blocks; ViT-H: 160-d, 6 blocks'."""
+    rows = summary.rows
+    if "ours_encoder" not in rows.columns:
+        return ""
+    pairs = dict.fromkeys((group, encoder) for group, encoder in zip(rows["paper_group"], rows["ours_encoder"])
+                          if group and encoder)
+    return "; ".join(f"{group}: {encoder}" for group, encoder in pairs)
+
+
 def scale_of(runs: pd.DataFrame, run_ids: dict[str, set[str]], preset: str) -> Scale:
     """The data, architecture and epochs of the runs (by stage) from their configs in runs.csv."""
     per_run = runs.drop_duplicates("run_id").set_index("run_id")
@@ -183,7 +207,8 @@ def summarize_ablation(name: str, ablation: dict, manifest: list[dict], runs: pd
     for ft and lin: paper_<e>, ours_<e>_mean, ours_<e>_std, ours_<e>_n, delta_paper_<e>,
     delta_ours_<e>_mean/_std/_n (vs the default row: add_deltas); Table 2 adds
     paper_wallclock_hours, paper_speedup (as printed), paper_group (encoder), paper_is_reference,
-    ours_train_time_s_mean/_std/_n, ours_time_per_epoch_s, ours_speedup (per-epoch time of the group's
+    ours_train_time_s_mean/_std/_n, ours_time_per_epoch_s, ours_encoder (its pretrainings' encoder width and
+    depth, `encoder_text`), ours_speedup (per-epoch time of the group's
     reference row / the row's, so a reference estimated from fewer epochs, as the paper's ViT-H w/ [M], works);
     Table 1c adds paper_flops_ratio, ours_flops_per_image, ours_flops_ratio; and `missing` (text).
     """
@@ -261,7 +286,8 @@ def summarize_ablation(name: str, ablation: dict, manifest: list[dict], runs: pd
                            "paper_is_reference": paper_row is not None
                            and paper_row.get("is_reference_row", "") == "true",
                            "ours_train_time_s_mean": mean, "ours_train_time_s_std": std,
-                           "ours_train_time_s_n": n, "ours_time_per_epoch_s": mean_std_n(per_epoch)[0]})
+                           "ours_train_time_s_n": n, "ours_time_per_epoch_s": mean_std_n(per_epoch)[0],
+                           "ours_encoder": encoder_text(per_run, pretrain_ids)})
         record["paper_flops_ratio"] = paper_flops_ratio(paper_row)
         record["ours_flops_per_image"] = mean_std_n(metric_values(pretrain_ids, "train_flops_per_image"))[0]
 

@@ -21,7 +21,7 @@ from workflow.results.paper import PAPER_BIBKEY, PAPER_CITATION, paper_setting
 from workflow.results.stats import half_width
 from workflow.results.style import (EVALUATION_NAMES, MISSING, REFERENCE, format_flops, format_mean_std, format_number,
                                     format_ratio, format_signed)
-from workflow.results.summary import EVALUATION_SHORT, AblationSummary, summarize_ablation
+from workflow.results.summary import EVALUATION_SHORT, AblationSummary, stand_ins, summarize_ablation
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ def caption(summary: AblationSummary) -> str:
         text += ("Wall-clock: our pretraining train_time_s; our speedup = time per pretraining epoch of the "
                  "encoder's w/ [M] row / that of the row (paper: hours on 128 TPU-v3 cores and its printed "
                  "speedup; its ViT-H w/ [M] time is an estimate from 10 epochs). ")
+        if encoders := stand_ins(summary):
+            text += f"Our encoders for the paper's: {encoders}. "
     if summary.has_flops:
         text += "FLOPs: training FLOPs per image relative to the default row (ours from train_flops_per_image). "
     return text + f"Paper numbers: {PAPER_CITATION}, {summary.paper_ref} (paper/{summary.paper_file})."
