@@ -25,7 +25,7 @@ import yaml
 
 from test_findings import fixture_runs
 from workflow.results.figures import FIGURE_NAMES, figure_stems
-from workflow.results.plots import figure_wallclock, make_figures
+from workflow.results.plots import figure_loss_curves, figure_wallclock, make_figures
 from workflow.results.paper import load_paper_table, match_paper_row
 from workflow.results.runs import collect_runs, read_manifest, read_runs_table, write_runs_table
 from workflow.results.summary import encoder_text, stand_ins, summarize_ablation
@@ -569,6 +569,8 @@ def test_fig9_has_one_fine_tuning_panel(figures):
     assert list(ours.get_ydata()) == [84.5, 87.0, 90.0]
     assert list(paper.get_ydata()) == [73.5, 81.0, 84.9]
     assert figure.axes[0].get_xticklabels()[2].get_text() == "24\n(ours 4)"
+    # the first and last rows' error-bar caps clear the frame (matplotlib's 5 % margin clipped them)
+    assert [round(x, 2) for x in figure.axes[0].get_xlim()] == [-0.16, 2.16]
 
 
 def test_table2_figure_bars_ours_and_papers_speedup(figures):
@@ -612,6 +614,24 @@ def test_loss_curves_one_panel_per_ablation_one_line_per_row(figures, ablations)
     assert list(lines_by_label(titled["Fig. 9: Blocks fine-tuned"])) == ["0, 1, 24"]
     assert titled["Table 1a: Decoder depth"].get_xlabel() == "step"
     assert titled["Table 1a: Decoder depth"].get_ylabel() == "pretraining loss"
+
+
+def test_a_loss_panel_with_many_rows_puts_its_legend_under_the_curves(manifest, runs, ablations):
+    # Table 2 has six rows: their legend inside the panel covered the curves (seen in results/tiny)
+    pretrainings = sorted({e["run_id"]: e for e in manifest if e["stage"] == "pretrain"}.values(),
+                          key=lambda e: e["run_id"])[:5]
+    many = {"title": "Many rows", "rows": [{"label": e["run_id"]} for e in pretrainings]}
+    entries = [{**e, "ablation": "many", "row": e["run_id"]} for e in pretrainings]
+    figure = figure_loss_curves(manifest + entries, {"table1a_decoder_depth": ablations["table1a_decoder_depth"],
+                                                     "many": many}, runs, base_dir=FIXTURE)
+    figure.canvas.draw()
+    few_ax, many_ax = figure.axes[:2]
+    assert len(lines_by_label(many_ax)) == 5 and len(lines_by_label(few_ax)) == 3
+    below = many_ax.get_legend().get_window_extent()
+    assert below.y1 <= many_ax.get_window_extent().y0  # under the panel
+    inside = few_ax.get_legend().get_window_extent()
+    assert few_ax.get_window_extent().contains((inside.x0 + inside.x1) / 2, (inside.y0 + inside.y1) / 2)
+    matplotlib.pyplot.close(figure)
 
 
 def test_missing_ablation_or_recon_gives_an_explaining_figure(tmp_path, manifest, runs, ablations):

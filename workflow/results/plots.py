@@ -63,6 +63,9 @@ def preset_overrides(ablation: dict, preset: str) -> list[str]:
     return texts
 
 
+ROW_MARGIN = 0.08  # x margin of the accuracy panels: the first and last rows' caps and markers clear the frame
+
+
 def row_ticks(labels: list[str], overrides: list[str], rows: list[int]) -> list[str]:
     """Tick text of each of `rows`: its label, and under it what the preset ran instead (`preset_overrides`)."""
     return [f"{labels[i]}\n(ours {overrides[i]})" if overrides[i] else labels[i] for i in rows]
@@ -177,6 +180,7 @@ def accuracy_curves(summary: AblationSummary, ablation: dict, x_label: str, cate
         paper_ax.set_title(wrap(f"{EVALUATION_NAMES[evaluation]}, {paper_name}", 55), fontsize="medium")
         for ax, shown in ((ours_ax, ours_rows), (paper_ax, [i for i, keep in enumerate(measured) if keep])):
             bold_default_ticks(ax, shown, rows["default"])
+            ax.margins(x=ROW_MARGIN)
             ax.set_xlabel(x_label + ("\n(bold: paper default)" if rows["default"].any() else ""))
     figure.suptitle(wrap(f"{summary.paper_ref}: {summary.title.lower()}: ours (left) and the paper (right) on "
                          "their own axes: different data and scale, compare the shapes"))
@@ -236,6 +240,7 @@ def figure_own_ablation(summary: AblationSummary, ablation: dict) -> plt.Figure:
         else:
             say_no_finished_run(ax)
         ax.set_xticks(x, row_ticks(labels, preset_overrides(ablation, summary.preset), shown))
+        ax.margins(x=ROW_MARGIN)
         bold_default_ticks(ax, shown, summary.rows["default"])
         ax.set_xlabel(summary.title + (" (bold: the default row)" if defaults else ""))
         ax.set_ylabel("top-1 accuracy (%)")
@@ -372,6 +377,9 @@ def resolve(run_dir: str, base_dir: str | Path) -> Path:
     return path if path.is_absolute() else Path(base_dir) / path
 
 
+LEGEND_INSIDE_MAX = 4  # loss-curve panels with more rows put their legend under the panel
+
+
 def figure_loss_curves(manifest: list[dict], ablations: dict[str, dict], runs: pd.DataFrame,
                        base_dir: str | Path = ".") -> plt.Figure:
     """One panel per ablation, one line per row: pretraining loss against step, averaged over seeds
@@ -433,7 +441,10 @@ def figure_loss_curves(manifest: list[dict], ablations: dict[str, dict], runs: p
         ax.set_title(wrap(ablation_heading(ablation.get("paper_ref"), str(ablation.get("title", ""))), 45))
         ax.set_xlabel("step")
         ax.set_ylabel("pretraining loss")
-        ax.legend(title=None, fontsize="small")
+        if len(lines) > LEGEND_INSIDE_MAX:  # a long legend would cover the curves: under the panel
+            ax.legend(title=None, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        else:
+            ax.legend(title=None, fontsize="small")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_axis_off()
     figure.suptitle(wrap("Pretraining loss per ablation row (ours; faint: each seed, solid: their mean; "
