@@ -93,7 +93,7 @@ def save_reconstruction_grid(model: nn.Module, images: torch.Tensor, path: str |
     n = images.shape[0]
     columns = [("original", None, None)]
     for r, result in zip(mask_ratios, results):
-        pct = f"{round(100 * r)}%"
+        pct = ratio_label(r, result["mask"])
         columns += [(f"masked {pct}", result, "masked"), (f"reconstruction {pct}", result, "reconstruction"),
                     (f"+ visible {pct}", result, "pasted")]
     cell_h = 1.6 * images.shape[-2] / images.shape[-1]  # rows as tall as the images' aspect asks
@@ -115,6 +115,14 @@ def save_reconstruction_grid(model: nn.Module, images: torch.Tensor, path: str |
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def ratio_label(mask_ratio: float, mask: torch.Tensor) -> str:
+    """'75%', or '85% (14/16)' when the patches removed are not exactly that share: the model keeps
+    int(L * (1 - ratio)) patches, so 85% of 16 removes 14 (87.5%), 95% all 16."""
+    removed, total = int(mask[0].sum()), mask.shape[1]
+    label = f"{round(100 * mask_ratio)}%"
+    return label if removed == round(mask_ratio * total, 6) else f"{label} ({removed}/{total})"
 
 
 def check_request(mask_ratios: Sequence[float], num_images: int, seed: int, device: str) -> None:

@@ -122,3 +122,14 @@ def test_unknown_sampling():
 def test_noise_shape_checked():
     with pytest.raises(UserError, match=r"noise=\(2, 5\)"):
         random_masking(2, 9, 0.5, noise=torch.rand(2, 5))
+
+
+def test_reconstruction_columns_say_the_share_of_patches_actually_removed():
+    # The model keeps int(L * (1 - ratio)) patches: on 16 patches "85%" removes 14 (87.5%), "95%" all 16.
+    # The figure's column titles said "masked 85%" (seen in results/tiny/figures/reconstruction.png).
+    from mae.model import create_mae_model
+    from mae.visualize import ratio_label, reconstruct
+    model = create_mae_model("mae_vit_micro_patch7_dec64d1b", img_size=28, in_chans=1).eval()
+    images = torch.randn(2, 1, 28, 28)
+    labels = [ratio_label(r, reconstruct(model, images, r)["mask"]) for r in (0.75, 0.85, 0.95, 0.5)]
+    assert labels == ["75%", "85% (14/16)", "95% (16/16)", "50%"]
