@@ -11,16 +11,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from mae.provenance import cpu_model
+from mae.provenance import cpu_kernels, cpu_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
-    """Host, CPU, core count, torch threads and the 1/5/15-minute load averages right now."""
+    """Host, CPU (its model name, and the vector instruction set torch's kernels use: inside a VM the name
+    may be only "AMD EPYC", and AVX2 or AVX512 tells a Zen 3 from a Zen 4), core count, torch threads and
+    the 1/5/15-minute load averages right now."""
     import torch
     load = os.getloadavg()
-    return {"host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+    return {"host": platform.node(), "cpu": cpu_model(), "cpu_kernels": cpu_kernels(), "cpu_count": os.cpu_count(),
             "threads": threads if threads is not None else torch.get_num_threads(),
             "load1": round(load[0], 2), "load5": round(load[1], 2), "load15": round(load[2], 2),
             "torch": torch.__version__}

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         writer = csv.writer(f)  # quotes "compiled, cold cache"
         writer.writerow(keys)
         for row in rows:
-            row.update(steps=args.steps, warmup=args.warmup, **{k: info[k] for k in ("threads", "cpu", "load1", "torch")})
+            row.update(steps=args.steps, warmup=args.warmup, **{k: info[k] for k in ("threads", "cpu", "cpu_kernels", "load1", "torch")})
             writer.writerow([f"{row[k]:.3f}" if isinstance(row[k], float) else row[k] for k in keys])
     print(f"wrote {CSV}")
 

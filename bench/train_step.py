@@ -259,8 +259,7 @@ def main(argv: list[str] | None = None) -> None:
                 paired = [median(a["walls"]) / median(b["walls"])
                           for a, b in zip(results[(REFERENCE, batch)], results[(v, batch)])]
                 row["speedup_paired_min"], row["speedup_paired_max"] = round(min(paired), 3), round(max(paired), 3)
-            row.update({"cpu": info["cpu"], "cpu_count": info["cpu_count"], "host": info["host"],
-                        "torch": info["torch"], "date": stamp})
+            row.update({k: info[k] for k in ("cpu", "cpu_kernels", "cpu_count", "host", "torch")}, date=stamp)
             rows.append(row)
 
     hdr = (f"{'batch':>5} {'variant':17} {'img/s':>9} {'(min-max)':>19} {'img/s cpu':>9} {'speedup':>7} "

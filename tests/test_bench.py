@@ -19,7 +19,7 @@ TRAIN_STEP_COLUMNS = {
     "shape", "arch", "variant", "encoder_mask_tokens", "decoder_depth", "batch", "threads", "compile", "adamw",
     "step_s_median", "step_s_min", "step_s_max", "images_per_s", "images_per_s_cpu", "train_gflops_per_image",
     "achieved_gflops_per_s", "peak_gflops_per_s", "mfu", "mfu_cpu", "speedup", "flop_ratio",
-    "paper_speedup_vitl", "peak_rss_mib", "memory_method", "load1_min", "load1_max", "cpu", "date"}
+    "paper_speedup_vitl", "peak_rss_mib", "memory_method", "load1_min", "load1_max", "cpu", "cpu_kernels", "date"}
 GPU_COLUMNS = {"device", "arch", "variant", "mode", "precision", "batch", "images_per_s", "step_s",
                "train_gflops_per_image", "achieved_tflops_per_s", "peak_tflops_per_s", "mfu", "peak_mem_gib",
                "speedup_vs_w_mask", "paper_speedup_vitl", "vs_official"}
