@@ -195,9 +195,15 @@ def check_figure_request(mask_ratios: Any, num_images: Any, seed: Any, device: A
         raise UserError("--num-images", num_images, f"an integer from 1 to {MAX_FIGURE_IMAGES} (the rows of one figure)")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise UserError("--seed", seed, "an integer in [0, 2**63)")
+    check_device_name(device)
+
+
+def check_device_name(device: Any, field: str = "--device") -> None:
+    """A device named as torch names one that these commands use: cpu, cuda, cuda:N (whether it is there is
+    `mae.distributed.check_device_present`'s question, which needs torch)."""
     kind, _, index = str(device).partition(":")
     if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
-        raise UserError("--device", device, "'cpu', 'cuda' or 'cuda:N'")
+        raise UserError(field, device, "'cpu', 'cuda' or 'cuda:N'")
 
 
 def batch_geometry(stage: str, batch_size: int, micro_batch_size: int | None, world_size: int) -> tuple[int, int]:

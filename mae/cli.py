@@ -100,6 +100,19 @@ def _check_checkpoint_file(path: str, allowed: str, field: str = "--checkpoint")
         raise UserError(field, path, allowed)
 
 
+def _check_not_weights(out: str, checkpoint: str | None) -> None:
+    """`--out` may not replace the weights read (--checkpoint) or a run's existing model.pth / checkpoint.pth:
+    one slip of tab completion would destroy a pretraining."""
+    from mae.run_folder import WEIGHT_FILES
+    if not os.path.exists(out):
+        return
+    if checkpoint and os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
+        raise UserError("--out", out, "a file other than --checkpoint (writing there would replace the weights read)")
+    if os.path.basename(out) in WEIGHT_FILES:
+        raise UserError("--out", out, f"a new file, or one not named {', '.join(WEIGHT_FILES)} (an existing run's "
+                        "weights or resume state would be replaced)")
+
+
 def _make_out_folder(out: str, main_process: bool, file_in_it: bool = False) -> None:
     """Create the run folder `--out` on the main process (train makes the others wait for it) and check
     that it can be written: a path that cannot be a run folder is said before torch is imported. With
@@ -226,11 +239,12 @@ def _features_command(args) -> int:
     """`mae features` / `mae knn`: one JSON line on stdout with the numbers and their cost."""
     import json
 
-    from mae.choices import GLOBAL_POOLS, RANDOM_CHECKPOINT, check_data_root, check_features_file
+    from mae.choices import GLOBAL_POOLS, RANDOM_CHECKPOINT, check_data_root, check_device_name, check_features_file
     from mae.config import load_config
     from mae.errors import check_choice
     _check_overrides(args.overrides, "data.train_subset=1000")
     check_choice("--pool", args.pool, GLOBAL_POOLS)
+    check_device_name(args.device)
     if args.raw_pixels == (args.checkpoint is not None):
         raise UserError.message("--checkpoint", f"mae {args.command}: give --checkpoint (a model.pth or "
                                 "'random') or --raw-pixels, exactly one")
@@ -238,11 +252,14 @@ def _features_command(args) -> int:
         _check_checkpoint_file(args.checkpoint, "an existing model.pth, or 'random'")
     if args.command == "features":
         check_features_file(args.out)
+        _check_not_weights(args.out, args.checkpoint)
         _make_out_folder(args.out, main_process=True, file_in_it=True)
     cfg = _carried_config(args.checkpoint, args.overrides) if args.config is None else None
     cfg = cfg or load_config(args.config, args.overrides).resolved()
     check_data_root(cfg.data.name, cfg.data.root, "train", cfg.data.download)
     from mae import features as feats  # torch, after every check of the arguments
+    from mae.distributed import check_device_present
+    check_device_present(args.device)
     features = feats.compute_features(cfg, args.checkpoint, pool=args.pool, raw_pixels=args.raw_pixels,
                                       device=args.device)
     result = {"source": features.source, "pool": features.pool, "dim": features.train.shape[1],

@@ -45,6 +45,15 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
+def check_device_present(device: str, field: str = "--device") -> None:
+    """A device name `mae.choices.check_device_name` accepted names a device this machine has (one line else)."""
+    kind, _, index = str(device).partition(":")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(field, device, "'cpu' (no CUDA device is visible)")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise UserError(field, device, f"'cpu' or cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
 def init_distributed(device: torch.device | str = "cpu") -> DistInfo:
     """Join the process group described by torchrun's RANK / WORLD_SIZE / LOCAL_RANK (nothing to do without them).
 

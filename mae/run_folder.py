@@ -33,6 +33,8 @@ MODEL_PTH = "model.pth"
 RECON_PNG = "recon.png"
 MLFLOW_RUN_ID = "mlflow_run_id"
 
+WEIGHT_FILES = (MODEL_PTH, CHECKPOINT_PTH, PREVIOUS_CHECKPOINT_PTH)  # what a run cannot be remade without
+
 # Small files mirrored to MLflow as artifacts (when present).
 # Fields of metrics.json / metrics.jsonl that measure wall-clock time, and fields that say where and when a
 # run happened: the only ones two runs of one config on one machine may differ in (tests/test_determinism.py).

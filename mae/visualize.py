@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mae.choices import check_figure_request
+from mae.distributed import check_device_present
 from mae.errors import UserError
 
 
@@ -129,11 +130,7 @@ def check_request(mask_ratios: Sequence[float], num_images: int, seed: int, devi
     """Refuse, in one line, a grid that cannot be drawn or would not fit a figure, or a device that is not
     there (before anything is loaded)."""
     check_figure_request(mask_ratios, num_images, seed, device)
-    kind, _, index = str(device).partition(":")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device", device, "'cpu' (no CUDA device is visible)")
-    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-        raise UserError("--device", device, f"'cpu' or cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    check_device_present(device)
 
 
 def visualize_checkpoint(checkpoint: str | Path, out: str | Path, *, mask_ratios: Sequence[float] = (0.75, 0.85, 0.95),

@@ -97,6 +97,11 @@ def test_a_stop_signal_while_a_user_error_is_reported_keeps_exit_2(tmp_path):
     ["features", "--raw-pixels", "--out", "/sys/f.npz", "data.name=synthetic"],
     ["features", "--raw-pixels", "--out", "{tmp}", "data.name=synthetic"],
     ["features", "--raw-pixels", "--out", "{tmp}/f.npy", "data.name=synthetic"],  # .pth, .pt or .npz
+    # never over the weights it reads, nor over a run's model.pth / checkpoint.pth (it replaced them)
+    ["features", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}/model.pth", "data.name=synthetic"],
+    ["features", "--raw-pixels", "--out", "{tmp}/model.pth", "data.name=synthetic"],
+    ["features", "--raw-pixels", "--device", "gpu", "--out", "{tmp}/f.pth", "data.name=synthetic"],
+    ["knn", "--raw-pixels", "--device", "cuda:x", "data.name=synthetic"],
     ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "/sys/r.png"],
     ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}"],
     ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}/r.gif"],  # no format matplotlib writes here

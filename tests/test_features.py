@@ -202,6 +202,14 @@ def test_cli_one_line_errors(args, needle):
     assert out.stderr.count("\n") == 1 and needle in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_knn_on_a_cuda_device_this_machine_lacks_is_one_line():
+    # it was torch's "Found no NVIDIA driver" traceback, exit 1
+    out = _cli("knn", "--config", str(SMOKE), "--raw-pixels", "--device", "cuda")
+    assert (out.returncode, out.stderr) == (2, "error: --device='cuda' is invalid: allowed 'cpu' (no CUDA device "
+                                               "is visible)\n")
+
+
 def test_cli_features_to_npz_load_in_numpy_without_pickle(tmp_path):
     # `--out f.npz` is a NumPy archive (it used to be a torch file named .npz, which numpy.load refuses)
     import numpy as np
