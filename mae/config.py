@@ -29,6 +29,7 @@ from typing import Any, Iterable, Mapping, Union
 
 import yaml
 
+from mae.archs import MAE_ARCHS
 from mae.choices import (
     AUGMENTATIONS, DATASETS, GLOBAL_POOLS, LINPROBE_FEATURES, MASK_SAMPLINGS, OFFICIAL_CROP_MIN_SCALE, PRECISIONS, STAGES, TARGETS,
     check_img_size, check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_pretrain_mask,
@@ -39,6 +40,8 @@ from mae.yaml_loading import MAX_YAML_BYTES, MAX_YAML_NODES, load_yaml_file, loa
 
 ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
                "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "mlp_ratio")
+# The fields that make an architecture what it is; img_size and in_chans describe the data it reads.
+ARCH_SHAPE_FIELDS = tuple(name for name in ARCH_FIELDS if name not in ("img_size", "in_chans"))
 # Keys of a YAML file that are not configuration: `meta` is what we write next to a run's config.
 IGNORED_TOP_LEVEL_KEYS = ("meta",)
 # Data keys that do not change what is computed, so they stay out of the run identity.
@@ -295,7 +298,6 @@ class Config:
         Its validation checks every rule between model fields that the model checks when it is built
         (`mae.choices`: grid masking, widths, PCA components, channels), with the model's message.
         """
-        from mae.archs import MAE_ARCHS
 
         if self.model.arch not in MAE_ARCHS:
             close = difflib.get_close_matches(self.model.arch, list(MAE_ARCHS), n=1, cutoff=0.0)
@@ -340,9 +342,25 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], source: 
         source: where the overrides came from, named in the unknown-key error.
     """
     data = copy.deepcopy(data)
+    _follow_new_arch(data, overrides.get("model.arch"))
     for key, value in overrides.items():
         _set_dotted(data, key, value, source)
     return data
+
+
+def _follow_new_arch(data: dict[str, Any], new_arch: Any) -> None:
+    """When an override changes `model.arch`, the shape fields that only restate the old architecture's
+    values (a resolved config: `mae config`'s output, a run's config.yaml) are cleared, so they follow the
+    new one; a value that differs from the old architecture's (chosen on purpose) stays, as do img_size and
+    in_chans (the data's). Without this, `model.arch=` on a resolved config trained the old shapes under the
+    new name."""
+    model = data.get("model")
+    old_arch = model.get("arch") if isinstance(model, dict) else None
+    if new_arch is None or new_arch == old_arch or old_arch not in MAE_ARCHS:
+        return
+    for name in ARCH_SHAPE_FIELDS:
+        if name in model and model[name] == MAE_ARCHS[old_arch][name]:
+            model[name] = None
 
 
 def read_yaml(path: str | Path, field: str = "--config") -> dict[str, Any]:

@@ -254,3 +254,28 @@ def test_yaml_bounds_and_duplicates(tmp_path):
         load_config(tmp_path / "latin.yaml")
     with pytest.raises(UserError, match="run.seed"):
         load_config(None, [f"run.seed={2 ** 64}"])
+
+
+def test_a_new_arch_on_a_resolved_config_takes_the_new_shapes(tmp_path):
+    # `mae config` output (every arch field filled in) with model.arch changed used to keep the old shapes:
+    # a run named mae_vit_micro_patch4 trained patch 7, the old model's FLOPs and loss
+    from pathlib import Path
+    smoke = Path(__file__).resolve().parents[1] / "workflow/presets/smoke.yaml"
+    saved = tmp_path / "saved.yaml"
+    dump_config(load_config(smoke).resolved(), saved)
+    new = ["model.arch=mae_vit_micro_patch4_dec64d1b"]
+    from_saved, from_preset = load_config(saved, new).resolved(), load_config(smoke, new).resolved()
+    shape = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
+             "decoder_num_heads", "mlp_ratio")
+    assert from_saved.model.patch_size == 4
+    assert [getattr(from_saved.model, f) for f in shape] == [getattr(from_preset.model, f) for f in shape]
+    assert (from_saved.model.img_size, from_saved.model.in_chans) == (28, 1)  # the data's: kept
+    # a value that differs from the old arch's was chosen on purpose: it stays; so do the data's fields
+    chosen = yaml.safe_load(saved.read_text())
+    chosen["model"]["depth"] = 2
+    saved.write_text(yaml.safe_dump(chosen))
+    kept = load_config(saved, new).resolved().model
+    assert (kept.depth, kept.patch_size, kept.img_size, kept.in_chans) == (2, 4, 28, 1)
+    # the same arch again, or an override of the field itself, changes nothing else
+    assert load_config(saved, ["model.arch=mae_vit_micro_patch7_dec64d1b"]).resolved().model.depth == 2
+    assert load_config(saved, [*new, "model.patch_size=7"]).resolved().model.patch_size == 7
