@@ -134,6 +134,13 @@ BAD = {
                "allowed: label, paper_where, set, set_by_preset, default, evaluations, seeds_by_preset, presets"),
     "duplicate": (ROW_A + ROW_A.removeprefix("rows:\n").replace("label: a", "label: b"),
                   "ablations/bad.yaml: rows[1].set: duplicates rows[0] (each row needs its own label and settings)"),
+    # seeds come from `seeds`: a run.seed in set was dropped, and the row was another row's runs (+0.00)
+    "seed in set": (ROW_A.replace("model.decoder_depth: 1", "run.seed: 5"),
+                    "ablations/bad.yaml: rows[0].set: run.seed=5 is invalid: allowed the seeds in `seeds` (the "
+                    "file's) or a row's `seeds_by_preset`, not in `set`"),
+    "seed in set_by_preset": (ROW_A + "    set_by_preset: {tiny: {run.seed: 1}}\n",
+                              "ablations/bad.yaml: rows[0].set_by_preset.tiny: run.seed=1 is invalid: allowed the "
+                              "seeds in `seeds` (the file's) or a row's `seeds_by_preset`, not in `set`"),
     "file-level set": ("set: {model.depth: -1}\n" + ROW_A,
                        "ablations/bad.yaml: model.depth=-1 is invalid: allowed a positive number"),
     "no row for the preset": (ROW_A + "    presets: [paper]\n",

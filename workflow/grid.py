@@ -242,6 +242,14 @@ def _check(checked: dict, path: Any, where: str, data: dict, overrides: dict, so
     return checked[key]
 
 
+def _check_no_seed_in_set(path: Path, where: str, settings: dict) -> None:
+    """A row's seeds come from `seeds` / `seeds_by_preset` (or `--config seeds=`), which replace run.seed: a
+    run.seed in `set` would be dropped, and the row would silently be another row's runs."""
+    if "run.seed" in settings:
+        raise GridError(f"{path}: {where}: run.seed={settings['run.seed']!r} is invalid: allowed the seeds in "
+                        "`seeds` (the file's) or a row's `seeds_by_preset`, not in `set`")
+
+
 def _load_settings(config: Mapping[str, Any], root: Path,
                    parsed: dict[str, Any]) -> tuple[str, dict, list[str], list[int] | None]:
     """(preset, the preset's full unresolved config, the selected ablation names, the seeds override);
@@ -340,8 +348,12 @@ def _load_ablation(root: Path, name: str, preset: str, base: dict, checked: dict
                         "allowed another file name for an ablation the paper does not have")
     _check(checked, path, "", base, ablation.get("set", {}), "set")
     _check_paper_rows(root, path, ablation)
+    _check_no_seed_in_set(path, "set", ablation.get("set", {}))
     seen, default_row = {}, None
     for i, row in enumerate(ablation["rows"]):
+        _check_no_seed_in_set(path, f"rows[{i}].set", row.get("set", {}))
+        for preset_name, settings in row.get("set_by_preset", {}).items():
+            _check_no_seed_in_set(path, f"rows[{i}].set_by_preset.{preset_name}", settings)
         key = json.dumps([row.get("set", {}), row.get("set_by_preset", {})], sort_keys=True)
         for what, value in (("label", row["label"]), ("set", key)):
             if (what, value) in seen:
