@@ -130,6 +130,9 @@ class Recipe(abc.ABC):
         evaluated and saved instead of the model; None when the stage keeps none."""
         return None
 
+    def check_data(self, run: Run) -> None:
+        """Data the stage reads only after training (e.g. an evaluation at the end), checked before it."""
+
     def start(self, run: Run, model: nn.Module, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler | None) -> int:
         """A fresh start only (not a resume), before `before_training`: fill the model (and optimizer and
@@ -241,6 +244,17 @@ class Pretrain(Recipe):
             log.warning("%s was written by a run of %d epochs; the learning-rate schedule continues over "
                         "pretrain.epochs=%d", path, planned, run.cfg.pretrain.epochs)
         return start
+
+    def check_data(self, run: Run) -> None:
+        """The split the final k-NN reads, before hours of training: a data.val_subset larger than it is a
+        user error now (it was a warning after the last step, and metrics without knn_*); a split that is
+        not there (an image folder without val/) only costs the k-NN, said now as at the end."""
+        try:
+            run.dataset("val")
+        except UserError as exc:
+            if exc.field == "data.val_subset":
+                raise
+            log.warning("knn will not be measured at the end: %s", exc)
 
     def before_training(self, run: Run, model: nn.Module) -> None:
         """The PCA target's basis, fitted on patches of (unaugmented) training images (unless the starting

@@ -125,6 +125,7 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, section.epochs, section.warmup_epochs, steps_per_epoch,
                                 min_lr=section.min_lr)
     val_set = run.dataset("val") if recipe.evaluates else None
+    recipe.check_data(run)
     scaler = torch.amp.GradScaler(run.device.type) if run.autocast_dtype == torch.float16 else None
     ema = recipe.build_ema(run, model)  # after _wrap: the copy lives on the model's device
     if ema is not None:  # after every optimizer step (a GradScaler-skipped step changes nothing to average)

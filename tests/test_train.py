@@ -127,3 +127,17 @@ def test_every_run_folder_and_mlflow_run_record_the_environment(chain):
         assert meta["git_dirty"] == env["git_dirty"]
     tags = mlflow.MlflowClient(tracking_uri=uri).get_run(results["pretrain"]["mlflow_run_id"]).data.tags
     assert tags["mae.env.torch"] == importlib.metadata.version("torch") and tags["mae.env.cpu"] == env["cpu"]
+
+
+def test_a_pretraining_refuses_a_val_subset_its_knn_split_lacks_before_training(tmp_path):
+    # data.val_subset larger than the split the final k-NN reads: one error before the first step (it was a
+    # warning after the last one, exit 0 and metrics without knn_*)
+    from pathlib import Path
+
+    from mae.errors import UserError
+    tiny = Path(__file__).resolve().parents[1] / "workflow/presets/tiny.yaml"
+    cfg = load_config(tiny, ["data.val_subset=20000", "data.train_subset=256", "pretrain.epochs=1",
+                             "pretrain.warmup_epochs=0"])
+    with pytest.raises(UserError, match=r"^data.val_subset=20000 is invalid: allowed at most the 10000 images"):
+        train.pretrain(cfg, tmp_path / "run")
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl") == [] and not (tmp_path / "run" / "checkpoint.pth").exists()
