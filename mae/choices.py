@@ -198,6 +198,14 @@ def check_figure_request(mask_ratios: Any, num_images: Any, seed: Any, device: A
     check_device_name(device)
 
 
+def check_trainable_blocks(n: Any, depth: int) -> None:
+    """Partial fine-tuning's block count: 0.5 (the last block's MLP) or a whole number up to the depth."""
+    valid = isinstance(n, (int, float)) and not isinstance(n, bool) and (n == 0.5 or (n == int(n) and 0 <= n <= depth))
+    if not valid:
+        shown = int(n) if isinstance(n, float) and n.is_integer() else n  # 10, not 10.0 (the field is a float)
+        raise UserError("finetune.trainable_blocks", shown, f"0.5 or a whole number in [0, {depth}] (the model's depth)")
+
+
 def check_device_name(device: Any, field: str = "--device") -> None:
     """A device named as torch names one that these commands use: cpu, cuda, cuda:N (whether it is there is
     `mae.distributed.check_device_present`'s question, which needs torch)."""

@@ -33,6 +33,7 @@ from mae.archs import MAE_ARCHS
 from mae.choices import (
     AUGMENTATIONS, DATASETS, GLOBAL_POOLS, LINPROBE_FEATURES, MASK_SAMPLINGS, OFFICIAL_CROP_MIN_SCALE, PRECISIONS, STAGES, TARGETS,
     check_img_size, check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_pretrain_mask,
+    check_trainable_blocks,
     check_width, image_hw, torchvision_size,
 )
 from mae.errors import UserError, check_choice, check_range
@@ -420,7 +421,8 @@ def identity(cfg: Config, stage: str) -> str:
 
 
 def check_stage(cfg: Config, stage: str) -> None:
-    """The rules that hold only for one stage (pretraining: a mask ratio that removes and keeps a patch).
+    """The rules that hold only for one stage (pretraining: a mask ratio that removes and keeps a patch;
+    fine-tuning: no more trainable blocks than the model has).
 
     Called by `identity`, so both `mae <stage>` and the workflow's parse (every grid cell) check them.
     """
@@ -429,6 +431,8 @@ def check_stage(cfg: Config, stage: str) -> None:
         model = cfg.resolved().model
         height, width = image_hw(model.img_size)
         check_pretrain_mask(model.mask_ratio, (height // model.patch_size) * (width // model.patch_size))
+    if stage == "finetune" and cfg.finetune.trainable_blocks is not None:
+        check_trainable_blocks(cfg.finetune.trainable_blocks, cfg.resolved().model.depth)
 
 
 def dump_config(cfg: Config, path: str | Path, meta: dict[str, Any] | None = None) -> None:

@@ -22,6 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 from .archs import MAE_ARCHS
 from .choices import check_img_size, image_hw, torchvision_size
 from .checkpoint import load_model_state
+from .choices import check_trainable_blocks
 from .errors import UserError, check_choice
 
 ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
@@ -235,17 +236,14 @@ def set_trainable_blocks(vit: VisionTransformer, n: float) -> VisionTransformer:
     Returns:
         the same model with requires_grad set.
     """
-    depth = len(vit.blocks)
-    valid = isinstance(n, (int, float)) and not isinstance(n, bool) and (n == 0.5 or (n == int(n) and 0 <= n <= depth))
-    if not valid:
-        raise UserError("finetune.trainable_blocks", n, f"0.5 or a whole number in [0, {depth}] (the model's depth)")
+    check_trainable_blocks(n, len(vit.blocks))
     for p in vit.parameters():
         p.requires_grad = False
     trainable: list[nn.Module] = [vit.head, vit.fc_norm, vit.norm]
     if n == 0.5:
         trainable += [vit.blocks[-1].norm2, vit.blocks[-1].mlp]
     elif n >= 1:
-        trainable += list(vit.blocks[depth - int(n):])
+        trainable += list(vit.blocks[len(vit.blocks) - int(n):])
     for module in trainable:
         for p in module.parameters():
             p.requires_grad = True

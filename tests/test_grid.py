@@ -141,6 +141,10 @@ BAD = {
     "seed in set_by_preset": (ROW_A + "    set_by_preset: {tiny: {run.seed: 1}}\n",
                               "ablations/bad.yaml: rows[0].set_by_preset.tiny: run.seed=1 is invalid: allowed the "
                               "seeds in `seeds` (the file's) or a row's `seeds_by_preset`, not in `set`"),
+    # a stage rule that needs the resolved architecture: checked for every cell, not when the job starts
+    "blocks beyond the depth": (ROW_A.replace("model.decoder_depth: 1", "finetune.trainable_blocks: 10"),
+                                "ablations/bad.yaml: row 'a': finetune.trainable_blocks=10 is invalid: "
+                                "allowed 0.5 or a whole number in [0, 4] (the model's depth)"),
     "file-level set": ("set: {model.depth: -1}\n" + ROW_A,
                        "ablations/bad.yaml: model.depth=-1 is invalid: allowed a positive number"),
     "no row for the preset": (ROW_A + "    presets: [paper]\n",
