@@ -260,6 +260,7 @@ def _features_command(args) -> int:
     from mae import features as feats  # torch, after every check of the arguments
     from mae.distributed import check_device_present
     check_device_present(args.device)
+    _log_progress_to_stderr()  # stdout is the JSON line
     features = feats.compute_features(cfg, args.checkpoint, pool=args.pool, raw_pixels=args.raw_pixels,
                                       device=args.device)
     result = {"source": features.source, "pool": features.pool, "dim": features.train.shape[1],
@@ -277,6 +278,17 @@ def _features_command(args) -> int:
                           linprobe_converged=probe.converged, linprobe_time_s=round(probe.time_s, 3))
     print(json.dumps(result))
     return 0
+
+
+def _log_progress_to_stderr() -> None:
+    """`mae`'s log lines (what is computed, progress on long feature passes) on stderr."""
+    import logging
+
+    from mae.redaction import log_handler
+    logger = logging.getLogger("mae")
+    logger.addHandler(log_handler(sys.stderr))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _carried_config(checkpoint: str | None, overrides: list[str]):

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import pickle
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ log = logging.getLogger("mae")
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
 FEATURE_BATCH = 256
+PROGRESS_EVERY_S = 30.0  # without a terminal (cluster logs): one progress line this often
 FEATURES_FILE = "features.pth"  # a pretraining's k-NN features, beside its model.pth, for its cached probe
 # Convergence of the cached probe (see `train_cached_probe`).
 PROBE_TOL = 1e-3
@@ -202,8 +204,10 @@ def _pool(encoder: nn.Module, images: torch.Tensor, pool: str) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module | None, loader, pool: str = "token", device: torch.device | str = "cpu",
-                     world_size: int = 1, num_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and labels of every image of an 'eval' loader, in dataset order.
+                     world_size: int = 1, num_samples: int | None = None, what: str = "features",
+                     show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of every image of an 'eval' loader, in dataset order, with progress (`_Progress`,
+    named `what`) where `show_progress` (the main process).
 
     Args:
         encoder: a frozen ViT (`build_encoder`), or None for the normalised pixels flattened.
@@ -215,11 +219,14 @@ def extract_features(encoder: nn.Module | None, loader, pool: str = "token", dev
         float32 [N, D] on the CPU, int64 [N].
     """
     feats, labels = [], []
+    progress = _Progress(what, math.ceil(len(loader.dataset) / world_size), show_progress)
     for images, targets in loader:
         images = images.to(device)
         out = images.flatten(1) if encoder is None else _pool(encoder, images, pool)
         feats.append(out.float())
         labels.append(targets.to(device))
+        progress.update(images.shape[0])
+    progress.close()
     x, y = torch.cat(feats), torch.cat(labels)
     if world_size > 1:
         # rank r holds samples r, r + W, r + 2W, ... (equal counts after padding): interleave them back
@@ -229,6 +236,32 @@ def extract_features(encoder: nn.Module | None, loader, pool: str = "token", dev
         x = torch.stack(xs, 1).flatten(0, 1)[:num_samples]
         y = torch.stack(ys, 1).flatten(0, 1)[:num_samples]
     return x.cpu(), y.cpu()
+
+
+class _Progress:
+    """Progress over `total` images: a bar on a terminal, else (a cluster log) a line every PROGRESS_EVERY_S."""
+
+    def __init__(self, what: str, total: int, enabled: bool):
+        self.what, self.total, self.enabled, self.done = what, total, enabled, 0
+        self.started = self.last = time.perf_counter()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=what, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def update(self, images: int) -> None:
+        self.done += images
+        if self.bar is not None:
+            self.bar.update(images)
+            return
+        now = time.perf_counter()
+        if self.enabled and now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            log.info("%s: %d of %d images (%.0f s)", self.what, self.done, self.total, now - self.started)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def compute_features(cfg: Config, checkpoint: str | Path | dict[str, torch.Tensor] | None, *, pool: str = "token",
@@ -268,7 +301,11 @@ def compute_features(cfg: Config, checkpoint: str | Path | dict[str, torch.Tenso
         loader = build_loader(dataset, "eval", batch_size=min(batch_size, len(dataset)), img_size=cfg.model.img_size,
                               in_chans=cfg.model.in_chans, rank=rank, world_size=world_size,
                               num_workers=cfg.data.num_workers, device=device)
-        out[split], out[f"{split}_labels"] = extract_features(encoder, loader, pool, device, world_size, len(dataset))
+        if rank == 0:
+            log.info("features: %s split, %d images (%s)", split, len(dataset),
+                     "raw pixels" if raw_pixels else f"encoder {source}, pool {pool}")
+        out[split], out[f"{split}_labels"] = extract_features(encoder, loader, pool, device, world_size, len(dataset),
+                                                              what=f"features: {split}", show_progress=rank == 0)
     features = Features(num_classes=num_classes, source=source, pool="pixels" if raw_pixels else pool,
                         extract_s=time.perf_counter() - started, key=key, **out)
     if save is not None:

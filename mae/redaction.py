@@ -83,6 +83,18 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+LOG_FORMAT, LOG_DATE_FORMAT = "%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"
+
+
+def log_handler(target: Any) -> logging.Handler:
+    """A handler of `mae`'s log lines to a stream (stdout, stderr) or a file path (train.log): the run's line
+    format, and no credential in any line (`RedactingFilter`)."""
+    handler = logging.StreamHandler(target) if hasattr(target, "write") else logging.FileHandler(target)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
+    handler.addFilter(RedactingFilter())
+    return handler
+
+
 def _redact_assignments(text: str) -> str:
     """`... tracking.tags.api_token=abc ...` -> `... tracking.tags.api_token=<redacted> ...` (command lines)."""
     words = []

@@ -42,7 +42,7 @@ from mae.optim import build_scheduler
 from mae.recipes import RECIPES, Recipe, Run
 from mae.seeding import mix_seed, seed_all
 from mae.signals import StopRequested, stop_signals_held
-from mae.redaction import RedactingFilter, redact_text, redact_tree
+from mae.redaction import log_handler, redact_text, redact_tree
 from mae.provenance import environment_record, environment_tags, git_revision
 from mae.run_folder import (ARTIFACTS, CHECKPOINT_PTH, CONFIG_YAML, ENVIRONMENT_JSON, METRICS_JSON, METRICS_JSONL,
                             MODEL_PTH, PREVIOUS_CHECKPOINT_PTH, TRAIN_LOG, finished_metrics, flatten,
@@ -323,13 +323,10 @@ def _run_logging(log_file: Path | None, is_main: bool):
     previous_level, previous_propagate = log.level, log.propagate
     try:
         with stop_signals_held():
-            formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-            handlers.append(logging.StreamHandler(sys.stdout))
+            handlers.append(log_handler(sys.stdout))  # train.log and stdout never show a credential
             if log_file is not None:
-                handlers.append(logging.FileHandler(log_file))
+                handlers.append(log_handler(log_file))
             for handler in handlers:
-                handler.setFormatter(formatter)
-                handler.addFilter(RedactingFilter())  # train.log and stdout never show a credential
                 log.addHandler(handler)
             log.setLevel(logging.INFO if is_main else logging.WARNING)
             log.propagate = False

@@ -210,6 +210,33 @@ def test_cli_knn_on_a_cuda_device_this_machine_lacks_is_one_line():
                                                "is visible)\n")
 
 
+def test_feature_passes_say_what_they_compute_and_how_far_they_are(monkeypatch, caplog):
+    # `mae knn` on a big split was minutes of silence; without a terminal (a cluster log) a line comes every
+    # PROGRESS_EVERY_S seconds (0 here: one per batch), and only from the main process
+    cfg = load_config(SMOKE, ["data.train_subset=40"]).resolved()
+    monkeypatch.setattr(F, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level("INFO", logger="mae"):
+        F.compute_features(cfg, F.RANDOM_CHECKPOINT, batch_size=16)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "features: train split, 40 images (encoder random, pool token)"
+    assert [m.split(" (")[0] for m in lines if "of 40" in m] == ["features: train: 16 of 40 images",
+                                                                 "features: train: 32 of 40 images",
+                                                                 "features: train: 40 of 40 images"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mae"):
+        quiet = F._Progress("features: train", 40, enabled=False)  # another rank's
+        quiet.update(40)
+        quiet.close()
+    assert caplog.records == []
+
+
+def test_cli_knn_logs_on_stderr_and_prints_only_its_json_on_stdout():
+    out = _cli("knn", "--config", str(SMOKE), "--raw-pixels")
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 1 and json.loads(out.stdout)["knn_top1"] >= 0
+    assert "INFO features: train split, 64 images (raw pixels)" in out.stderr
+
+
 def test_cli_features_to_npz_load_in_numpy_without_pickle(tmp_path):
     # `--out f.npz` is a NumPy archive (it used to be a torch file named .npz, which numpy.load refuses)
     import numpy as np
