@@ -17,6 +17,10 @@ Writes results/<preset>/tuning/tuning.csv (one row per run: sweep, key, value, s
 top-1, k-NN top-1 of the pretraining, training seconds of the run and of the whole chain) and
 tuning.md (one table per sweep: mean validation top-1 per value, the winner marked). The winner is
 the value with the highest mean validation top-1 of the sweep's last stage, ties to the earlier value.
+
+Exit status: 0 done; 1 a run (`mae <stage>`) failed; 2 a user mistake, one line on stderr and nothing
+created or run: a bad sweep file, an unknown --sweep, a --sweep whose `best_of` sweeps have no finished
+runs in tuning.csv yet (run those first), --report-only without a tuning.csv to report.
 """
 from __future__ import annotations
 
@@ -34,11 +38,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from mae.config import STAGES, identity, load_config  # noqa: E402
-from mae.errors import UserError  # noqa: E402
+from mae.errors import UserError, user_error_from_os  # noqa: E402
 from mae.run_folder import read_metrics  # noqa: E402
 from mae.yaml_loading import load_yaml_file  # noqa: E402
 
 SWEEP_KEYS = {"name", "stages", "set", "vary", "values", "best_of", "curve"}
+REQUIRED_SWEEP_KEYS = ("name", "stages", "vary", "values")
+TUNING_COLUMNS = ("sweep", "key", "value", "seed", "stage", "val_top1")  # read back from tuning.csv
 
 
 @dataclass(frozen=True)
@@ -54,12 +60,21 @@ def load_spec(path: Path) -> dict:
     spec = load_yaml_file(path, "sweep file")
     if not isinstance(spec, dict) or not isinstance(spec.get("sweeps"), list):
         raise UserError("sweeps", spec.get("sweeps") if isinstance(spec, dict) else spec, f"a list of sweeps in {path}")
+    if not isinstance(spec.get("preset"), str) or not (REPO_ROOT / spec["preset"]).is_file():
+        raise UserError("preset", spec.get("preset"), f"a preset file of the repository in {path}, "
+                        "e.g. workflow/presets/tiny.yaml")
     if (spec.get("base") or {}).get("data.val_split") in (None, 0):
         raise UserError("base.data.val_split", (spec.get("base") or {}).get("data.val_split"),
                         "a number of held-out training images (tuning never reads the test set)")
     names = set()
     for i, sweep in enumerate(spec["sweeps"]):
         where = f"sweeps[{i}]"
+        if not isinstance(sweep, dict):
+            raise UserError(where, sweep, f"a mapping with the keys {list(REQUIRED_SWEEP_KEYS)}")
+        missing = [key for key in REQUIRED_SWEEP_KEYS if key not in sweep]
+        if missing:
+            raise UserError.message(where, f"{where} of {path} has no {missing[0]!r}: allowed a sweep with the "
+                                    f"keys {list(REQUIRED_SWEEP_KEYS)}")
         unknown = set(sweep) - SWEEP_KEYS
         if unknown:
             raise UserError(f"{where}", sorted(unknown)[0], f"one of {sorted(SWEEP_KEYS)}")
@@ -180,8 +195,54 @@ def _store(csv: Path, name: str, new: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
+def read_rows(csv: Path) -> pd.DataFrame:
+    """The rows of tuning.csv (empty when there is none yet); a UserError when the file is not one."""
+    if not csv.exists():
+        return pd.DataFrame()
+    try:
+        rows = pd.read_csv(csv, dtype={"value": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, IsADirectoryError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise UserError.message("--out", f"{csv} cannot be read as CSV ({reason}): allowed a tuning.csv written "
+                                "by scripts/tune.py") from None
+    missing = [column for column in TUNING_COLUMNS if column not in rows.columns]
+    if missing:
+        raise UserError.message("--out", f"{csv} has no column {missing[0]!r}: allowed a tuning.csv written by "
+                                "scripts/tune.py")
+    return rows
+
+
+def finished_winners(spec: dict, rows: pd.DataFrame, skipped: set[str]) -> dict:
+    """{sweep: its winner} of the `skipped` sweeps (not run now) that tuning.csv holds every stage of."""
+    winners = {}
+    for sweep in spec["sweeps"]:
+        if (sweep["name"] in skipped and not sweep.get("curve") and not rows.empty
+                and set(sweep["stages"]) <= set(rows[rows.sweep == sweep["name"]].stage)):
+            winners[sweep["name"]] = winner(rows, sweep)
+    return winners
+
+
+def check_best_of_sources(spec: dict, selected: list[str], winners: dict, csv: Path, rerun: list[str]) -> None:
+    """A UserError, before anything runs, for a selected sweep whose `best_of` sweep is neither selected too
+    nor finished in tuning.csv: its value would be unknown. `rerun` is the command line to suggest."""
+    for sweep in spec["sweeps"]:
+        if sweep["name"] not in selected:
+            continue
+        unknown = {key: source for key, source in (sweep.get("best_of") or {}).items()
+                   if source not in selected and source not in winners}
+        if unknown:
+            sources = list(dict.fromkeys(unknown.values()))
+            first = shlex.join([*rerun, *(part for source in sources for part in ("--sweep", source))])
+            takes = " and ".join(f"{key} from the winner of sweep {source!r}" for key, source in unknown.items())
+            has, it = ("has", "it") if len(sources) == 1 else ("have", "them")
+            raise UserError.message("--sweep", f"sweep {sweep['name']!r} takes {takes}, which {has} no finished runs "
+                                    f"in {csv} yet: run {it} first, `{first}`, or together, "
+                                    f"`{first} --sweep {shlex.quote(sweep['name'])}`")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="exit status: 0 done, 1 a run failed, 2 a user mistake")
     parser.add_argument("spec", type=Path, help="sweep file, e.g. workflow/tuning/tiny.yaml")
     parser.add_argument("--sweep", action="append", default=[], help="run only these sweeps (default: all)")
     parser.add_argument("--runs", type=Path, default=REPO_ROOT / "runs" / "tuning",
@@ -189,24 +250,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="folder of tuning.csv / tuning.md (default results/<preset>/tuning)")
     parser.add_argument("--report-only", action="store_true", help="rewrite tuning.md from tuning.csv")
     args = parser.parse_args(argv)
+    # the command line that runs sweeps into the same --out / --runs, for the messages that suggest one
+    rerun = ["scripts/tune.py", str(args.spec)]
+    rerun += ["--runs", str(args.runs)] if args.runs != parser.get_default("runs") else []
+    rerun += ["--out", str(args.out)] if args.out else []
     try:
+        # every argument is checked before anything is created or run
         spec = load_spec(args.spec)
         preset = REPO_ROOT / spec["preset"]
         out_dir = args.out or REPO_ROOT / "results" / preset.stem / "tuning"
-        out_dir.mkdir(parents=True, exist_ok=True)
         csv = out_dir / "tuning.csv"
-        rows = pd.read_csv(csv, dtype={"value": str}) if csv.exists() else pd.DataFrame()
         names = [s["name"] for s in spec["sweeps"]]
         for name in args.sweep:
             if name not in names:
                 raise UserError("--sweep", name, f"one of {names}")
+        if args.report_only and not csv.exists():
+            raise UserError.message("--out", f"there is no tuning.csv in {out_dir} yet: --report-only rewrites "
+                                    f"tuning.md from it; run the sweeps first, `{shlex.join(rerun)}`")
+        rows = read_rows(csv)
         if not args.report_only:
-            winners = {}
+            selected = args.sweep or names
+            winners = finished_winners(spec, rows, set(names) - set(selected))
+            check_best_of_sources(spec, selected, winners, csv, rerun)
+            out_dir.mkdir(parents=True, exist_ok=True)
             for sweep in spec["sweeps"]:
-                if args.sweep and sweep["name"] not in args.sweep:
-                    if (not sweep.get("curve") and not rows.empty
-                            and set(sweep["stages"]) <= set(rows[rows.sweep == sweep["name"]].stage)):
-                        winners[sweep["name"]] = winner(rows, sweep)
+                if sweep["name"] not in selected:
                     continue
                 new = pd.DataFrame(run_sweep(spec, sweep, preset, args.runs, winners))
                 rows = _store(csv, sweep["name"], new)
@@ -217,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tune: wrote {csv} and tuning.md")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # --out is a file, a read-only or full disk: the user's to fix
+        error = user_error_from_os(exc)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as exc:
         print(f"error: {shlex.join(exc.cmd)} exited {exc.returncode}", file=sys.stderr)

@@ -54,3 +54,38 @@ def test_probe_folders_compare_without_weights(tmp_path):
     one_sided = _compare(a, _run_folder(tmp_path / "d", {"w": torch.zeros(1)}))
     assert one_sided.returncode != 0 and "model.pth exists: not runs of one config" in one_sided.stderr
     assert "Traceback" not in one_sided.stderr
+
+
+def _assert_user_error(result, *needles):
+    """A user mistake: one line `error: ...` on stderr, exit 2 (exit 1 means "compared and found different")."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def test_paths_that_are_not_run_folders_are_user_errors_exit_2(tmp_path):
+    a = _run_folder(tmp_path / "a")
+    allowed = "allowed a finished `mae` run folder holding metrics.json and metrics.jsonl"
+    _assert_user_error(_compare(a, tmp_path / "missing"), f"error: {tmp_path / 'missing'} does not exist: {allowed}")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a run\n")
+    _assert_user_error(_compare(a_file, a), f"error: {a_file} is invalid: {allowed}")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "metrics.jsonl").write_text("")
+    _assert_user_error(_compare(a, unfinished), f"error: {unfinished / 'metrics.json'} is not a file: {allowed}")
+
+
+def test_runs_of_different_configs_and_broken_files_are_user_errors_exit_2(tmp_path):
+    a = _run_folder(tmp_path / "a", {"w": torch.zeros(3)})
+    _assert_user_error(_compare(a, _run_folder(tmp_path / "b", {"v": torch.zeros(3)})),
+                       "hold different tensors: not runs of one config")
+    _assert_user_error(_compare(a, _run_folder(tmp_path / "c")), "model.pth exists: not runs of one config")
+    torn = _run_folder(tmp_path / "d", {"w": torch.zeros(3)})
+    (torn / "model.pth").write_bytes((torn / "model.pth").read_bytes()[:40])
+    _assert_user_error(_compare(a, torn), f"error: {torn / 'model.pth'} cannot be read as a `mae` model.pth")
+    garbled = _run_folder(tmp_path / "e", {"w": torch.zeros(3)})
+    (garbled / "metrics.json").write_text("{\"top1\": 80")
+    _assert_user_error(_compare(a, garbled), f"error: {garbled / 'metrics.json'} is not JSON")
