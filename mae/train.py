@@ -523,8 +523,7 @@ def _write_record(records, tracker, record: dict[str, Any]) -> None:
     records.write(json.dumps(record) + "\n")
     records.flush()
     if tracker is not None:
-        _never_fatal(tracker.log_metrics, {k: v for k, v in record.items() if k not in ("step", "epoch")},
-                     step=record["step"])
+        _never_fatal(tracker.log_metrics, {k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
 
 def _never_fatal(fn: Callable, *args, **kwargs) -> None:

@@ -204,6 +204,20 @@ def test_replay_completes_a_live_run(uri, tmp_path):
     assert [s for s, _ in _history(uri, run_id, "loss")] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_live_training_run_leaves_replay_nothing_to_add(uri, tmp_path):
+    # the live mirror and a replay hold the same points: the live one left out `epoch`, so the first
+    # replay of every tracked run logged one point per record
+    from pathlib import Path
+
+    from mae import train
+    from mae.config import load_config
+    smoke = Path(__file__).resolve().parents[1] / "workflow/presets/smoke.yaml"
+    train.pretrain(load_config(smoke, ["tracking.enabled=true", f"tracking.uri={uri}"]), tmp_path / "run")
+    out = replay(tmp_path / "run", uri=uri)
+    assert out["metrics_logged"] == 0, out
+    assert [s for s, _ in _history(uri, out["run_id"], "epoch")] == [1, 2, 3, 4]
+
+
 def test_replay_errors(tmp_path):
     with pytest.raises(UserError, match="run_dir"):
         replay(tmp_path / "missing")
