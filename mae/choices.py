@@ -198,6 +198,22 @@ def check_figure_request(mask_ratios: Any, num_images: Any, seed: Any, device: A
     check_device_name(device)
 
 
+# Tracking stores MLflow serves (a database URI may name its driver: postgresql+psycopg2://).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def check_tracking_uri(uri: Any, field: str = "tracking.uri") -> None:
+    """An MLflow tracking URI whose scheme is a store MLflow has: a typo (`foo://`), or a bare path that MLflow
+    would take for a folder of files (`mlflow.db`), is refused here instead of a warning in train.log."""
+    if uri is None:
+        return
+    scheme = str(uri).split("://", 1)[0].split("+", 1)[0].lower() if "://" in str(uri) else ""
+    if scheme not in TRACKING_SCHEMES:
+        hint = f" (for a database file: sqlite:///{uri})" if not scheme and str(uri).endswith(".db") else ""
+        raise UserError(field, uri, "a URI of an MLflow store: http(s)://host:port, sqlite:///path.db, "
+                        f"postgresql://, mysql://, mssql://, file:///folder or databricks{hint}")
+
+
 def check_trainable_blocks(n: Any, depth: int) -> None:
     """Partial fine-tuning's block count: 0.5 (the last block's MLP) or a whole number up to the depth."""
     valid = isinstance(n, (int, float)) and not isinstance(n, bool) and (n == 0.5 or (n == int(n) and 0 <= n <= depth))

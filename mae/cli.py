@@ -206,9 +206,11 @@ def run(argv: list[str]) -> int:
     if args.command == "config":
         return _config_command(args)
     if args.command == "replay":
+        from mae.choices import check_tracking_uri
         from mae.tracking import replay
         if not os.path.isdir(args.run_dir):
             raise UserError("run_dir", args.run_dir, "an existing run folder")
+        check_tracking_uri(args.uri, "--uri")
         result = replay(args.run_dir, uri=args.uri)
         print(f"{args.run_dir}: MLflow run {result['run_id']}, {result['metrics_logged']} metric points logged, "
               f"{result['metrics_skipped']} already there")

@@ -33,7 +33,7 @@ from mae.archs import MAE_ARCHS
 from mae.choices import (
     AUGMENTATIONS, DATASETS, GLOBAL_POOLS, LINPROBE_FEATURES, MASK_SAMPLINGS, OFFICIAL_CROP_MIN_SCALE, PRECISIONS, STAGES, TARGETS,
     check_img_size, check_in_chans, check_mask_grid, check_mask_ratio, check_pca_components, check_pretrain_mask,
-    check_trainable_blocks,
+    check_tracking_uri, check_trainable_blocks,
     check_width, image_hw, torchvision_size,
 )
 from mae.errors import UserError, check_choice, check_range
@@ -260,6 +260,7 @@ class TrackingConfig:
     def validate(self) -> None:
         if not self.experiment:
             raise UserError("tracking.experiment", self.experiment, "a non-empty string")
+        check_tracking_uri(self.uri)
 
 
 @dataclass

@@ -279,3 +279,15 @@ def test_a_new_arch_on_a_resolved_config_takes_the_new_shapes(tmp_path):
     # the same arch again, or an override of the field itself, changes nothing else
     assert load_config(saved, ["model.arch=mae_vit_micro_patch7_dec64d1b"]).resolved().model.depth == 2
     assert load_config(saved, [*new, "model.patch_size=7"]).resolved().model.patch_size == 7
+
+
+@pytest.mark.parametrize("uri, hint", [("foo://bar", ""), ("mlflow.db", " (for a database file: sqlite:///mlflow.db)"),
+                                       ("http//host:5000", "")])
+def test_a_tracking_uri_without_a_store_mlflow_has_is_refused(uri, hint):
+    # foo:// or a bare mlflow.db (MLflow would make a folder of files by that name) trained with a warning
+    with pytest.raises(UserError) as err:
+        load_config(None, [f"tracking.uri={uri}"])
+    assert str(err.value) == (f"tracking.uri={uri!r} is invalid: allowed a URI of an MLflow store: http(s)://host:port, "
+                              "sqlite:///path.db, postgresql://, mysql://, mssql://, file:///folder or databricks" + hint)
+    for good in ("sqlite:////tmp/m.db", "http://mlflow:5000", "postgresql+psycopg2://u@h/db", "file:///tmp/mlruns"):
+        assert load_config(None, [f"tracking.uri={good}"]).tracking.uri == good

@@ -239,6 +239,9 @@ def test_workflow_settings_errors_are_one_line(root):
             dict(preset="paper", ablations=["one"]),
         "data_root='/data/x' is invalid: preset 'smoke' makes synthetic images and reads no folder: allowed "
         "unset (null)": dict(ablations=["one"], data_root="/data/x"),
+        # a scheme MLflow has no store for (it was a warning in each job's train.log, nothing on the console)
+        "mlflow_uri='foo://bar' is invalid: allowed a URI of an MLflow store: http(s)://host:port, sqlite:///path.db, "
+        "postgresql://, mysql://, mssql://, file:///folder or databricks": dict(ablations=["one"], mlflow_uri="foo://bar"),
     }
     for expected, settings in cases.items():
         with pytest.raises(GridError) as err:

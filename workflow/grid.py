@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import yaml
 from jsonschema import Draft202012Validator
 
-from mae.choices import check_data_root
+from mae.choices import check_data_root, check_tracking_uri
 from mae.config import Config, apply_overrides, identity, load_yaml_file, read_yaml
 from mae.errors import UserError
 from mae.run_folder import MODEL_PTH
@@ -265,6 +265,10 @@ def _load_settings(config: Mapping[str, Any], root: Path,
     if config.get("data_root"):
         base.setdefault("data", {})["root"] = config["data_root"]
     if config.get("mlflow_uri"):  # naming a tracking server turns tracking on, also for presets that keep it off
+        try:
+            check_tracking_uri(config["mlflow_uri"], "mlflow_uri")
+        except UserError as err:
+            raise GridError(str(err)) from None
         base.setdefault("tracking", {}).update(uri=config["mlflow_uri"], enabled=True)
     _check({}, preset_file, "", base, {}, str(preset_file))
     base = Config.from_dict(base, source=str(preset_file)).to_dict()  # unresolved: rows may change model.arch
