@@ -243,6 +243,10 @@ class Pretrain(Recipe):
         if isinstance(planned, int) and planned != run.cfg.pretrain.epochs:  # the schedule is the config's
             log.warning("%s was written by a run of %d epochs; the learning-rate schedule continues over "
                         "pretrain.epochs=%d", path, planned, run.cfg.pretrain.epochs)
+        changes = official_setting_changes(weights.args or {}, run.cfg)
+        if changes:
+            log.warning("%s was trained with other settings than this run continues with (the objective or "
+                        "the recipe changes at epoch %d): %s", path, start, "; ".join(changes))
         return start
 
     def check_data(self, run: Run) -> None:
@@ -319,6 +323,21 @@ class Pretrain(Recipe):
             ratios |= {r for r in (0.75, 0.85, 0.95) if num_kept(model.num_patches, r) >= 1}
         save_reconstruction_grid(model, images.to(run.device), run.out_dir / RECON_PNG, seed=run.cfg.run.seed,
                                  mask_ratios=sorted(ratios), mean=images_set.mean, std=images_set.std)
+
+
+def official_setting_changes(args: dict[str, Any], cfg: Config) -> list[str]:
+    """What a main_pretrain.py run (its saved `args`) set otherwise than `cfg` continues with: the loss
+    target (norm_pix_loss), mask ratio, base learning rate and weight decay; ['norm_pix_loss=True -> model.target
+    'pixel'', ...]. An argument the file does not carry is not compared."""
+    ours = {"norm_pix_loss": ("model.target", cfg.model.target, cfg.model.target == "norm_pixel"),
+            "mask_ratio": ("model.mask_ratio", cfg.model.mask_ratio, cfg.model.mask_ratio),
+            **({"blr": ("pretrain.blr", cfg.pretrain.blr, cfg.pretrain.blr)} if cfg.pretrain.lr is None else {}),
+            "weight_decay": ("pretrain.weight_decay", cfg.pretrain.weight_decay, cfg.pretrain.weight_decay)}
+    changes = []
+    for name, (field_name, shown, comparable) in ours.items():
+        if name in args and args[name] is not None and args[name] != comparable:
+            changes.append(f"{name}={args[name]!r} -> {field_name}={shown!r}")
+    return changes
 
 
 def _load_official_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any], path: str) -> None:

@@ -248,6 +248,7 @@ def test_official_checkpoint_continues_pretraining_exactly(tmp_path):
     continued = _train("pretrain", tmp_path / "continued", f"pretrain.checkpoint={tmp_path / 'checkpoint-1.pth'}")
     log = (tmp_path / "continued" / "train.log").read_text()
     assert "at epoch 2 of 3: weights, AdamW moments" in log
+    assert "other settings" not in log, log  # the same target, ratio, blr and weight decay as the file's args
     assert continued["steps"] == full["steps"] == 3 * steps_per_epoch
     a = torch.load(tmp_path / "full" / "model.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "continued" / "model.pth", weights_only=True)["model"]
@@ -256,6 +257,21 @@ def test_official_checkpoint_continues_pretraining_exactly(tmp_path):
     fresh = _train("pretrain", tmp_path / "from_weights", f"pretrain.checkpoint={tmp_path / 'full' / 'model.pth'}",
                    "pretrain.epochs=1", "pretrain.warmup_epochs=0")
     assert fresh["steps"] == steps_per_epoch
+
+
+def test_continuing_with_another_objective_says_what_changes():
+    # a checkpoint of norm_pix_loss=True continued with the pixel target trained on without a word
+    from mae.config import load_config
+    from mae.recipes import official_setting_changes
+    args = vars(_official_args(model=OFFICIAL_ARCH, input_size=28, batch_size=16, world_size=1, epochs=3))
+    same = load_config(None, ["model.target=norm_pixel", "model.mask_ratio=0.75", "pretrain.blr=1.5e-4",
+                              "pretrain.weight_decay=0.05"])
+    assert official_setting_changes(args, same) == []
+    other = load_config(None, ["model.target=pixel", "model.mask_ratio=0.5", "pretrain.blr=1.5e-4",
+                               "pretrain.weight_decay=0.05"])
+    assert official_setting_changes(args, other) == ["norm_pix_loss=True -> model.target='pixel'",
+                                                     "mask_ratio=0.75 -> model.mask_ratio=0.5"]
+    assert official_setting_changes({}, other) == []  # a file without args: nothing to compare
 
 
 def test_continuing_past_the_configured_epochs_is_a_user_error(tmp_path):
