@@ -247,6 +247,8 @@ def _features_command(args) -> int:
     _check_overrides(args.overrides, "data.train_subset=1000")
     check_choice("--pool", args.pool, GLOBAL_POOLS)
     check_device_name(args.device)
+    if args.raw_pixels and args.pool != "token":
+        raise UserError("--pool", args.pool, "the default with --raw-pixels (pixels are used as they are, not pooled)")
     if args.raw_pixels == (args.checkpoint is not None):
         raise UserError.message("--checkpoint", f"mae {args.command}: give --checkpoint (a model.pth or "
                                 "'random') or --raw-pixels, exactly one")

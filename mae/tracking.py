@@ -597,7 +597,8 @@ def replay(run_dir: str | os.PathLike, uri: str | None = None, experiment: str |
         with _client_settings():
             session = _Session(uri)
             run_id = session.open(run_dir, experiment or tracking.get("experiment") or "mae",
-                                  tracking.get("run_name"), redact(tags))
+                                  tracking.get("run_name") or f"{tags.get('mae.stage')}-{tags.get('mae.run_id')}",
+                                  redact(tags))  # the name a live run gets (mae.train)
             session.set_tags(redact(tags))
             conflicts = session.log_params(redact(params))
             keys = sorted({k for k, _ in points})

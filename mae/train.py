@@ -222,8 +222,8 @@ def _train(run: Run, recipe: Recipe, command: str) -> dict[str, Any]:
                         _never_fatal(tracker.log_artifact, run.out_dir / name)
             ckpt.atomic_write_text(run.out_dir / METRICS_JSON, json.dumps(metrics, indent=2) + "\n")
             freed = ckpt.drop_previous_checkpoint(run.out_dir)  # finished: no fallback needed
-            log.info("done: %s%s", json.dumps({k: metrics.get(k) for k in ("steps", "final_loss", "top1", "top5",
-                                                                             "train_time_s")}),
+            shown = ("steps", "final_loss", "top1", "top5", "knn_top1", "train_time_s")  # those the stage has
+            log.info("done: %s%s", json.dumps({k: metrics[k] for k in shown if metrics.get(k) is not None}),
                      f" (removed {PREVIOUS_CHECKPOINT_PTH}, {freed / 1e6:.1f} MB)" if freed else "")
         distributed.barrier()
     except TrainingStopped as stop:

@@ -102,6 +102,7 @@ def test_a_stop_signal_while_a_user_error_is_reported_keeps_exit_2(tmp_path):
     ["features", "--raw-pixels", "--out", "{tmp}/model.pth", "data.name=synthetic"],
     ["features", "--raw-pixels", "--device", "gpu", "--out", "{tmp}/f.pth", "data.name=synthetic"],
     ["knn", "--raw-pixels", "--device", "cuda:x", "data.name=synthetic"],
+    ["knn", "--raw-pixels", "--pool", "avg", "data.name=synthetic"],  # pixels are not pooled: it was ignored
     ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "/sys/r.png"],
     ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}"],
     ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}/r.gif"],  # no format matplotlib writes here

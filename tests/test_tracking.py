@@ -179,6 +179,7 @@ def test_replay_is_idempotent(uri, tmp_path):
     assert run.data.params["pretrain.betas"] == "[0.9, 0.95]" and "meta.command" not in run.data.params
     assert run.data.tags["mae.run_id"] == "rid42" and run.data.tags["mae.preset"] == "tiny"
     assert MlflowClient(uri).get_experiment(run.info.experiment_id).name == "replayed"
+    assert run.info.run_name == "pretrain-rid42"  # the name a live run gets (it was MLflow's random one)
     assert run.info.status == "FAILED"  # no metrics.json: not a completed run
 
     # the job went on: only the new points go in, and the summary lands as final/*
@@ -216,6 +217,8 @@ def test_a_live_training_run_leaves_replay_nothing_to_add(uri, tmp_path):
     out = replay(tmp_path / "run", uri=uri)
     assert out["metrics_logged"] == 0, out
     assert [s for s, _ in _history(uri, out["run_id"], "epoch")] == [1, 2, 3, 4]
+    done = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if " done: " in line]
+    assert len(done) == 1 and "null" not in done[0] and '"knn_top1"' in done[0]  # a pretraining has no top1
 
 
 def test_replay_errors(tmp_path):
