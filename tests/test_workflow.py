@@ -459,6 +459,30 @@ def test_a_subset_run_keeps_the_aggregates_of_other_ablations(tmp_path):
     assert (results / "tables/table1d_target.md").exists() and (results / "figures/loss_curves.png").exists()
 
 
+def test_an_interrupted_run_aggregates_its_own_grid_not_the_previous_manifest(tmp_path):
+    # The aggregation after a failed or interrupted run read runs/<preset>/manifest.json, which the
+    # write_manifest rule may not have rewritten yet: the previous run's grid, so every row of this run's
+    # tables said "not in the manifest". --omit-from write_manifest makes that ordering certain here.
+    failing_pca = INSTANT_MAE.replace("mkdir -p \"$out\"\n", "mkdir -p \"$out\"\n"
+                                      "if grep -q 'target: pca' \"$config\"; then echo crash >&2; exit 1; fi\n", 1)
+    workdir, env = workflow_with_stand_in_mae(tmp_path, failing_pca, {"MLFLOW_DISABLE_TELEMETRY": "true"})
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([SNAKEMAKE, "--config", "preset=smoke", *args, "--retries", "0"], cwd=workdir, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    assert run("ablations=[table1c_mask_token]").returncode == 0
+    result = run("ablations=[table1d_target]", "--omit-from", "write_manifest")
+    assert result.returncode != 0 and "tables and figures of the runs that finished" in result.stderr, \
+        result.stderr[-3000:]
+    table = (workdir / "results/smoke/tables/table1d_target.md").read_text()
+    assert "not in the manifest" not in table, table
+    pixel = next(line for line in table.splitlines() if line.startswith("| **pixel (w/o norm)**"))
+    assert "(n=1)" in pixel, table  # a finished row has its number
+    manifest = json.loads((workdir / "runs/smoke/manifest.json").read_text())
+    assert {e["ablation"] for e in manifest} == {"table1d_target"}
+
+
 # Exits 2 (a user error) for the pretraining of the "encoder w/ [M]" row, 1 (a crash) for the other
 # row; every attempt is counted in the run folder.
 ERRING_MAE = """#!/usr/bin/env bash

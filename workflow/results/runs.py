@@ -34,6 +34,19 @@ LEADING_COLUMNS = [
 RUN_FIELDS = {"stage", "run_id", "status", "git_revision", "host", "slurm_job_id", "mlflow_run_id", "world_size"}
 
 
+def write_manifest(path: str | Path, entries: list[dict]) -> bool:
+    """Write the manifest `entries` to `path` (rule write_manifest) unless it holds them already; True when
+    written. The aggregation after an interrupted run writes the grid's own manifest too: the rule may not
+    have run yet, and the file then names the previous run's grid."""
+    text = json.dumps(entries, indent=1) + "\n"
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return True
+
+
 def read_manifest(path: str | Path) -> list[dict]:
     """The workflow's manifest: a JSON list of {ablation, paper_ref, row, default, seed, stage, run_id, run_dir}."""
     with open(path) as f:

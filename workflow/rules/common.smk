@@ -212,6 +212,9 @@ def aggregate_partial_results():
     if not manifest.exists():
         return
     from workflow.results.aggregate import aggregate  # pandas and matplotlib: not at parse time
+    from workflow.results.runs import write_manifest
+
+    write_manifest(manifest, get_manifest())  # this grid's, also when the rule has not run yet
 
     aggregate(manifest, RUNS_CSV, ALL_ABLATIONS, ROOT / "paper", PRESET, get_tables(), get_figures(),
               get_findings())

@@ -5,7 +5,6 @@ Rules render_config (a run's `mae` config, params.data = the config dict) and wr
 Snakemake re-parses the whole workflow in a subprocess for every `run:` job.
 """
 
-import json
 from pathlib import Path
 
 import yaml
@@ -13,10 +12,10 @@ import yaml
 
 def write(path: str, data) -> None:
     if path.endswith(".json"):
-        text = json.dumps(data, indent=1) + "\n"
+        from workflow.results.runs import write_manifest
+        write_manifest(path, data)
     else:
-        text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
-    Path(path).write_text(text)
+        Path(path).write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
 if "snakemake" in globals():
