@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from mae.config import STAGES, identity, load_config  # noqa: E402
 from mae.errors import UserError, user_error_from_os  # noqa: E402
-from mae.run_folder import read_metrics  # noqa: E402
+from mae.run_folder import TRAIN_LOG, read_metrics  # noqa: E402
 from mae.yaml_loading import load_yaml_file  # noqa: E402
 
 SWEEP_KEYS = {"name", "stages", "set", "vary", "values", "best_of", "curve"}
@@ -102,8 +102,9 @@ def run_stage(preset: Path, stage: str, overrides: dict, runs: Path) -> tuple[Pa
     metrics = read_metrics(out)
     if metrics is None:
         command = [str(Path(sys.executable).parent / "mae"), stage, "--config", str(preset), "--out", str(out), *items]
-        print(f"tune: {shlex.join(command)}", flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        print(f"tune: {shlex.join(command)}\n      (progress: {out / TRAIN_LOG})", flush=True)
+        # on a terminal the run's own progress bar; elsewhere its log lines stay in train.log only
+        subprocess.run(command, check=True, stdout=None if sys.stdout.isatty() else subprocess.DEVNULL)
         metrics = read_metrics(out)
     return out, metrics
 

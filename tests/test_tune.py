@@ -59,6 +59,9 @@ def test_sweeps_run_once_and_report(tmp_path):
     finetune = rows[rows.stage == "finetune"].set_index("value").val_top1
     best = "0.001" if finetune["0.001"] >= finetune["0.004"] else "0.004"
     assert f"best finetune.blr = {float(best)}" in first.stdout
+    # each run names where its progress goes (its output is not shown without a terminal)
+    logs = [line.split("(progress: ")[1].rstrip(")") for line in first.stdout.splitlines() if "(progress: " in line]
+    assert len(logs) == 6 and all(Path(log).name == "train.log" and Path(log).is_file() for log in logs)
     # the second sweep ran with the first one's winner
     probe_dirs = rows[rows.stage == "linprobe"].run_dir
     assert all(f"blr: {float(best)}" in (Path(d) / "config.yaml").read_text() for d in probe_dirs)
