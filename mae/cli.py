@@ -100,6 +100,20 @@ def _check_checkpoint_file(path: str, allowed: str, field: str = "--checkpoint")
         raise UserError(field, path, allowed)
 
 
+def _remove_if_untouched(out: str) -> None:
+    """Remove the run folder this command made when a user error stopped it before anything was written
+    there but the log file's empty start (a CUDA device that is not there, weights that do not fit)."""
+    from mae.run_folder import TRAIN_LOG
+    try:
+        entries = os.listdir(out)
+        if all(name == TRAIN_LOG and os.path.getsize(os.path.join(out, name)) == 0 for name in entries):
+            for name in entries:
+                os.remove(os.path.join(out, name))
+            os.rmdir(out)
+    except OSError:
+        pass  # another process writes there, or it is gone: leave it
+
+
 def _check_not_weights(out: str, checkpoint: str | None) -> None:
     """`--out` may not replace the weights read (--checkpoint) or a run's existing model.pth / checkpoint.pth:
     one slip of tab completion would destroy a pretraining."""
@@ -176,6 +190,7 @@ def run(argv: list[str]) -> int:
             _check_checkpoint_file(section.checkpoint, CHECKPOINT_FILE_ALLOWED, field=f"{args.command}.checkpoint")
         # the training split, which every stage reads first; the evaluation split is checked when it is read
         check_data_root(cfg.data.name, cfg.data.root, "train", cfg.data.download)
+        made_here = not os.path.exists(args.out)
         _make_out_folder(args.out, main_process=world_size <= 1 or os.environ.get("RANK") == "0")
         run_id = identity(cfg, args.command)
         if finished_metrics(args.out, args.command, run_id) is not None:  # another run there is a UserError
@@ -184,7 +199,12 @@ def run(argv: list[str]) -> int:
             return 0
         command = shlex.join(["mae", *argv])
         from mae import train  # torch, timm: seconds
-        getattr(train, args.command)(cfg, args.out, command=command)
+        try:
+            getattr(train, args.command)(cfg, args.out, command=command)
+        except UserError:
+            if made_here:
+                _remove_if_untouched(args.out)
+            raise
         return 0
     if args.command in ("features", "knn"):
         return _features_command(args)

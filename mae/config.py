@@ -314,7 +314,7 @@ class Config:
 
     def with_overrides(self, overrides: Iterable[str]) -> "Config":
         """A copy with `section.key=value` overrides applied (values parsed as YAML)."""
-        return _build(apply_overrides(self.to_dict(), parse_overrides(overrides), "overrides"))
+        return _build(apply_overrides(self.to_dict(), dict(map(parse_override, overrides)), "overrides"))
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
@@ -328,7 +328,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     data = Config().to_dict()
     if path is not None:
         _merge_checked(data, read_yaml(path), str(path))
-    return _build(apply_overrides(data, parse_overrides(overrides), "overrides"))
+    return _build(apply_overrides(data, dict(map(parse_override, overrides)), "overrides"))
 
 
 def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], source: str = "override") -> dict[str, Any]:
@@ -373,20 +373,6 @@ def read_yaml(path: str | Path, field: str = "--config") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(field, str(path), "a YAML mapping of sections (model:, data:, pretrain:, ...)")
     return data
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """`key=value` strings -> {dotted key: value}; a key given twice is refused (which one was meant?), as a
-    YAML file's duplicate key is."""
-    parsed: dict[str, Any] = {}
-    given: dict[str, str] = {}
-    for item in items:
-        key, value = parse_override(item)
-        if key in parsed:
-            raise UserError.message("override", f"{key} is given twice ({given[key]!r} and {item!r}): allowed "
-                                    "each key once")
-        parsed[key], given[key] = value, item
-    return parsed
 
 
 def parse_override(item: str) -> tuple[str, Any]:

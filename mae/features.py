@@ -267,7 +267,7 @@ class _Progress:
 def compute_features(cfg: Config, checkpoint: str | Path | dict[str, torch.Tensor] | None, *, pool: str = "token",
                      raw_pixels: bool = False, device: torch.device | str = "cpu", rank: int = 0,
                      world_size: int = 1, batch_size: int = FEATURE_BATCH, reuse: str | Path | None = None,
-                     save: str | Path | None = None) -> Features:
+                     save: str | Path | None = None, encoder: nn.Module | None = None) -> Features:
     """Features of the config's 'train' and 'val' splits (subsets, `data.val_split` as configured).
 
     Args:
@@ -277,11 +277,13 @@ def compute_features(cfg: Config, checkpoint: str | Path | dict[str, torch.Tenso
         raw_pixels: the normalised pixels instead of an encoder's features.
         reuse: a features file (`save`'s) to read instead of computing, when its key is this call's.
         save: where to write the computed features with their key (the caller's main process only).
+        encoder: `build_encoder(cfg, checkpoint)`, when the caller built it already (to check the weights
+            before it writes anything).
     """
     from mae.data import build_loader
     from mae.recipes import config_dataset
     started = time.perf_counter()
-    encoder = None if raw_pixels else build_encoder(cfg, checkpoint).to(device)
+    encoder = None if raw_pixels else (encoder or build_encoder(cfg, checkpoint)).to(device)
     if raw_pixels:
         source = "raw_pixels"
     elif checkpoint is None:

@@ -245,11 +245,15 @@ def _train_cached_probe(run: Run, command: str) -> dict[str, Any]:
     """`linprobe.features: cached`: the frozen encoder's features once, then the probe to convergence
     (`mae.features.train_cached_probe`). No checkpoints: a killed run starts again (seconds); every
     process computes the same probe (features gathered), the main one writes."""
-    from mae.features import FEATURES_FILE, RANDOM_CHECKPOINT, compute_features, knn_of_features, probe_of_features
+    from mae.features import (FEATURES_FILE, RANDOM_CHECKPOINT, build_encoder, compute_features, knn_of_features,
+                              probe_of_features)
     cfg = run.cfg
     # the pretraining's own k-NN features, when they are this probe's (checked by their key)
     checkpoint = cfg.linprobe.checkpoint
     saved = Path(checkpoint).parent / FEATURES_FILE if checkpoint and checkpoint != RANDOM_CHECKPOINT else None
+    pixels = cfg.linprobe.features == "pixels"
+    # weights that do not fit the config are one line before the run folder or an MLflow run is written
+    encoder = None if pixels else build_encoder(cfg, checkpoint)
     if run.is_main:
         _write_run_record(run, command)
         _truncate_records(run.out_dir / METRICS_JSONL, 0)
@@ -259,9 +263,8 @@ def _train_cached_probe(run: Run, command: str) -> dict[str, Any]:
             def write_record(record: dict[str, Any]) -> None:
                 _write_record(records, tracker, record)
 
-            features = compute_features(cfg, checkpoint, raw_pixels=cfg.linprobe.features == "pixels",
-                                        device=run.device, rank=run.dist.rank, world_size=run.dist.world_size,
-                                        reuse=saved)
+            features = compute_features(cfg, checkpoint, raw_pixels=pixels, device=run.device, rank=run.dist.rank,
+                                        world_size=run.dist.world_size, reuse=saved, encoder=encoder)
             log.info("linprobe %s: cached features of %d train / %d val images (%s, %d-d) %s in %.1f s", run.run_id,
                      len(features.train_labels), len(features.val_labels), features.source, features.train.shape[1],
                      f"read from {features.reused_from}" if features.reused_from else "computed", features.extract_s)

@@ -219,3 +219,26 @@ def test_pretrain_then_visualize(tmp_path, capsys):
     assert cli.main(["visualize", "--checkpoint", str(run / "model.pth"), "--out", str(png),
                      "--mask-ratios", "1.2"]) == 2
     assert "--mask-ratios" in capsys.readouterr().err
+
+
+def test_a_user_error_once_training_code_runs_leaves_no_run_folder_behind(tmp_path):
+    # Weights that do not fit, found after torch is imported, left a run folder (config.yaml, an empty
+    # metrics.jsonl, a FAILED MLflow run) or an empty one; a folder that existed before stays.
+    import torch
+
+    from mae.model import create_mae_model
+    weights = tmp_path / "model.pth"
+    torch.save({"model": create_mae_model("mae_vit_micro_patch7_dec64d1b", img_size=28, in_chans=1).state_dict()},
+               weights)
+    probe = ["linprobe", "--config", str(REPO / "workflow/presets/tiny.yaml"), "model.depth=2",
+             f"linprobe.checkpoint={weights}"]
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "mae.cli", *probe, "--out", str(out)], capture_output=True,
+                            text=True, timeout=300)
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+    assert "the model expects embed_dim 128 / depth 2" in result.stderr and not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    result = subprocess.run([sys.executable, "-m", "mae.cli", *probe, "--out", str(kept)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and kept.is_dir()

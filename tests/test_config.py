@@ -292,12 +292,3 @@ def test_a_tracking_uri_without_a_store_mlflow_has_is_refused(uri, hint):
     for good in ("sqlite:////tmp/m.db", "http://mlflow:5000", "postgresql+psycopg2://u@h/db", "file:///tmp/mlruns"):
         assert load_config(None, [f"tracking.uri={good}"]).tracking.uri == good
 
-
-def test_a_key_given_twice_on_the_command_line_is_refused():
-    # `pretrain.epochs=3 pretrain.epochs=4` took the last silently (a YAML file's duplicate key is refused)
-    with pytest.raises(UserError) as err:
-        load_config(None, ["pretrain.epochs=3", "model.mask_ratio=0.5", "pretrain.epochs=4"])
-    assert str(err.value) == ("pretrain.epochs is given twice ('pretrain.epochs=3' and 'pretrain.epochs=4'): "
-                              "allowed each key once")
-    with pytest.raises(UserError, match="given twice"):
-        load_config(None).with_overrides(["run.seed=1", "run.seed=2"])
