@@ -20,9 +20,8 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
 from .archs import MAE_ARCHS
-from .choices import check_img_size, image_hw, torchvision_size
+from .choices import check_img_size, check_trainable_blocks, image_hw, torchvision_size
 from .checkpoint import load_model_state
-from .choices import check_trainable_blocks
 from .errors import UserError, check_choice
 
 ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")

@@ -283,7 +283,10 @@ def compute_features(cfg: Config, checkpoint: str | Path | dict[str, torch.Tenso
     from mae.data import build_loader
     from mae.recipes import config_dataset
     started = time.perf_counter()
-    encoder = None if raw_pixels else (encoder or build_encoder(cfg, checkpoint)).to(device)
+    if raw_pixels:
+        encoder = None
+    else:
+        encoder = (build_encoder(cfg, checkpoint) if encoder is None else encoder).to(device)
     if raw_pixels:
         source = "raw_pixels"
     elif checkpoint is None:
