@@ -25,6 +25,7 @@ before every optimizer step, also right after a resume.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Collection, Iterable, Sequence
 
@@ -264,13 +265,21 @@ def build_scheduler(
             "warmup_epochs", f"warmup_epochs={warmup_epochs!r} is invalid: must be >= 0 and < epochs={epochs!r}")
     warmup_t = round(warmup_epochs * iters_per_epoch)
     total_t = round(epochs * iters_per_epoch)
-    return CosineLRScheduler(
-        optimizer,
-        t_initial=max(1, total_t - warmup_t),
-        lr_min=min_lr,
-        warmup_t=warmup_t,
-        warmup_lr_init=0.0,
-        warmup_prefix=True,
-        cycle_limit=1,
-        t_in_epochs=False,
-    )
+    # One cosine step is a schedule like any other here (a short run): timm's warning that the annealing
+    # "will have no effect" would only be noise in the user's output.
+    timm_log = logging.getLogger("timm.scheduler.cosine_lr")
+    previous_level = timm_log.level
+    timm_log.setLevel(logging.ERROR)
+    try:
+        return CosineLRScheduler(
+            optimizer,
+            t_initial=max(1, total_t - warmup_t),
+            lr_min=min_lr,
+            warmup_t=warmup_t,
+            warmup_lr_init=0.0,
+            warmup_prefix=True,
+            cycle_limit=1,
+            t_in_epochs=False,
+        )
+    finally:
+        timm_log.setLevel(previous_level)

@@ -1,5 +1,6 @@
 """Pin mae.optim against re-statements of the official MAE rules (util/lr_sched.py, lr_decay.py, lars.py)."""
 
+import logging
 import math
 
 import pytest
@@ -156,6 +157,16 @@ def test_scheduler_equals_official_over_whole_schedule():
     assert worst < 1e-9, worst
     assert official_lr(warmup * ipe, lr=peak, min_lr=min_lr, epochs=epochs, warmup_epochs=warmup,
                        iters_per_epoch=ipe) == pytest.approx(peak)
+
+
+def test_a_one_step_schedule_prints_no_timm_warning(caplog):
+    # timm warns that cosine annealing "will have no effect" when the cosine part is one step long: noise
+    # in the user's output (a one-epoch run of one step, tune.py's short sweeps)
+    m = _TinyMae()
+    with caplog.at_level("WARNING"):
+        build_scheduler(build_pretrain_optimizer(m, lr=1.0), epochs=1, warmup_epochs=0, iters_per_epoch=1)
+    assert [r.getMessage() for r in caplog.records] == []
+    assert logging.getLogger("timm.scheduler.cosine_lr").level == logging.NOTSET  # as it was
 
 
 def test_scheduler_is_stateless_given_step():
