@@ -87,6 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _key_hint(flag: str, command: str) -> str:
+    """' (config keys are set as key=value, e.g. pretrain.epochs=3)' when `flag` (`--epochs`, `--epochs=3`)
+    names a config key; '' otherwise."""
+    from mae.config import keys_named
+    name, _, value = flag.lstrip("-").partition("=")
+    keys = keys_named(name, command)
+    if not keys:
+        return ""
+    return f" (config keys are set as key=value, e.g. {keys[0]}={value or '...'})"
+
+
 def _check_overrides(overrides: list[str], example: str) -> None:
     """Every positional argument left is a `section.key=value` override."""
     stray = [o for o in overrides if "=" not in o]
@@ -173,7 +184,8 @@ def run(argv: list[str]) -> int:
         args.overrides = [*args.overrides, *extra]
         extra = [e for e in extra if e.startswith("-")]
     if extra:
-        raise UserError.message("arguments", f"mae {args.command}: unrecognized arguments: {' '.join(extra)}")
+        raise UserError.message("arguments", f"mae {args.command}: unrecognized arguments: {' '.join(extra)}"
+                                + _key_hint(extra[0], args.command))
     if args.command in ("pretrain", "finetune", "linprobe"):
         # no torch before the checks below: a bad config is reported in a fraction of a second
         from mae.choices import CHECKPOINT_FILE_ALLOWED, batch_geometry, check_data_root

@@ -452,6 +452,14 @@ def _section_classes() -> dict[str, type]:
     return {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
 
 
+def keys_named(name: str, stage: str | None = None) -> list[str]:
+    """The config keys whose last part is `name` (`epochs` -> pretrain.epochs, finetune.epochs, ...); with
+    `stage`, that stage's own key alone when it has one. For a hint when `--epochs 3` is given."""
+    keys = [key for key in _valid_keys() if key.rsplit(".", 1)[1] == name.replace("-", "_")]
+    own = [key for key in keys if stage is not None and key.startswith(f"{stage}.")]
+    return own or keys
+
+
 def _valid_keys() -> list[str]:
     keys = []
     for section, klass in _section_classes().items():

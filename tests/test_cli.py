@@ -242,3 +242,17 @@ def test_a_user_error_once_training_code_runs_leaves_no_run_folder_behind(tmp_pa
     result = subprocess.run([sys.executable, "-m", "mae.cli", *probe, "--out", str(kept)], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2 and kept.is_dir()
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["pretrain", "--out", "x", "--epochs", "3"], "unrecognized arguments: --epochs (config keys are set as "
+                                                  "key=value, e.g. pretrain.epochs=...)"),
+    (["finetune", "--out", "x", "--blr=1e-3"], "unrecognized arguments: --blr=1e-3 (config keys are set as key=value, "
+                                               "e.g. finetune.blr=1e-3)"),
+    (["knn", "--raw-pixels", "--mask-ratio", "0.5"], "(config keys are set as key=value, e.g. model.mask_ratio=...)"),
+])
+def test_a_flag_that_is_a_config_key_says_how_keys_are_set(tmp_path, args, hint):
+    result = subprocess.run([sys.executable, "-m", "mae.cli", *args], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1) and hint in result.stderr, result.stderr
+    assert not (tmp_path / "x").exists()
