@@ -255,7 +255,7 @@ def _config_command(args) -> int:
     """`mae config`: the resolved config on stdout as YAML; with --stage, its run id in `meta:`."""
     import yaml
 
-    from mae.choices import STAGES
+    from mae.choices import CHECKPOINT_FILE_ALLOWED, STAGES
     from mae.config import identity, load_config
     from mae.errors import check_choice
     from mae.redaction import redact_tree
@@ -264,6 +264,9 @@ def _config_command(args) -> int:
     data = redact_tree(cfg.to_dict())  # as a run folder's config.yaml: no password, no token
     if args.stage is not None:
         check_choice("--stage", args.stage, STAGES)
+        checkpoint = cfg.stage(args.stage).checkpoint
+        if checkpoint is not None:  # as `mae <stage>` checks it
+            _check_checkpoint_file(checkpoint, CHECKPOINT_FILE_ALLOWED, field=f"{args.stage}.checkpoint")
         data["meta"] = {"stage": args.stage, "run_id": identity(cfg, args.stage)}
     print(yaml.safe_dump(data, sort_keys=False), end="")
     return 0

@@ -69,6 +69,7 @@ def test_a_stop_signal_while_a_user_error_is_reported_keeps_exit_2(tmp_path):
     ["knn", "--checkpoint", "random", "data.name=imagenet2"],
     ["features", "--raw-pixels", "--out", "{out}", "--pool", "max"],
     ["config", "--stage", "pretrain", "model.mask_ratio=1.0"],
+    ["config", "--stage", "finetune", "finetune.checkpoint={out}/none.pth"],  # as `mae finetune` checks it
     ["knn", "--checkpoint", "{out}/none.pth"],
     ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png"],
     ["visualize", "--checkpoint", "{out}/none.pth", "--out", "{out}/r.png", "--num-images", "5000"],
