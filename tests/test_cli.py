@@ -107,6 +107,7 @@ def test_a_stop_signal_while_a_user_error_is_reported_keeps_exit_2(tmp_path):
     ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "/sys/r.png"],
     ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}"],
     ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}/r.gif"],  # no format matplotlib writes here
+    ["visualize", "--checkpoint", "{tmp}/model.pth", "--out", "{tmp}/r.png", "model.mask_ratio=0.9"],  # --mask-ratios
 ])
 def test_a_bad_config_is_reported_before_torch_is_imported(tmp_path, args):
     """A typo costs a tenth of a second, not the seconds torch and timm take to import."""
