@@ -56,10 +56,10 @@ def steps_per_second(tmp: Path) -> float:
 def ablation_yaml(epochs: int) -> str:
     return yaml.safe_dump({
         "title": "time-limit chain: one pretraining cell longer than its 1-minute SLURM time limit",
-        "paper_ref": "Table 1a", "paper_file": "table1_ablations.csv", "evaluations": ["finetune"],
+        "paper_ref": "Table 1a", "paper_file": "table1_ablations.csv", "evaluations": ["finetune"], "seeds": [13],
         "rows": [{"label": "1", "paper_where": {"subtable": "1a", "value": "1"}, "evaluations": [],
                   "set": {"data.train_subset": TRAIN_SUBSET, "pretrain.epochs": epochs,
-                          "run.checkpoint_every_steps": 500, "run.log_every_steps": 10, "run.seed": 13}}]})
+                          "run.checkpoint_every_steps": 500, "run.log_every_steps": 10}}]})
 
 
 def test_run_longer_than_the_time_limit_chains_allocations_and_equals_an_uninterrupted_run(slurm_cluster, tmp_path):

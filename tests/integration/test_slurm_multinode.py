@@ -37,11 +37,12 @@ title: "two nodes: one smoke pretraining cell on a 2-node SLURM job"
 paper_ref: "Table 1a"
 paper_file: table1_ablations.csv
 evaluations: [finetune]
+seeds: [21]
 rows:
   - label: "1"
     paper_where: {subtable: "1a", value: "1"}
     set: {data.train_subset: 256, pretrain.epochs: 8, pretrain.augmentation: none, run.log_every_steps: 1,
-          run.checkpoint_every_steps: 0, run.seed: 21}
+          run.checkpoint_every_steps: 0}
     evaluations: []
 """
 TOTAL_STEPS = 64  # 256 images / batch 32 x 8 epochs; a log record (a sync point of both ranks) each step

@@ -28,11 +28,11 @@ title: "reliability: one pretraining cell hit by SLURM mid-run"
 paper_ref: "Table 1a"
 paper_file: table1_ablations.csv
 evaluations: [finetune]
+seeds: [%d]
 rows:
   - label: "1"
     paper_where: {subtable: "1a", value: "1"}
-    set: {data.train_subset: 256, pretrain.epochs: 8, run.checkpoint_every_steps: 3, run.log_every_steps: 1,
-          run.seed: %d}
+    set: {data.train_subset: 256, pretrain.epochs: 8, run.checkpoint_every_steps: 3, run.log_every_steps: 1}
     evaluations: []
 """
 WORKFLOW_TIMEOUT_S = 900
