@@ -223,8 +223,8 @@ def run(argv: list[str]) -> int:
     if args.command == "visualize":
         from mae.choices import check_figure_file, check_figure_request  # no torch: said at once
         _check_overrides(args.overrides, "data.root=/data/imagenet")
-        ratio = next((o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0].strip() == "model.mask_ratio"),
-                     None)
+        from mae.config import parse_override
+        ratio = dict(map(parse_override, args.overrides)).get("model.mask_ratio")
         if ratio is not None:  # it would be ignored: the figure's columns are --mask-ratios
             raise UserError("model.mask_ratio", ratio, f"--mask-ratios {ratio} instead (the figure's ratios; "
                             "model.mask_ratio is the pretraining's)")
